@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny synthetic NTU-layout dataset and a local RTSP server (real GStreamer)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from streams.rtsp_server import RtspServer
+from vst.synth import SynthConfig, generate
+
+TINY = SynthConfig(classes=(8, 9, 23), performers=3, cameras=3, setups=2, reps=1, size=48, fps=15, seconds=1.6, seed=7)
+
+
+def gpu_available() -> bool:
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> str:
+    out = str(tmp_path_factory.mktemp("synth"))
+    generate(TINY, out, workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_video(tiny_dataset) -> str:
+    rgb = os.path.join(tiny_dataset, "rgb")
+    return os.path.join(rgb, sorted(os.listdir(rgb))[0])
+
+
+@pytest.fixture()
+def rtsp_server():
+    server = RtspServer(host="127.0.0.1", port=0)
+    yield server
+    server.stop()

@@ -1,0 +1,112 @@
+import json
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY
+from vst.actions import ACTIONS, BY_SLUG, explain, select
+from vst.ntu import ClipName
+from vst.skeleton import J, SIDES, Body, MotionContext, MOTIONS, joints
+from vst.synth import SynthConfig, generate, render_clip
+
+
+def test_class_table_covers_the_fine_grained_pairs():
+    slugs = {a.slug for a in ACTIONS}
+    for pair in (("sit_down", "stand_up"), ("drink", "phone"), ("wave", "point"), ("squat", "pickup"),
+                 ("walk_towards", "walk_away")):
+        assert set(pair) <= slugs
+    assert len(ACTIONS) >= 12
+    assert len({a.ntu_id for a in ACTIONS}) == len(ACTIONS)
+    assert BY_SLUG["drink"].ntu_id == 1 and BY_SLUG["fall"].ntu_id == 43 and BY_SLUG["wave"].ntu_id == 23
+    assert all(a.ntu_id <= 120 or a.slug.startswith("walk") for a in ACTIONS)
+    assert [a.ntu_id for a in select("1,A006,wave")] == [1, 6, 23]
+    with pytest.raises(ValueError, match="unknown action class"):
+        select("moonwalk")
+
+
+def test_rendering_is_deterministic_and_seed_dependent():
+    name = ClipName(1, 2, 1, 1, 23)
+    a = render_clip(TINY, name)
+    b = render_clip(TINY, name)
+    assert np.array_equal(a.frames, b.frames) and a.attributes == b.attributes
+    other = render_clip(SynthConfig(**{**TINY.__dict__, "seed": 8}), name)
+    assert not np.array_equal(a.frames[: len(other.frames)], other.frames[: len(a.frames)])
+
+
+@pytest.mark.parametrize("action", ACTIONS, ids=lambda a: a.slug)
+def test_every_action_renders_with_attributes(action):
+    clip = render_clip(TINY, ClipName(1, 1, 2, 1, action.ntu_id))
+    n = len(clip.frames)
+    assert n >= int(TINY.seconds * TINY.fps * 0.85)
+    assert clip.frames.dtype == np.uint8 and clip.frames.shape[1:] == (48, 48, 3)
+    assert clip.joints3d.shape == (n, 25, 3) and clip.joints2d.shape == (n, 25, 2)
+    attrs = clip.attributes
+    assert attrs["action_id"] == action.ntu_id
+    assert attrs["explanation"] == explain(action, attrs["side"], attrs["repetitions"])
+    assert action.reps[0] <= attrs["repetitions"] <= action.reps[1]
+    assert 0 <= attrs["action_start_frame"] < attrs["action_end_frame"] <= n
+    # the performer actually moves during the action
+    motion = np.abs(np.diff(clip.joints_world, axis=0)).sum()
+    assert motion > 0.5
+
+
+def test_sit_down_and_stand_up_are_time_reversed():
+    ctx = MotionContext(Body(), "right", 1, 1.0)
+    for u in (0.0, 0.3, 0.7, 1.0):
+        a = joints(ctx.body, MOTIONS["sit_down"](u, ctx), 0.0)
+        b = joints(ctx.body, MOTIONS["stand_up"](1 - u, ctx), 0.0)
+        assert np.allclose(a, b)
+    seated = joints(ctx.body, MOTIONS["sit_down"](1.0, ctx), 0.0)
+    standing = joints(ctx.body, MOTIONS["sit_down"](0.0, ctx), 0.0)
+    assert seated[J["spine_base"], 1] < standing[J["spine_base"], 1] - 0.3
+
+
+def test_drink_reaches_the_mouth_and_phone_the_ear():
+    ctx = MotionContext(Body(), "right", 1, 1.0)
+    drink = joints(ctx.body, MOTIONS["drink"](0.5, ctx), 0.0)
+    phone = joints(ctx.body, MOTIONS["phone"](0.5, ctx), 0.0)
+    head = drink[J["head"]]
+    assert np.linalg.norm(drink[J["hand_right"]] - head) < 0.25
+    assert drink[J["hand_right"], 2] > head[2]  # in front of the face
+    assert phone[J["hand_right"], 0] * SIDES["right"] > phone[J["head"], 0] * SIDES["right"]  # beside the head
+    rest = joints(ctx.body, MOTIONS["drink"](0.0, ctx), 0.0)
+    assert rest[J["hand_right"], 1] < rest[J["spine_mid"], 1]
+
+
+def test_limb_lengths_stay_constant_through_a_motion():
+    body = Body(1.8)
+    ctx = MotionContext(body, "left", 3, 1.1)
+    for slug in ("wave", "kick", "jump", "fall"):
+        for u in np.linspace(0, 1, 11):
+            p = joints(body, MOTIONS[slug](float(u), ctx), 0.3)
+            assert np.isclose(np.linalg.norm(p[J["shoulder_left"]] - p[J["elbow_left"]]), body.upper_arm), slug
+            assert np.isclose(np.linalg.norm(p[J["elbow_left"]] - p[J["wrist_left"]]), body.forearm), slug
+            assert np.isclose(np.linalg.norm(p[J["knee_left"]] - p[J["ankle_left"]]), body.shin), slug
+
+
+def test_dataset_layout_and_videos_decode_with_gstreamer(tiny_dataset):
+    meta = json.load(open(os.path.join(tiny_dataset, "dataset.json")))
+    assert [c["id"] for c in meta["classes"]] == [8, 9, 23]
+    videos = sorted(os.listdir(os.path.join(tiny_dataset, "rgb")))
+    assert len(videos) == 54 and all(v.endswith("_rgb.avi") for v in videos)
+    stem = videos[0][: -len("_rgb.avi")]
+    sk = np.load(os.path.join(tiny_dataset, "skeletons", stem + ".npz"))
+    attrs = json.load(open(os.path.join(tiny_dataset, "attributes", stem + ".json")))
+    assert sk["joints3d"].shape == (attrs["frames"], 25, 3)
+    for v in videos[:3]:
+        uri = "file://" + os.path.join(tiny_dataset, "rgb", v)
+        r = subprocess.run(["gst-launch-1.0", "-q", "uridecodebin", f"uri={uri}", "!", "fakesink"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+
+
+def test_generation_resumes_and_refuses_other_settings(tiny_dataset, tmp_path):
+    before = os.path.getmtime(os.path.join(tiny_dataset, "rgb", sorted(os.listdir(os.path.join(tiny_dataset, "rgb")))[0]))
+    summary = generate(TINY, tiny_dataset, workers=1, progress=False)
+    assert summary["clips"] == 54
+    after = os.path.getmtime(os.path.join(tiny_dataset, "rgb", sorted(os.listdir(os.path.join(tiny_dataset, "rgb")))[0]))
+    assert before == after  # complete clips are not rendered again
+    with pytest.raises(ValueError, match="other settings"):
+        generate(SynthConfig(**{**TINY.__dict__, "seed": 99}), tiny_dataset, workers=1, progress=False)
