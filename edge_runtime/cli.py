@@ -1,7 +1,7 @@
 """`lvlm-var`: the one command; each subcommand lives with the package that implements it.
 
-A command module provides `register(subparsers)` (adding its parser with `func=`) and
-`USER_ERRORS` (exception types that are the user's to fix: printed as one line, exit 2).
+A command module provides `register(cli)` (adding its parsers through `Commands`, each with
+`func=`) and `USER_ERRORS` (exception types that are the user's to fix: printed as one line, exit 2).
 Command modules import nothing heavy at module level, so `lvlm-var --help` is instant and the
 runtime's commands work on a machine without torch.
 """
@@ -12,11 +12,29 @@ import importlib
 import logging
 import sys
 
-# (module, one line) in --help order. A command exists here once its issue has built it.
+# In --help order. A command exists here once its issue has built it.
 COMMAND_MODULES = (
-    "vst.commands",  # data
+    "vst.commands",  # data, train vst, eval vst, vst glossary
     "streams.cli",  # streams
 )
+
+
+class Commands:
+    """What command modules register into: plain commands, and groups that several packages share
+    (`train vst`, later `eval lvlm` ...)."""
+
+    def __init__(self, sub):
+        self._sub = sub
+        self._groups: dict[str, argparse._SubParsersAction] = {}
+
+    def add(self, name: str, help: str) -> argparse.ArgumentParser:
+        return self._sub.add_parser(name, help=help, description=help)
+
+    def group(self, name: str, help: str) -> argparse._SubParsersAction:
+        if name not in self._groups:
+            parser = self.add(name, help)
+            self._groups[name] = parser.add_subparsers(dest=f"{name}_command", metavar="TARGET", required=True)
+        return self._groups[name]
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], ...]]:
@@ -27,9 +45,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, tuple[type[BaseException], 
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv: debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     errors: list[type[BaseException]] = []
+    commands = Commands(sub)
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)
-        module.register(sub)
+        module.register(commands)
         errors.extend(module.USER_ERRORS)
     return parser, tuple(errors)
 

@@ -9,9 +9,8 @@ from streams.errors import SourceError
 USER_ERRORS = (SourceError,)
 
 
-def register(sub) -> None:
-    p = sub.add_parser("streams", help="inspect video sources (describe a pipeline, probe for frames)")
-    ssub = p.add_subparsers(dest="streams_command", metavar="ACTION", required=True)
+def register(cli) -> None:
+    ssub = cli.group("streams", "inspect video sources (describe a pipeline, probe for frames)")
     for name, func, helptext in (
         ("describe", cmd_describe, "print the GStreamer pipeline a source URI builds"),
         ("probe", cmd_probe, "open a source and report resolution, fps, codec and whether frames arrive"),

@@ -1,4 +1,5 @@
-"""`lvlm-var data ...`: synthetic dataset generation, cache preparation and dataset statistics."""
+"""`lvlm-var data ...` (synthetic data, cache preparation, statistics), `train vst`, `eval vst` and
+`vst glossary`."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,8 @@ from vst.ntu import PROTOCOLS, DatasetError
 USER_ERRORS = (DatasetError, ValueError, FileNotFoundError)
 
 
-def register(sub) -> None:
-    data = sub.add_parser("data", help="synthetic NTU-layout data, cache preparation, dataset statistics")
-    dsub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+def register(cli) -> None:
+    dsub = cli.group("data", "synthetic NTU-layout data, cache preparation, dataset statistics")
 
     s = dsub.add_parser("synth", help="render a synthetic action dataset in NTU RGB+D layout")
     s.add_argument("--out", required=True, help="output folder (resumes a partial dataset made with the same settings)")
@@ -43,6 +43,34 @@ def register(sub) -> None:
     st.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None, help="one protocol (default: all)")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_stats)
+
+    t = cli.group("train", "train a model").add_parser("vst", help="train the VST on a prepared cache")
+    t.add_argument("--data", required=True, help="prepared cache (lvlm-var data prepare)")
+    t.add_argument("--protocol", required=True, choices=tuple(PROTOCOLS))
+    t.add_argument("--out", required=True, help="run folder")
+    t.add_argument("--size", choices=("small", "base"), default="small",
+                   help="small: R=64, trains on a 2-core CPU in ~20 min; base: R=112")
+    t.add_argument("--epochs", type=int, default=None, help="default: 30 (small), 40 (base)")
+    t.add_argument("--batch", type=int, default=16)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--minutes", type=float, default=None, help="stop after this long and keep the best checkpoint")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from RUN/last_state.pt")
+    t.set_defaults(func=cmd_train)
+
+    e = cli.group("eval", "evaluate a model").add_parser("vst", help="evaluate a VST run on a protocol's test split")
+    e.add_argument("--run", required=True)
+    e.add_argument("--data", required=True, help="prepared cache")
+    e.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None, help="default: the cache's protocol")
+    e.add_argument("--out", default=None, help="default: RUN/eval/PROTOCOL")
+    e.set_defaults(func=cmd_eval)
+
+    g = cli.group("vst", "VST tools").add_parser("glossary", help="what every code stands for (JSON + Markdown)")
+    g.add_argument("--run", required=True)
+    g.add_argument("--data", required=True, help="prepared cache (synthetic clips give motion attributes and glosses)")
+    g.add_argument("--split", choices=("train", "test", "all"), default="train")
+    g.add_argument("--max-clips", type=int, default=400)
+    g.set_defaults(func=cmd_glossary)
 
 
 def _check_range(name, value, lo, hi):
@@ -107,4 +135,38 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"  {'class':<46} {'train':>6} {'test':>6}")
         for a, name in stats["classes"].items():
             print(f"  A{int(a):03d} {name[:41]:<41} {parts['train']['per_class'][a]:>6} {parts['test']['per_class'][a]:>6}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from vst.train import TrainConfig, train
+
+    epochs = args.epochs or (30 if args.size == "small" else 40)
+    tc = TrainConfig(protocol=args.protocol, size=args.size, epochs=epochs, batch=args.batch, lr=args.lr,
+                     minutes=args.minutes, seed=args.seed)
+    result = train(args.data, args.out, tc, resume=args.resume)
+    best = result["best"] or {}
+    print(f"trained {result['steps']} steps in {result['seconds']:.0f}s; best checkpoint at step {best.get('step')}: "
+          f"test top-1 {best.get('top1', float('nan')):.3f} (periodic subset) -> {args.out}/model.safetensors")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from vst.evaluate import run_eval
+
+    m = run_eval(args.run, args.data, args.protocol, args.out)
+    print(f"{m['protocol']} test: {m['clips']} clips, top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, "
+          f"window top-1 {m['window_top1']:.1%}")
+    print(f"codebook: {m['codes_used']:.0%} of codes used, perplexity {m['perplexity']:.1f}; "
+          f"token stability {m['token_stability']:.1%}; {m['tokens_per_window']} tokens per window, "
+          f"{m['tokens_per_second']:.1f} tokens per second of video")
+    print(f"wrote {m['out']}/metrics.json and {m['out']}/confusion.png")
+    return 0
+
+
+def cmd_glossary(args: argparse.Namespace) -> int:
+    from vst.glossary import build_glossary
+
+    out = build_glossary(args.run, args.data, split=args.split, max_clips=args.max_clips)
+    print(f"glossary of {out['codes_seen']} codes in use -> {out['json']} and {out['markdown']}")
     return 0

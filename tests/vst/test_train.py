@@ -1,0 +1,90 @@
+"""A tiny VST trains on a tiny synthetic set; evaluation and the glossary write all their outputs."""
+import json
+import os
+
+import pytest
+import torch
+
+from tests.helpers import run_cli
+from vst.cache import Cache, prepare
+from vst.model import VST, load_checkpoint
+from vst.train import TrainConfig, losses, seed_everything, train
+from vst.windows import Augment, TrainSampler
+
+TINY = dict(R=32, widths=(8, 16, 16, 32), D=32, hidden=48, code_dim=16, spatial_channels=8, K=32)
+
+
+@pytest.fixture(scope="module")
+def cache32(tiny_dataset, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cache32"))
+    prepare(tiny_dataset, "xsub", out, size=32, workers=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(cache32, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run"))
+    tc = TrainConfig(epochs=12, batch=6, lr=5e-3, eval_every_epochs=6)
+    result = train(cache32, out, tc, progress=False, overrides=TINY)
+    return out, result
+
+
+@pytest.mark.slow
+def test_tiny_training_lowers_the_loss(cache32, tiny_run):
+    run, result = tiny_run
+    assert result["steps"] == 12 * 6  # 36 training clips / batch 6 = 6 steps per epoch
+    cache = Cache.open(cache32)
+    trained = load_checkpoint(run, "last")
+    seed_everything(TrainConfig().seed)
+    untrained = VST(trained.cfg)  # the initial weights train() started from
+    batch = TrainSampler(cache, cache.split("train"), trained.cfg, Augment(), seed=123).sample(24)
+    with torch.no_grad():
+        after, stats = losses(trained.train(), batch, TrainConfig())
+        before, _ = losses(untrained.train(), batch, TrainConfig())
+    assert float(after) < 0.9 * float(before), (float(before), float(after), stats)
+    history = [json.loads(line) for line in open(os.path.join(run, "history.jsonl"))]
+    assert [h["step"] for h in history] == [36, 72]
+    assert {"config.json", "model.safetensors", "last.safetensors", "last_state.pt", "train_config.json"} <= set(os.listdir(run))
+
+
+@pytest.mark.slow
+def test_resume_continues_where_it_stopped(cache32, tmp_path):
+    out = str(tmp_path / "run")
+    first = train(cache32, out, TrainConfig(epochs=4, batch=6, eval_every_epochs=2, minutes=0.0), progress=False, overrides=TINY)
+    assert first["stopped_early"] and first["steps"] == 1
+    second = train(cache32, out, TrainConfig(epochs=4, batch=6, eval_every_epochs=2), resume=True, progress=False)
+    assert second["steps"] == 24 and not second["stopped_early"]
+    history = [json.loads(line)["step"] for line in open(os.path.join(out, "history.jsonl"))]
+    assert history == [1, 12, 24]
+
+
+@pytest.mark.slow
+def test_eval_and_glossary_write_all_outputs(cache32, tiny_run):
+    run, _ = tiny_run
+    r = run_cli("eval", "vst", "--run", run, "--data", cache32, "--protocol", "xsub")
+    assert r.returncode == 0, r.stderr
+    assert "top-1" in r.stdout and "token stability" in r.stdout
+    metrics = json.load(open(os.path.join(run, "eval", "xsub", "metrics.json")))
+    assert metrics["clips"] == 18 and set(metrics["per_class"]) == {"8", "9", "23"}
+    assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and 0 < metrics["codes_used"] <= 1
+    assert metrics["tokens_per_second"] == pytest.approx(8 * 15 / 8)
+    png = os.path.join(run, "eval", "xsub", "confusion.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    r = run_cli("vst", "glossary", "--run", run, "--data", cache32)
+    assert r.returncode == 0, r.stderr
+    glossary = json.load(open(os.path.join(run, "glossary.json")))
+    assert glossary["codes_seen"] >= 1
+    entry = next(iter(glossary["codes"].values()))
+    assert {"gloss", "classes", "position_mean", "attributes"} <= set(entry)
+    assert any(word in entry["gloss"] for word in ("hand", "foot", "head", "body"))
+    md = open(os.path.join(run, "glossary.md")).read()
+    assert md.startswith("# Codebook glossary") and "| act_" in md
+
+
+def test_eval_refuses_a_cache_of_the_wrong_resolution(tiny_run, tiny_dataset, tmp_path):
+    run, _ = tiny_run
+    prepare(tiny_dataset, "xview", str(tmp_path / "c48"), size=48, workers=2, progress=False)
+    r = run_cli("eval", "vst", "--run", run, "--data", str(tmp_path / "c48"))
+    assert r.returncode == 2 and "--size 32" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("eval", "vst", "--run", str(tmp_path / "nothing"), "--data", str(tmp_path / "c48"))
+    assert r.returncode == 2 and "no VST checkpoint" in r.stderr

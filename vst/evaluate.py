@@ -1,0 +1,129 @@
+"""VST evaluation on a protocol's test split: semantic-head top-1/top-5 (per clip: mean of the
+window probabilities; and per window), per-class accuracy, a confusion-matrix PNG, codebook health
+(codes used, perplexity), token stability between consecutive overlapping windows, and tokens
+per second of video."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+
+from vst.cache import Cache
+from vst.windows import clip_windows
+
+
+def token_stability(ids: torch.Tensor, shift: int) -> tuple[int, int]:
+    """(equal, compared) tokens on the overlap of consecutive windows: window k's tokens from
+    `shift` on describe the same frames as window k+1's first T - shift tokens."""
+    if ids.shape[0] < 2 or shift >= ids.shape[1]:
+        return 0, 0
+    a, b = ids[:-1, shift:], ids[1:, : ids.shape[1] - shift]
+    return int((a == b).sum()), int(a.numel())
+
+
+@torch.no_grad()
+def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False) -> dict:
+    from tqdm import tqdm
+
+    cfg = model.cfg
+    model.eval()
+    n_cls = len(cfg.classes)
+    confusion = np.zeros((n_cls, n_cls), np.int64)
+    top5 = win_correct = win_total = equal = compared = 0
+    all_ids = []
+    for clip in tqdm(clips, desc="eval", unit="clip", disable=not progress):
+        out = clip_windows(model, cache.clip_frames(clip))
+        label = cfg.classes.index(clip["action"])
+        probs = out["logits"].softmax(-1)
+        mean = probs.mean(0)
+        confusion[label, int(mean.argmax())] += 1
+        top5 += int(label in mean.topk(min(5, n_cls)).indices.tolist())
+        win_correct += int((probs.argmax(-1) == label).sum())
+        win_total += probs.shape[0]
+        e, c = token_stability(out["ids"], cfg.shift)
+        equal, compared = equal + e, compared + c
+        all_ids.append(out["ids"].reshape(-1))
+    ids = torch.cat(all_ids)
+    used, perplexity = model.quantizer.usage(ids)
+    total = int(confusion.sum())
+    per_class = {str(a): (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+                 for i, a in enumerate(cfg.classes)}
+    return {
+        "clips": total,
+        "top1": float(np.trace(confusion) / max(total, 1)),
+        "top5": top5 / max(total, 1),
+        "window_top1": win_correct / max(win_total, 1),
+        "windows": win_total,
+        "per_class": per_class,
+        "codes_used": used,
+        "perplexity": perplexity,
+        "token_stability": equal / compared if compared else None,
+        "tokens_per_window": cfg.T,
+        "tokens_per_second": cfg.T * cfg.fps / cfg.S,
+        "confusion": confusion.tolist(),
+    }
+
+
+def plot_confusion(confusion, labels: list[str], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion, float)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(labels), 0.8 + 0.5 * len(labels)))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if cm[i, j]:
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_eval(run: str, cache_dir: str, protocol: str | None, out: str | None = None, progress: bool = True) -> dict:
+    from vst.model import load_checkpoint
+
+    model = load_checkpoint(run)
+    cache = Cache.open(cache_dir)
+    check_cache(cache, model.cfg)
+    protocol = protocol or cache.index["protocol"]
+    clips = [c for c in cache.split("test", protocol) if c["action"] in model.cfg.classes]
+    if not clips:
+        from vst.ntu import DatasetError
+
+        raise DatasetError(f"{cache_dir} has no test clips of the model's classes under {protocol}")
+    metrics = evaluate(model, cache, clips, progress=progress)
+    metrics["protocol"] = protocol
+    out = out or os.path.join(run, "eval", protocol)
+    os.makedirs(out, exist_ok=True)
+    names = cache.index.get("classes", {})
+    labels = [f"A{a:03d} {names.get(str(a), '')[:22]}" for a in model.cfg.classes]
+    plot_confusion(metrics["confusion"], labels, os.path.join(out, "confusion.png"),
+                   f"VST semantic head, {protocol} test, top-1 {metrics['top1']:.1%}")
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    metrics["out"] = out
+    return metrics
+
+
+def check_cache(cache: Cache, cfg) -> None:
+    conv = cache.index["conversion"]
+    if conv["width"] != cfg.R or conv["fps"] != cfg.fps:
+        from vst.ntu import DatasetError
+
+        raise DatasetError(
+            f"{cache.root} holds {conv['width']}px frames at {conv['fps']} fps but the model wants {cfg.R}px at {cfg.fps} fps; "
+            f"prepare a cache with --size {cfg.R} --fps {cfg.fps}"
+        )

@@ -1,0 +1,216 @@
+"""The VST model: FrameEncoder (per frame) -> TemporalTokenizer (per window) -> VectorQuantizer ->
+semantic head, split into the two run-time engines of DESIGN.md:
+
+    encode_frames(uint8 [N, R, R, 3]) -> features [N, D]                    (FrameEncoder engine)
+    tokenize(features [B, W, D]) -> ids [B, T], distances [B, T], logits   (TokenEngine)
+
+`forward(clip)` is their composition. The frame encoder takes raw uint8 RGB (NHWC, straight from
+GStreamer) and normalises inside, so the runtime feeds frames as they come. The tokenizer is
+segment-local with one segment of causal context, so windows that overlap by W - S frames see
+the same inputs for most shared segments; a consistency loss in training does the rest.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vst.quantizer import VectorQuantizer
+
+
+@dataclass
+class VSTConfig:
+    classes: list[int] = field(default_factory=list)  # NTU action ids, index = class index
+    W: int = 32  # frames per window
+    S: int = 8  # window stride (frames)
+    T: int = 8  # tokens per window
+    K: int = 256  # codebook size
+    D: int = 256  # frame feature size
+    R: int = 112  # input resolution (square)
+    fps: int = 15
+    widths: tuple[int, ...] = (24, 48, 96, 160)
+    spatial_channels: int = 32  # channels kept per cell of the R/16 grid before the feature projection
+    hidden: int = 256  # tokenizer width
+    code_dim: int = 64
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    aux_side: bool = True  # auxiliary heads for synthetic motion attributes (limb side, repetitions)
+    max_reps: int = 6
+
+    def __post_init__(self):
+        self.widths = tuple(self.widths)
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if self.W % self.T:
+            raise ValueError(f"W={self.W} must be a multiple of T={self.T}")
+        if self.S % (self.W // self.T):
+            raise ValueError(f"S={self.S} must be a multiple of the segment length W/T={self.W // self.T}")
+        if self.R % 16:
+            raise ValueError(f"R={self.R} must be a multiple of 16")
+
+    @property
+    def segment(self) -> int:
+        return self.W // self.T
+
+    @property
+    def shift(self) -> int:
+        """Tokens by which consecutive windows are shifted."""
+        return self.S // self.segment
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(asdict(self), f, indent=1)
+
+    @classmethod
+    def load(cls, path: str) -> "VSTConfig":
+        with open(path) as f:
+            return cls(**json.load(f))
+
+
+SIZES = {
+    "small": dict(R=64, widths=(16, 32, 64, 128), D=192, hidden=192, code_dim=48, spatial_channels=24),
+    "base": dict(R=112, widths=(24, 48, 96, 160), D=256, hidden=256, code_dim=64, spatial_channels=32),
+}
+
+
+def conv_bn(cin, cout, k, stride=1, groups=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU6())
+
+
+class DSBlock(nn.Module):
+    """Depthwise-separable block (MobileNet style), residual when shapes allow."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.dw = conv_bn(cin, cin, 3, stride, groups=cin)
+        self.pw = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.pw(self.dw(x))
+        return F.relu6(x + y) if self.residual else F.relu6(y)
+
+
+class FrameEncoder(nn.Module):
+    def __init__(self, cfg: VSTConfig):
+        super().__init__()
+        w = cfg.widths
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(cfg.std).view(1, 3, 1, 1) * 255.0))
+        layers = [conv_bn(3, w[0], 3, 2)]  # R/2
+        cin = w[0]
+        for cout in w[1:]:
+            layers += [DSBlock(cin, cout, 2), DSBlock(cout, cout, 1)]  # R/4, R/8, R/16
+            cin = cout
+        layers += [conv_bn(cin, cfg.spatial_channels, 1)]
+        self.body = nn.Sequential(*layers)
+        self.proj = nn.Linear(cfg.spatial_channels * (cfg.R // 16) ** 2, cfg.D)  # keeps where things are
+        self.norm = nn.LayerNorm(cfg.D)
+
+    def forward(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, R, R, 3] -> features [N, D]."""
+        x = frames_u8.permute(0, 3, 1, 2).float()
+        x = (x - self.mean) * self.inv_std
+        return self.norm(self.proj(self.body(x).flatten(1)))
+
+
+class TemporalTokenizer(nn.Module):
+    """W features -> T segment embeddings: patchify frames and their differences per segment,
+    then one causal convolution over segments (each token also sees the segment before it)."""
+
+    def __init__(self, cfg: VSTConfig):
+        super().__init__()
+        self.patch = nn.Conv1d(2 * cfg.D, cfg.hidden, cfg.segment, stride=cfg.segment)
+        self.causal = nn.Conv1d(cfg.hidden, cfg.hidden, 2)
+        self.mlp = nn.Sequential(nn.GELU(), nn.Conv1d(cfg.hidden, cfg.hidden, 1), nn.GELU(), nn.Conv1d(cfg.hidden, cfg.code_dim, 1))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """[B, W, D] -> [B, T, code_dim]."""
+        diff = torch.cat([torch.zeros_like(feats[:, :1]), feats[:, 1:] - feats[:, :-1]], dim=1)
+        x = torch.cat([feats, diff], dim=2).transpose(1, 2)  # B, 2D, W
+        h = F.gelu(self.patch(x))  # B, H, T
+        h = h + self.causal(F.pad(h, (1, 0)))
+        return self.mlp(h).transpose(1, 2)
+
+
+class SemanticHead(nn.Module):
+    """Classifies the quantized token sequence (order matters: flatten, not pooling)."""
+
+    def __init__(self, cfg: VSTConfig, outputs: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(1), nn.Linear(cfg.T * cfg.code_dim, 256), nn.GELU(), nn.Dropout(0.1),
+                                 nn.Linear(256, outputs))
+
+    def forward(self, q):
+        return self.net(q)
+
+
+class VST(nn.Module):
+    def __init__(self, cfg: VSTConfig):
+        super().__init__()
+        if not cfg.classes:
+            raise ValueError("VSTConfig.classes is empty")
+        self.cfg = cfg
+        self.encoder = FrameEncoder(cfg)
+        self.tokenizer = TemporalTokenizer(cfg)
+        self.quantizer = VectorQuantizer(cfg.K, cfg.code_dim)
+        self.head = SemanticHead(cfg, len(cfg.classes))
+        self.aux = SemanticHead(cfg, 2 + cfg.max_reps) if cfg.aux_side else None
+        # training only: the same classifier on the continuous embeddings gives the tokenizer a
+        # direct gradient (the straight-through one alone learns slowly); never exported
+        self.z_head = SemanticHead(cfg, len(cfg.classes))
+
+    # ---- the two engines ----------------------------------------------------------------------
+    def encode_frames(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        return self.encoder(frames_u8)
+
+    def tokenize(self, feats: torch.Tensor):
+        """features [B, W, D] -> (ids [B, T], distances [B, T], head logits [B, C])."""
+        out = self.tokenize_train(feats)
+        return out["ids"], out["dist"], out["logits"]
+
+    def tokenize_train(self, feats: torch.Tensor) -> dict:
+        z = self.tokenizer(feats)
+        q, ids, dist, commit = self.quantizer(z)
+        out = {"z": F.normalize(z, dim=-1), "q": q, "ids": ids, "dist": dist, "commit": commit, "logits": self.head(q)}
+        if self.training:
+            out["z_logits"] = self.z_head(out["z"])
+        if self.aux is not None:
+            out["aux"] = self.aux(q)
+        return out
+
+    def forward(self, clip_u8: torch.Tensor):
+        """uint8 [B, W, R, R, 3] -> (ids, distances, logits): the full-clip forward."""
+        b, w = clip_u8.shape[:2]
+        feats = self.encode_frames(clip_u8.reshape(b * w, *clip_u8.shape[2:])).reshape(b, w, -1)
+        return self.tokenize(feats)
+
+
+def save_checkpoint(model: VST, folder: str, name: str = "model", extra: dict | None = None) -> str:
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    model.cfg.save(os.path.join(folder, "config.json"))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path = os.path.join(folder, f"{name}.safetensors")
+    save_file(state, path + ".tmp", metadata={k: json.dumps(v) for k, v in (extra or {}).items()})
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def load_checkpoint(folder: str, name: str = "model") -> VST:
+    """A VST from a run folder (config.json + NAME.safetensors), in eval mode."""
+    from safetensors.torch import load_file
+
+    cfg_path = os.path.join(folder, "config.json")
+    path = os.path.join(folder, f"{name}.safetensors")
+    if not (os.path.exists(cfg_path) and os.path.exists(path)):
+        from vst.ntu import DatasetError
+
+        raise DatasetError(f"no VST checkpoint in {folder} (config.json + {name}.safetensors); train one with `lvlm-var train vst`")
+    model = VST(VSTConfig.load(cfg_path))
+    model.load_state_dict(load_file(path))
+    return model.eval()
