@@ -14,14 +14,26 @@ from collections import deque
 from streams.frame import Frame
 
 
-class NewestFrameBuffer:
-    policy = "newest"
+class _Buffer:
+    policy = ""
 
     def __init__(self):
         self._cond = threading.Condition()
-        self._frame: Frame | None = None
         self._closed = False
         self.drops = 0
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class NewestFrameBuffer(_Buffer):
+    policy = "newest"
+
+    def __init__(self):
+        super().__init__()
+        self._frame: Frame | None = None
 
     def put(self, frame: Frame, stop: threading.Event | None = None) -> bool:
         with self._cond:
@@ -39,24 +51,17 @@ class NewestFrameBuffer:
             frame, self._frame = self._frame, None
             return frame
 
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
     def __len__(self) -> int:
         return int(self._frame is not None)
 
 
-class LosslessBuffer:
+class LosslessBuffer(_Buffer):
     policy = "lossless"
 
     def __init__(self, capacity: int = 8):
-        self._cond = threading.Condition()
+        super().__init__()
         self._items: deque[Frame] = deque()
-        self._capacity = capacity
-        self._closed = False
-        self.drops = 0  # stays 0: kept for a uniform interface
+        self._capacity = capacity  # drops stays 0
 
     def put(self, frame: Frame, stop: threading.Event | None = None) -> bool:
         """Block while full; give up (False) only when the buffer closes or `stop` is set."""
@@ -79,11 +84,6 @@ class LosslessBuffer:
             frame = self._items.popleft()
             self._cond.notify_all()
             return frame
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
 
     def __len__(self) -> int:
         with self._cond:

@@ -81,6 +81,7 @@ class Source:
                 raise SourceError(f"no such video file: {self.spec.location}")
             if not os.access(self.spec.location, os.R_OK):
                 raise SourceError(f"video file not readable (permissions): {self.spec.location}")
+        parse_pipeline(self.description)  # a bad pipeline:// text or a missing element fails here, not in the thread
         hw = prefer_hardware_decoders()
         log.info("[%s] %s; pipeline: %s", self.stream_id,
                  f"hardware decoders preferred: {', '.join(hw)}" if hw else "software decoding", self.description)

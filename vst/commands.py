@@ -49,11 +49,13 @@ def register(cli) -> None:
     t.add_argument("--protocol", required=True, choices=tuple(PROTOCOLS))
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--size", choices=("small", "base"), default="small",
-                   help="small: R=64, trains on a 2-core CPU in ~20 min; base: R=112")
-    t.add_argument("--epochs", type=int, default=None, help="default: 30 (small), 40 (base)")
-    t.add_argument("--batch", type=int, default=16)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--minutes", type=float, default=None, help="stop after this long and keep the best checkpoint")
+                   help="small: R=64, trains on a 2-core CPU in ~10 min; base: R=112")
+    t.add_argument("--frame-steps", type=int, default=None, help="stage 1 steps (single frames; default 4000)")
+    t.add_argument("--epochs", type=int, default=None, help="stage 2 epochs over cached features (default 100)")
+    t.add_argument("--views", type=int, default=None, help="augmented feature views per training clip (default 4)")
+    t.add_argument("--batch", type=int, default=None, help="stage 2 batch (default 64)")
+    t.add_argument("--lr", type=float, default=None, help="stage 2 learning rate (default 3e-3)")
+    t.add_argument("--minutes", type=float, default=None, help="stop after this long; continue later with --resume")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from RUN/last_state.pt")
     t.set_defaults(func=cmd_train)
@@ -141,12 +143,15 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from vst.train import TrainConfig, train
 
-    epochs = args.epochs or (30 if args.size == "small" else 40)
-    tc = TrainConfig(protocol=args.protocol, size=args.size, epochs=epochs, batch=args.batch, lr=args.lr,
-                     minutes=args.minutes, seed=args.seed)
+    given = {"frame_steps": args.frame_steps, "epochs": args.epochs, "views": args.views, "batch": args.batch, "lr": args.lr}
+    tc = TrainConfig(protocol=args.protocol, size=args.size, minutes=args.minutes, seed=args.seed,
+                     **{k: v for k, v in given.items() if v is not None})
     result = train(args.data, args.out, tc, resume=args.resume)
     best = result["best"] or {}
-    print(f"trained {result['steps']} steps in {result['seconds']:.0f}s; best checkpoint at step {best.get('step')}: "
+    if result["stopped_early"]:
+        print(f"stopped after {result['seconds']:.0f}s (--minutes); continue with --resume")
+        return 0
+    print(f"trained in {result['seconds']:.0f}s; best checkpoint at stage-2 step {best.get('step')}: "
           f"test top-1 {best.get('top1', float('nan')):.3f} (periodic subset) -> {args.out}/model.safetensors")
     return 0
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vst.cache import Cache
-from vst.windows import clip_windows
+from vst.windows import clip_windows, feature_windows
 
 
 def token_stability(ids: torch.Tensor, shift: int) -> tuple[int, int]:
@@ -24,7 +24,8 @@ def token_stability(ids: torch.Tensor, shift: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False) -> dict:
+def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, features: list | None = None) -> dict:
+    """Metrics over clips; `features` (per clip, from the frame encoder) skips re-encoding frames."""
     from tqdm import tqdm
 
     cfg = model.cfg
@@ -33,8 +34,8 @@ def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False) -> 
     confusion = np.zeros((n_cls, n_cls), np.int64)
     top5 = win_correct = win_total = equal = compared = 0
     all_ids = []
-    for clip in tqdm(clips, desc="eval", unit="clip", disable=not progress):
-        out = clip_windows(model, cache.clip_frames(clip))
+    for i, clip in enumerate(tqdm(clips, desc="eval", unit="clip", disable=not progress)):
+        out = feature_windows(model, features[i]) if features is not None else clip_windows(model, cache.clip_frames(clip))
         label = cfg.classes.index(clip["action"])
         probs = out["logits"].softmax(-1)
         mean = probs.mean(0)

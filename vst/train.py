@@ -1,10 +1,21 @@
-"""VST training: semantic-head cross-entropy on quantized tokens, VQ commitment, a temporal-
-consistency term (windows shifted by S frames agree on their overlap), and auxiliary heads for
-the synthetic motion attributes (limb side, repetitions). tqdm progress, periodic evaluation,
-best checkpoint kept, resumable, seeded; CPU by default, CUDA when present.
+"""VST training, in two stages that follow the two-engine design:
 
-Run folder: config.json + model.safetensors (best), last.safetensors + last_state.pt (resume),
-train_config.json, history.jsonl.
+1. frames: the FrameEncoder learns from single augmented frames taken inside the action
+   (cross-entropy on the action; on synthetic data also the limb side and the frame's 2D
+   skeleton, a dense target that makes the features about the body rather than the clothes). A frame costs one
+   encoder pass here, against W passes inside a window: the encoder sees ~30x more clips
+   for the same CPU time.
+2. tokens: every training clip is encoded once per augmented view and its features cached (as
+   the runtime caches them); the TemporalTokenizer, VectorQuantizer and semantic head then
+   train on pairs of windows S frames apart over those features, with temporal speed jitter.
+   Losses: cross-entropy of the semantic head on quantized tokens; the same head on the
+   continuous embeddings (a direct gradient; training only); VQ commitment; a temporal-
+   consistency term (contrastive, see `consistency_loss`); auxiliary heads for limb side and
+   repetitions on synthetic data.
+
+tqdm progress, periodic evaluation, best checkpoint kept, resumable (per stage), seeded; CPU by
+default, CUDA when present. Run folder: config.json + model.safetensors (best), last.safetensors
++ last_state.pt (resume), train_config.json, history.jsonl.
 """
 from __future__ import annotations
 
@@ -23,25 +34,31 @@ from vst.cache import Cache
 from vst.evaluate import check_cache, evaluate
 from vst.model import SIZES, VST, VSTConfig, load_checkpoint, save_checkpoint
 from vst.ntu import DatasetError
-from vst.windows import Augment, TrainSampler
+from vst.windows import Augment, FeatureWindowSampler, FrameSampler, augment_frames, encode_clip
 
 
 @dataclass
 class TrainConfig:
     protocol: str = "xsub"
     size: str = "small"
-    epochs: int = 30
-    batch: int = 16
+    frame_steps: int = 4000  # stage 1
+    frame_batch: int = 64
+    frame_lr: float = 2e-3
+    pose_weight: float = 1.0  # stage 1: regress the frame's 2D skeleton (synthetic data)
+    views: int = 4  # augmented feature views per training clip for stage 2 (view 0 is unaugmented)
+    epochs: int = 100  # stage 2, over the training clips
+    batch: int = 64
     lr: float = 3e-3
     weight_decay: float = 1e-4
     commit_weight: float = 0.1
-    consistency_weight: float = 0.5
-    temperature: float = 0.1  # of the contrastive consistency term
+    consistency_weight: float = 0.1
+    temperature: float = 0.1
     z_head_weight: float = 0.5
     aux_weight: float = 0.2
-    eval_every_epochs: int = 3
-    eval_clips: int = 160  # test clips used by the periodic evaluation (the final one uses all)
-    minutes: float | None = None  # stop early (and still evaluate) after this much time
+    feature_dropout: float = 0.1
+    eval_every_epochs: int = 25
+    eval_clips: int = 400  # test clips used by the periodic evaluation
+    minutes: float | None = None  # stop after this much time (resume later with --resume)
     seed: int = 0
 
 
@@ -54,7 +71,8 @@ def seed_everything(seed: int) -> None:
 def consistency_loss(z1: torch.Tensor, z2: torch.Tensor, shift: int, temperature: float) -> torch.Tensor:
     """Windows k (z1) and k+1 (z2) overlap: z1[:, shift:] and z2[:, :T-shift] cover the same frames.
     Contrastive (InfoNCE): each overlap segment must match its counterpart more than any other
-    segment in the batch. A plain distance would be minimised by one constant token for everything."""
+    segment in the batch. A plain distance is minimised by one constant token for everything
+    (tried: the codebook collapses to a single code)."""
     a = z1[:, shift:].reshape(-1, z1.shape[-1])
     p = z2[:, : z2.shape[1] - shift].reshape(-1, z2.shape[-1])
     logits = a @ p.t() / temperature
@@ -62,27 +80,25 @@ def consistency_loss(z1: torch.Tensor, z2: torch.Tensor, shift: int, temperature
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0) -> tuple[torch.Tensor, dict]:
-    """progress in [0, 1]: the consistency term ramps up over the first 20 % of training, so the
-    tokens first learn to carry the action."""
+def token_losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0) -> tuple[torch.Tensor, dict]:
+    """Stage-2 losses on a batch of feature spans [B, W+S, D]. progress in [0, 1]: the consistency
+    term ramps in over the first 20 % so the tokens first learn to carry the action."""
     cfg = model.cfg
-    frames = batch["frames"]
-    b, span = frames.shape[:2]
-    feats = model.encode_frames(frames.reshape(b * span, *frames.shape[2:])).reshape(b, span, -1)
-    both = torch.cat([feats[:, : cfg.W], feats[:, cfg.S: cfg.S + cfg.W]])  # window k and k+1
-    out = model.tokenize_train(both)
+    feats = F.dropout(batch["feats"], tc.feature_dropout, model.training)
+    b = feats.shape[0]
+    out = model.tokenize_train(torch.cat([feats[:, : cfg.W], feats[:, cfg.S: cfg.S + cfg.W]]))
     labels = batch["label"].repeat(2)
     ce = F.cross_entropy(out["logits"], labels, label_smoothing=0.05)
     ce_z = F.cross_entropy(out["z_logits"], labels, label_smoothing=0.05)
     consistency = consistency_loss(out["z"][:b], out["z"][b:], cfg.shift, tc.temperature)
-    ramp = min(1.0, progress / 0.2)
-    loss = ce + tc.z_head_weight * ce_z + tc.commit_weight * out["commit"] + tc.consistency_weight * ramp * consistency
+    loss = ce + tc.z_head_weight * ce_z + tc.commit_weight * out["commit"] \
+        + tc.consistency_weight * min(1.0, progress / 0.2) * consistency
     stats = {"ce": ce.item(), "commit": out["commit"].item(), "consistency": consistency.item(),
              "acc": (out["logits"].argmax(-1) == labels).float().mean().item()}
     if model.aux is not None:
-        aux = out["aux"]
         side, reps = batch["side"].repeat(2), batch["reps"].repeat(2)
-        aux_loss = torch.zeros(())
+        aux = out["aux"]
+        aux_loss = torch.zeros((), device=loss.device)
         if (side >= 0).any():
             aux_loss = aux_loss + F.cross_entropy(aux[:, :2][side >= 0], side[side >= 0])
         if (reps >= 0).any():
@@ -92,11 +108,164 @@ def losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0) -> t
     return loss, stats
 
 
-def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progress: bool = True,
-          overrides: dict | None = None) -> dict:
-    """Train a VST on a prepared cache; returns the final evaluation of the best checkpoint."""
+class _Run:
+    """State shared by the stages: model, folder, clock, history, resume state."""
+
+    def __init__(self, out: str, model: VST, tc: TrainConfig, device):
+        self.out, self.model, self.tc, self.device = out, model, tc, device
+        self.t0 = time.monotonic()
+        self.history = open(os.path.join(out, "history.jsonl"), "a")
+
+    def out_of_time(self) -> bool:
+        return self.tc.minutes is not None and time.monotonic() - self.t0 > self.tc.minutes * 60
+
+    def save_state(self, stage: str, step: int, opt, sched, best: float, best_record: dict | None, **extra) -> None:
+        save_checkpoint(self.model, self.out, "last", {"stage": stage, "step": step})
+        torch.save({"stage": stage, "step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "best": best, "best_record": best_record, "train_config": asdict(self.tc),
+                    "torch_rng": torch.get_rng_state(), **extra}, os.path.join(self.out, "last_state.pt"))
+
+    def log(self, record: dict) -> None:
+        self.history.write(json.dumps(record) + "\n")
+        self.history.flush()
+
+
+def _stage_frames(run: _Run, cache: Cache, clips: list[dict], state: dict | None, progress: bool) -> bool:
+    """Stage 1; returns False when stopped by the time limit."""
     from tqdm import tqdm
 
+    model, tc = run.model, run.tc
+    # classes + side + 25 2D joints; discarded after this stage
+    head = torch.nn.Linear(model.cfg.D, len(model.cfg.classes) + 2 + 50).to(run.device)
+    params = list(model.encoder.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=tc.frame_lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.frame_lr, total_steps=tc.frame_steps, pct_start=0.1)
+    step = 0
+    if state is not None and state["stage"] == "frames":
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = state["step"]
+        head.load_state_dict(state["frame_head"])
+    sampler = FrameSampler(cache, clips, model.cfg, Augment(), seed=tc.seed * 1000 + step)
+    model.train()
+    n_cls = len(model.cfg.classes)
+    bar = tqdm(total=tc.frame_steps, initial=step, desc="stage 1/2 frames", unit="step", disable=not progress)
+    running: dict[str, float] = {}
+    first: dict[str, float] = {}
+    while step < tc.frame_steps:
+        batch = {k: v.to(run.device) for k, v in sampler.sample(tc.frame_batch).items()}
+        logits = head(model.encode_frames(batch["frames"]))
+        loss = F.cross_entropy(logits[:, :n_cls], batch["label"], label_smoothing=0.05)
+        side, has_pose = batch["side"], batch["has_pose"]
+        if (side >= 0).any():
+            loss = loss + 0.2 * F.cross_entropy(logits[:, n_cls:n_cls + 2][side >= 0], side[side >= 0])
+        if has_pose.any():  # the pose target makes the features about the body, not the clothes
+            pose = logits[:, n_cls + 2:].reshape(-1, 25, 2)
+            loss = loss + tc.pose_weight * F.smooth_l1_loss(pose[has_pose], batch["pose"][has_pose], beta=0.05) * 10
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        acc = (logits[:, :n_cls].argmax(-1) == batch["label"]).float().mean().item()
+        running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in {"loss": loss.item(), "acc": acc}.items()}
+        first = first if step > 1 else {"first_loss": loss.item()}
+        bar.update()
+        bar.set_postfix(loss=f"{running['loss']:.3f}", acc=f"{running['acc']:.2f}")
+        if run.out_of_time():
+            break
+    bar.close()
+    run.log({"stage": "frames", "step": step, "elapsed_s": round(time.monotonic() - run.t0, 1), **first, **running})
+    finished = step >= tc.frame_steps
+    run.save_state("tokens" if finished else "frames", 0 if finished else step, opt, sched, -1.0, None,
+                   frame_head=head.state_dict())
+    return finished
+
+
+@torch.no_grad()
+def _features(model: VST, cache: Cache, clips: list[dict], views: int, seed: int, progress: bool, desc: str):
+    """Per view, per clip: encoder features [n, D]; view 0 unaugmented, the others augmented."""
+    from tqdm import tqdm
+
+    model.eval()
+    out, flips = [], []
+    for v in range(views):
+        feats, flipped = [], []
+        for i, clip in enumerate(tqdm(clips, desc=f"{desc} view {v + 1}/{views}", unit="clip", disable=not progress)):
+            frames = cache.clip_frames(clip)
+            f = False
+            if v:
+                x, f = augment_frames(frames, np.random.default_rng((seed, v, i)), Augment())
+                frames = x.numpy()
+            feats.append(encode_clip(model, frames).cpu())
+            flipped.append(f)
+        out.append(feats)
+        flips.append(flipped)
+    return out, flips
+
+
+def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict | None, progress: bool) -> tuple[bool, dict | None]:
+    from tqdm import tqdm
+
+    model, tc = run.model, run.tc
+    views, flips = _features(model, cache, train_clips, tc.views, tc.seed, progress, "encode train")
+    eval_feats = _features(model, cache, eval_clips, 1, tc.seed, progress, "encode test")[0][0]
+    params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    steps_per_epoch = max(1, math.ceil(len(train_clips) / tc.batch))
+    total = steps_per_epoch * tc.epochs
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=total, pct_start=0.1)
+    step, best, best_record = 0, -1.0, None
+    if state is not None and state["stage"] == "tokens" and state["step"] > 0:
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, best, best_record = state["step"], state["best"], state["best_record"]
+    sampler = FeatureWindowSampler([[f.to(run.device) for f in view] for view in views], train_clips, flips,
+                                   model.cfg, Augment(), seed=tc.seed * 1000 + step + 1)
+    bar = tqdm(total=total, initial=step, desc="stage 2/2 tokens", unit="step", disable=not progress)
+    running: dict[str, float] = {}
+    first: dict[str, float] = {}
+    model.train()
+    model.encoder.eval()
+    while step < total:
+        batch = {k: v.to(run.device) for k, v in sampler.sample(tc.batch).items()}
+        loss, stats = token_losses(model, batch, tc, step / total)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 2.0)
+        opt.step()
+        sched.step()
+        step += 1
+        running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in stats.items()}
+        first = first or {"first_ce": stats["ce"]}
+        bar.update()
+        bar.set_postfix(loss=f"{running['ce']:.3f}", acc=f"{running['acc']:.2f}", cons=f"{running['consistency']:.2f}")
+        out_of_time = run.out_of_time()
+        epoch = step / steps_per_epoch
+        if (step % steps_per_epoch == 0 and round(epoch) % tc.eval_every_epochs == 0) or step == total or out_of_time:
+            m = evaluate(model, cache, eval_clips, features=eval_feats)
+            model.train()
+            model.encoder.eval()
+            record = {"stage": "tokens", "step": step, "epoch": round(epoch, 2), "elapsed_s": round(time.monotonic() - run.t0, 1),
+                      **first, **{k: round(v, 4) for k, v in running.items()},
+                      **{k: m[k] for k in ("top1", "window_top1", "codes_used", "perplexity", "token_stability")}}
+            run.log(record)
+            bar.write(f"step {step} epoch {epoch:.0f}: test top-1 {m['top1']:.3f} (windows {m['window_top1']:.3f}), "
+                      f"codes {m['codes_used']:.0%}, stability {m['token_stability']:.3f}")
+            if m["top1"] >= best:
+                best, best_record = m["top1"], record
+                save_checkpoint(model, run.out, "model", {"step": step, "top1_subset": best})
+            run.save_state("tokens", step, opt, sched, best, best_record)
+        if out_of_time:
+            bar.close()
+            return False, best_record
+    bar.close()
+    return True, best_record
+
+
+def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progress: bool = True,
+          overrides: dict | None = None) -> dict:
+    """Train a VST on a prepared cache; returns {'steps', 'seconds', 'best', 'stopped_early'}."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
@@ -105,80 +274,36 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
     test_clips = cache.split("test", tc.protocol)
     if not train_clips or not test_clips:
         raise DatasetError(f"{cache_dir} has no {'training' if not train_clips else 'test'} clips under {tc.protocol}")
-    classes = sorted({c["action"] for c in train_clips})
     state_path = os.path.join(out, "last_state.pt")
+    state = None
     if resume and os.path.exists(state_path):
-        model = load_checkpoint(out, "last").train()
+        model = load_checkpoint(out, "last")
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         tc = TrainConfig(**{**state["train_config"], "minutes": tc.minutes})  # the time limit is this call's
+        torch.set_rng_state(state["torch_rng"])
     else:
         if tc.size not in SIZES:
             raise ValueError(f"unknown size {tc.size!r}; choose one of {', '.join(SIZES)}")
+        classes = sorted({c["action"] for c in train_clips})
         cfg = VSTConfig(classes=classes, fps=cache.index["conversion"]["fps"], **{**SIZES[tc.size], **(overrides or {})})
-        has_attrs = any(c.get("attributes") for c in train_clips)
-        cfg.aux_side = has_attrs
+        cfg.aux_side = any(c.get("attributes") for c in train_clips)
         seed_everything(tc.seed)
         model = VST(cfg)
-        state = None
-    cfg = model.cfg
-    check_cache(cache, cfg)
-    test_clips = [c for c in test_clips if c["action"] in cfg.classes]
-    model.to(device).train()
-    steps_per_epoch = max(1, math.ceil(len(train_clips) / tc.batch))
-    total_steps = steps_per_epoch * tc.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=total_steps, pct_start=0.1)
-    step, best, best_metrics = 0, -1.0, None
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, best, best_metrics = state["step"], state["best"], state["best_metrics"]
-        torch.set_rng_state(state["torch_rng"])
-    sampler = TrainSampler(cache, train_clips, cfg, Augment(), seed=tc.seed * 1000 + step)
+    check_cache(cache, model.cfg)
+    test_clips = [c for c in test_clips if c["action"] in model.cfg.classes]
+    eval_clips = test_clips[:: max(1, len(test_clips) // tc.eval_clips)][: tc.eval_clips]
+    model.to(device)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w") as f:
-        json.dump({**asdict(tc), "cache": os.path.abspath(cache_dir), "classes": cfg.classes}, f, indent=1)
-    eval_subset = test_clips[:: max(1, len(test_clips) // tc.eval_clips)][: tc.eval_clips]
-    t0 = time.monotonic()
-    bar = tqdm(total=total_steps, initial=step, desc=f"train vst {tc.size} {tc.protocol}", unit="step", disable=not progress)
-    history = open(os.path.join(out, "history.jsonl"), "a")
-    running: dict[str, float] = {}
-    stopped_early = False
-    while step < total_steps:
-        batch = {k: v.to(device) for k, v in sampler.sample(tc.batch).items()}
-        loss, stats = losses(model, batch, tc, step / total_steps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
-        opt.step()
-        sched.step()
-        step += 1
-        running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in stats.items()}
-        bar.update()
-        bar.set_postfix(loss=f"{running['ce']:.3f}", acc=f"{running['acc']:.2f}", cons=f"{running['consistency']:.3f}")
-        out_of_time = tc.minutes is not None and time.monotonic() - t0 > tc.minutes * 60
-        epoch_end = step % steps_per_epoch == 0
-        if (epoch_end and (step // steps_per_epoch) % tc.eval_every_epochs == 0) or step == total_steps or out_of_time:
-            m = evaluate(model, cache, eval_subset)
-            model.train()
-            record = {"step": step, "epoch": step / steps_per_epoch, "elapsed_s": round(time.monotonic() - t0, 1),
-                      **{k: round(v, 4) for k, v in running.items()},
-                      **{k: m[k] for k in ("top1", "window_top1", "codes_used", "perplexity", "token_stability")}}
-            history.write(json.dumps(record) + "\n")
-            history.flush()
-            bar.write(f"step {step} epoch {record['epoch']:.1f}: test top-1 {m['top1']:.3f} (windows {m['window_top1']:.3f}), "
-                      f"codes {m['codes_used']:.0%}, stability {m['token_stability']:.3f}")
-            if m["top1"] >= best:
-                best, best_metrics = m["top1"], record
-                save_checkpoint(model, out, "model", {"step": step, "top1_subset": best})
-            save_checkpoint(model, out, "last", {"step": step})
-            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step, "best": best,
-                        "best_metrics": best_metrics, "train_config": asdict(tc), "torch_rng": torch.get_rng_state()},
-                       state_path)
-        if out_of_time:
-            stopped_early = True
-            bar.write(f"stopping after {tc.minutes} minutes (--minutes)")
-            break
-    bar.close()
-    history.close()
-    return {"steps": step, "seconds": round(time.monotonic() - t0, 1), "best": best_metrics, "stopped_early": stopped_early}
+        json.dump({**asdict(tc), "cache": os.path.abspath(cache_dir), "classes": model.cfg.classes}, f, indent=1)
+    run = _Run(out, model, tc, device)
+    done = True
+    best = state["best_record"] if state else None
+    if state is None or state["stage"] == "frames":
+        done = _stage_frames(run, cache, train_clips, state, progress)
+        state = None
+    if done:
+        done, best = _stage_tokens(run, cache, train_clips, eval_clips, state, progress)
+    run.history.close()
+    steps = json.loads(open(os.path.join(out, "history.jsonl")).readlines()[-1])["step"]
+    return {"steps": steps, "seconds": round(time.monotonic() - run.t0, 1), "best": best, "stopped_early": not done}

@@ -3,6 +3,7 @@ matter for cameras, and the sliding windows the runtime sees (stride S) for eval
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,18 +12,23 @@ import torch.nn.functional as F
 
 from vst.cache import Cache
 from vst.model import VSTConfig
+from vst.skeleton import J, JOINT_NAMES
 
 SIDES = ("left", "right")
+# joint index of each NTU joint's mirror image (left <-> right)
+MIRROR = [J[n.replace("left", "@").replace("right", "left").replace("@", "right")] for n in JOINT_NAMES]
 
 
 @dataclass
 class Augment:
-    crop_scale: tuple[float, float] = (0.75, 1.0)  # share of the frame side kept
+    crop_scale: tuple[float, float] = (0.85, 1.0)  # share of the frame side kept
     speed: tuple[float, float] = (0.8, 1.25)  # temporal speed jitter
     brightness: float = 0.25
     contrast: float = 0.25
     channel_gain: float = 0.08
     flip: float = 0.5  # horizontal flip probability (swaps the limb side label)
+    channel_shuffle: float = 0.3  # permute R, G, B: clothing colour must not be a cue
+    grayscale: float = 0.1
 
 
 def sliding_starts(n: int, cfg: VSTConfig) -> list[int]:
@@ -48,61 +54,138 @@ def clip_targets(clip: dict, cfg: VSTConfig) -> tuple[int, int, int]:
     return label, side, min(reps, cfg.max_reps - 1)
 
 
-class TrainSampler:
-    """Random pairs of windows shifted by S (for the consistency loss) from the training split."""
+def augment_frames(frames: np.ndarray, rng: np.random.Generator, a: Augment, points: np.ndarray | None = None):
+    """One random crop/scale, colour change and flip applied to a run of uint8 frames [L,R,R,3].
+    Returns (frames, flipped) or, with `points` (normalised x, y in [0, 1], [..., 2]), also the
+    points moved by the same crop and flip (left and right joints swapped on a flip)."""
+    x = torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float()  # L, 3, R, R
+    r = x.shape[-1]
+    side = int(round(r * rng.uniform(*a.crop_scale)))
+    top, left = rng.integers(0, r - side + 1, 2)
+    x = x[:, :, top:top + side, left:left + side]
+    if side != r:
+        x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
+    gain = torch.tensor(1 + rng.uniform(-a.channel_gain, a.channel_gain, 3), dtype=torch.float32).view(1, 3, 1, 1)
+    mean = x.mean()
+    x = (x - mean) * (1 + rng.uniform(-a.contrast, a.contrast)) + mean
+    x = x * (1 + rng.uniform(-a.brightness, a.brightness)) * gain
+    if rng.random() < a.channel_shuffle:
+        x = x[:, torch.from_numpy(rng.permutation(3))]
+    if rng.random() < a.grayscale:
+        x = x.mean(dim=1, keepdim=True).repeat(1, 3, 1, 1)
+    flipped = bool(rng.random() < a.flip)
+    if flipped:
+        x = torch.flip(x, dims=[3])
+    x = x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    if points is None:
+        return x, flipped
+    p = (points * r - np.array([left, top])) / side
+    if flipped:
+        p = p[..., MIRROR, :]
+        p[..., 0] = 1.0 - p[..., 0]
+    return x, flipped, p.astype(np.float32)
+
+
+def speed_indices(n: int, span: int, rng: np.random.Generator, speed: tuple[float, float]) -> np.ndarray:
+    """`span` frame indices into a clip of n frames at a random speed and start (clamped at the end)."""
+    v = rng.uniform(*speed)
+    need = int(math.ceil(span * v))
+    start = int(rng.integers(0, max(0, n - need) + 1))
+    return np.minimum(start + np.round(np.arange(span) * v).astype(int), n - 1)
+
+
+def action_frames(clip: dict) -> tuple[int, int]:
+    """The frames where the action happens: from the attributes, else the middle 60 % of the clip."""
+    attrs = clip.get("attributes") or {}
+    n = clip["frames"]
+    if "action_start_frame" in attrs and attrs.get("fps"):
+        ratio = n / max(attrs["frames"], 1)  # the cache may run at another fps than the clip
+        lo, hi = int(attrs["action_start_frame"] * ratio), int(attrs["action_end_frame"] * ratio)
+        if hi > lo:
+            return lo, min(hi, n)
+    return int(n * 0.2), max(int(n * 0.8), int(n * 0.2) + 1)
+
+
+class FrameSampler:
+    """Stage 1: single augmented frames from inside the action, with their clip's labels and, for
+    synthetic clips, the 2D skeleton of that frame (normalised image coordinates) as a pose target."""
 
     def __init__(self, cache: Cache, clips: list[dict], cfg: VSTConfig, aug: Augment, seed: int = 0):
         self.cache, self.clips, self.cfg, self.aug = cache, clips, cfg, aug
         self.rng = np.random.default_rng(seed)
+        self.poses: dict[str, np.ndarray] = {}
+        root = cache.index.get("data", "")
+        for clip in clips:
+            path = os.path.join(root, "skeletons", clip["name"] + ".npz")
+            attrs = clip.get("attributes")
+            if attrs and os.path.exists(path):
+                self.poses[clip["name"]] = np.load(path)["joints2d"] / float(attrs["size"])
+
+    def sample(self, batch: int) -> dict:
+        frames, labels, sides, poses, has_pose = [], [], [], [], []
+        for i in self.rng.integers(0, len(self.clips), batch):
+            clip = self.clips[i]
+            label, side, _ = clip_targets(clip, self.cfg)
+            lo, hi = action_frames(clip)
+            k = int(self.rng.integers(lo, hi))
+            frame = self.cache.clip_frames(clip)[k]
+            pose = self.poses.get(clip["name"])
+            target = np.zeros((25, 2), np.float32)
+            if pose is not None:
+                target = pose[min(len(pose) - 1, int(round(k * len(pose) / clip["frames"])))]
+            x, flipped, target = augment_frames(frame[None], self.rng, self.aug, target)
+            frames.append(x[0])
+            labels.append(label)
+            sides.append(1 - side if flipped and side >= 0 else side)
+            poses.append(target)
+            has_pose.append(pose is not None)
+        return {"frames": torch.stack(frames), "label": torch.tensor(labels), "side": torch.tensor(sides),
+                "pose": torch.from_numpy(np.stack(poses)), "has_pose": torch.tensor(has_pose)}
+
+
+class FeatureWindowSampler:
+    """Stage 2: pairs of windows S frames apart over cached frame features (several augmented
+    views per clip), with temporal speed jitter."""
+
+    def __init__(self, views: list[list[torch.Tensor]], clips: list[dict], flipped: list[list[bool]], cfg: VSTConfig,
+                 aug: Augment, seed: int = 0):
+        self.views, self.clips, self.flipped, self.cfg, self.aug = views, clips, flipped, cfg, aug
+        self.rng = np.random.default_rng(seed)
         self.span = cfg.W + cfg.S
 
     def sample(self, batch: int) -> dict:
-        frames, labels, sides, reps = [], [], [], []
+        feats, labels, sides, reps = [], [], [], []
         for i in self.rng.integers(0, len(self.clips), batch):
-            clip = self.clips[i]
-            label, side, rep = clip_targets(clip, self.cfg)
-            x, flipped = self._window(self.cache.clip_frames(clip))
-            if flipped and side >= 0:
-                side = 1 - side
-            frames.append(x)
+            v = int(self.rng.integers(0, len(self.views)))
+            f = self.views[v][i]
+            idx = speed_indices(len(f), self.span, self.rng, self.aug.speed)
+            feats.append(f[torch.from_numpy(idx)])
+            label, side, rep = clip_targets(self.clips[i], self.cfg)
             labels.append(label)
-            sides.append(side)
+            sides.append(1 - side if self.flipped[v][i] and side >= 0 else side)
             reps.append(rep)
-        return {"frames": torch.stack(frames), "label": torch.tensor(labels), "side": torch.tensor(sides),
+        return {"feats": torch.stack(feats), "label": torch.tensor(labels), "side": torch.tensor(sides),
                 "reps": torch.tensor(reps)}
-
-    def _window(self, clip: np.ndarray) -> tuple[torch.Tensor, bool]:
-        a, rng, n = self.aug, self.rng, len(clip)
-        speed = rng.uniform(*a.speed)
-        need = int(math.ceil(self.span * speed))
-        start = int(rng.integers(0, max(0, n - need) + 1))
-        idx = np.minimum(start + np.round(np.arange(self.span) * speed).astype(int), n - 1)
-        x = torch.from_numpy(np.ascontiguousarray(clip[idx])).permute(0, 3, 1, 2).float()  # L, 3, R, R
-        r = x.shape[-1]
-        side = int(round(r * rng.uniform(*a.crop_scale)))
-        top, left = rng.integers(0, r - side + 1, 2)
-        x = x[:, :, top:top + side, left:left + side]
-        if side != r:
-            x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
-        gain = torch.tensor(1 + rng.uniform(-a.channel_gain, a.channel_gain, 3), dtype=torch.float32).view(1, 3, 1, 1)
-        mean = x.mean()
-        x = (x - mean) * (1 + rng.uniform(-a.contrast, a.contrast)) + mean
-        x = x * (1 + rng.uniform(-a.brightness, a.brightness)) * gain
-        flipped = bool(rng.random() < a.flip)
-        if flipped:
-            x = torch.flip(x, dims=[3])
-        return x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous(), flipped
 
 
 @torch.no_grad()
-def clip_windows(model, frames: np.ndarray, batch_frames: int = 512) -> dict:
+def encode_clip(model, frames: np.ndarray, batch_frames: int = 512) -> torch.Tensor:
+    """Every frame of a clip through the frame encoder once: [n, D] (padded to at least W frames)."""
+    frames = pad_to(frames, model.cfg.W)
+    x = torch.from_numpy(np.array(frames)).to(next(model.parameters()).device)
+    return torch.cat([model.encode_frames(x[i:i + batch_frames]) for i in range(0, len(x), batch_frames)])
+
+
+@torch.no_grad()
+def feature_windows(model, feats: torch.Tensor) -> dict:
+    """The runtime's windows over one clip's features: a window every S frames once W are present."""
+    cfg = model.cfg
+    starts = sliding_starts(len(feats), cfg)
+    ids, dist, logits = model.tokenize(torch.stack([feats[s:s + cfg.W] for s in starts]))
+    return {"ids": ids, "dist": dist, "logits": logits, "starts": starts}
+
+
+def clip_windows(model, frames: np.ndarray) -> dict:
     """Run the two engines over one clip as the runtime would: every frame encoded once, a window
     every S frames. Returns ids [n_win, T], dist [n_win, T], logits [n_win, C], starts."""
-    cfg = model.cfg
-    frames = pad_to(frames, cfg.W)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).to(next(model.parameters()).device)
-    feats = torch.cat([model.encode_frames(x[i:i + batch_frames]) for i in range(0, len(x), batch_frames)])
-    starts = sliding_starts(len(frames), cfg)
-    windows = torch.stack([feats[s:s + cfg.W] for s in starts])
-    ids, dist, logits = model.tokenize(windows)
-    return {"ids": ids, "dist": dist, "logits": logits, "starts": starts}
+    return feature_windows(model, encode_clip(model, frames))

@@ -174,3 +174,23 @@ def test_rtsp_frames_match_the_prepared_frames(rtsp_server, tiny_video):
     first = next((k for k in range(1, len(idx)) if idx[k] < idx[k - 1]), len(idx))
     assert idx[:first] == sorted(idx[:first])
     assert len(set(idx[:first])) >= 0.8 * len(prepared)
+
+
+def test_realtime_pacing_plays_a_file_like_a_camera(tiny_video):
+    t0 = time.monotonic()
+    with Source(tiny_video, Conversion(48, 48, 15)) as src:
+        n = len(list(src.frames()))
+    fast = time.monotonic() - t0
+    t0 = time.monotonic()
+    with Source(tiny_video, Conversion(48, 48, 15), realtime=True) as src:
+        assert len(list(src.frames())) == n
+    paced = time.monotonic() - t0
+    assert paced >= 0.9 * (n - 1) / 15 and paced > fast
+
+
+def test_missing_plugin_names_the_package():
+    with pytest.raises(SourceError) as err:
+        Source("csi://0").start()
+    assert "nvarguscamerasrc" in str(err.value) and "nvidia-l4t-gstreamer" in str(err.value)
+    with pytest.raises(SourceError, match="no_such_element_xyz"):
+        Source("pipeline://no_such_element_xyz ! fakesink").start()

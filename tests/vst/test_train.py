@@ -3,13 +3,14 @@ import json
 import os
 
 import pytest
+
 import torch
 
 from tests.helpers import run_cli
 from vst.cache import Cache, prepare
 from vst.model import VST, load_checkpoint
-from vst.train import TrainConfig, losses, seed_everything, train
-from vst.windows import Augment, TrainSampler
+from vst.train import TrainConfig, _features, seed_everything, token_losses, train
+from vst.windows import Augment, FeatureWindowSampler
 
 TINY = dict(R=32, widths=(8, 16, 16, 32), D=32, hidden=48, code_dim=16, spatial_channels=8, K=32)
 
@@ -21,41 +22,54 @@ def cache32(tiny_dataset, tmp_path_factory):
     return out
 
 
+FAST = dict(frame_steps=150, frame_batch=16, views=2, epochs=40, batch=8, eval_every_epochs=20)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(cache32, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("run"))
-    tc = TrainConfig(epochs=12, batch=6, lr=5e-3, eval_every_epochs=6)
-    result = train(cache32, out, tc, progress=False, overrides=TINY)
+    result = train(cache32, out, TrainConfig(**FAST), progress=False, overrides=TINY)
     return out, result
 
 
 @pytest.mark.slow
-def test_tiny_training_lowers_the_loss(cache32, tiny_run):
+def test_tiny_training_lowers_the_loss(tiny_run, cache32):
     run, result = tiny_run
-    assert result["steps"] == 12 * 6  # 36 training clips / batch 6 = 6 steps per epoch
-    cache = Cache.open(cache32)
-    trained = load_checkpoint(run, "last")
-    seed_everything(TrainConfig().seed)
-    untrained = VST(trained.cfg)  # the initial weights train() started from
-    batch = TrainSampler(cache, cache.split("train"), trained.cfg, Augment(), seed=123).sample(24)
-    with torch.no_grad():
-        after, stats = losses(trained.train(), batch, TrainConfig())
-        before, _ = losses(untrained.train(), batch, TrainConfig())
-    assert float(after) < 0.9 * float(before), (float(before), float(after), stats)
+    assert not result["stopped_early"] and result["steps"] == 40 * 5  # 36 training clips / batch 8 = 5 steps per epoch
     history = [json.loads(line) for line in open(os.path.join(run, "history.jsonl"))]
-    assert [h["step"] for h in history] == [36, 72]
+    frames, tokens = history[0], history[1:]
+    assert frames["stage"] == "frames" and frames["step"] == 150
+    assert frames["loss"] < 0.5 * frames["first_loss"]  # stage 1
+    assert [h["step"] for h in tokens] == [100, 200]
+    # stage 2: the same windows, scored by the trained token engine and by a fresh one on the same features
+    trained = load_checkpoint(run, "last")
+    seed_everything(0)
+    fresh = VST(trained.cfg)
+    fresh.encoder.load_state_dict(trained.encoder.state_dict())
+    cache = Cache.open(cache32)
+    clips = cache.split("train")
+    views, flips = _features(trained, cache, clips, 1, 0, False, "")
+    tc = TrainConfig(**FAST)
+    scores = []
+    for model in (fresh, trained):
+        sampler = FeatureWindowSampler(views, clips, flips, model.cfg, Augment(), seed=5)
+        with torch.no_grad():
+            scores.append(float(token_losses(model.train(), sampler.sample(64), tc)[0]))
+    assert scores[1] < 0.8 * scores[0], scores
     assert {"config.json", "model.safetensors", "last.safetensors", "last_state.pt", "train_config.json"} <= set(os.listdir(run))
+    model = load_checkpoint(run)
+    assert model.cfg.classes == [8, 9, 23] and model.cfg.R == 32
 
 
 @pytest.mark.slow
 def test_resume_continues_where_it_stopped(cache32, tmp_path):
     out = str(tmp_path / "run")
-    first = train(cache32, out, TrainConfig(epochs=4, batch=6, eval_every_epochs=2, minutes=0.0), progress=False, overrides=TINY)
+    first = train(cache32, out, TrainConfig(**{**FAST, "minutes": 0.0}), progress=False, overrides=TINY)
     assert first["stopped_early"] and first["steps"] == 1
-    second = train(cache32, out, TrainConfig(epochs=4, batch=6, eval_every_epochs=2), resume=True, progress=False)
-    assert second["steps"] == 24 and not second["stopped_early"]
-    history = [json.loads(line)["step"] for line in open(os.path.join(out, "history.jsonl"))]
-    assert history == [1, 12, 24]
+    second = train(cache32, out, TrainConfig(**FAST), resume=True, progress=False)
+    assert not second["stopped_early"] and second["steps"] == 200
+    steps = [(h["stage"], h["step"]) for h in map(json.loads, open(os.path.join(out, "history.jsonl")))]
+    assert steps == [("frames", 1), ("frames", 150), ("tokens", 100), ("tokens", 200)]
 
 
 @pytest.mark.slow

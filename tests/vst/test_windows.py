@@ -1,0 +1,38 @@
+import numpy as np
+
+from vst.model import VSTConfig
+from vst.skeleton import J
+from vst.windows import MIRROR, Augment, augment_frames, pad_to, sliding_starts, speed_indices
+
+
+def test_sliding_windows_match_the_runtime_rule():
+    cfg = VSTConfig(classes=[1], W=32, S=8, T=8)
+    assert sliding_starts(20, cfg) == [0]
+    assert sliding_starts(32, cfg) == [0]
+    assert sliding_starts(50, cfg) == [0, 8, 16]
+    assert pad_to(np.zeros((20, 2, 2, 3), np.uint8), 32).shape[0] == 32
+
+
+def test_speed_indices_stay_inside_the_clip():
+    rng = np.random.default_rng(0)
+    for n in (10, 40, 100):
+        idx = speed_indices(n, 40, rng, (0.8, 1.25))
+        assert len(idx) == 40 and idx.min() >= 0 and idx.max() <= n - 1 and (np.diff(idx) >= 0).all()
+
+
+def test_augmentation_moves_pose_targets_with_the_pixels():
+    r = 64
+    frame = np.zeros((1, r, r, 3), np.uint8)
+    pts = np.zeros((25, 2), np.float32)
+    pts[:] = 0.5
+    x, y = 20, 30
+    frame[0, y, x] = 255
+    pts[J["hand_left"]] = ((x + 0.5) / r, (y + 0.5) / r)
+    for seed in range(5):
+        out, flipped, moved = augment_frames(frame, np.random.default_rng(seed), Augment(crop_scale=(0.7, 0.9), flip=1.0), pts)
+        assert flipped
+        yy, xx = np.unravel_index(out[0].numpy().astype(int).sum(-1).argmax(), (r, r))
+        # after a flip the left hand's point is the right hand's target
+        px, py = moved[J["hand_right"]] * r
+        assert abs(px - (xx + 0.5)) <= 1.5 and abs(py - (yy + 0.5)) <= 1.5, (seed, px, py, xx, yy)
+    assert sorted(MIRROR) == list(range(25)) and MIRROR[J["knee_left"]] == J["knee_right"] and MIRROR[J["head"]] == J["head"]
