@@ -16,7 +16,7 @@ def register(cli) -> None:
     s = dsub.add_parser("synth", help="render a synthetic action dataset in NTU RGB+D layout")
     s.add_argument("--out", required=True, help="output folder (resumes a partial dataset made with the same settings)")
     s.add_argument("--classes", default=None, help="comma-separated NTU action ids or slugs (default: all)")
-    s.add_argument("--performers", type=int, default=16, help="number of performers P001.. (default 16)")
+    s.add_argument("--performers", type=int, default=40, help="number of performers P001.. (default 40, as NTU RGB+D)")
     s.add_argument("--cameras", type=int, default=3, choices=(1, 2, 3), help="cameras C001.. at 0, +45, -45 degrees")
     s.add_argument("--setups", type=int, default=1, help="setups S001.. (camera height/distance, room)")
     s.add_argument("--reps", type=int, default=2, choices=(1, 2), help="replications R001.. (facing +45 / -45 degrees)")
@@ -49,7 +49,7 @@ def register(cli) -> None:
     t.add_argument("--protocol", required=True, choices=tuple(PROTOCOLS))
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--size", choices=("small", "base"), default="small",
-                   help="small: R=64, trains on a 2-core CPU in ~10 min; base: R=112")
+                   help="small: R=64, trains on a 2-core CPU in ~6 min; base: R=112")
     t.add_argument("--frame-steps", type=int, default=None, help="stage 1 steps (single frames; default 4000)")
     t.add_argument("--epochs", type=int, default=None, help="stage 2 epochs over cached features (default 100)")
     t.add_argument("--views", type=int, default=None, help="augmented feature views per training clip (default 4)")

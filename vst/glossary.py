@@ -61,7 +61,12 @@ def describe_segment(joints: np.ndarray) -> str:
     pelvis_move = last[J["spine_base"]] - first[J["spine_base"]]
     leg = np.linalg.norm(first[J["hip_left"]] - first[J["knee_left"]]) + np.linalg.norm(first[J["knee_left"]] - first[J["ankle_left"]])
     pelvis_height = last[J["spine_base"], 1] - min(last[J["ankle_left"], 1], last[J["ankle_right"], 1])
-    posture = "lying" if tilt > 55 else "bent over" if tilt > 30 else "lowered" if pelvis_height < 0.75 * leg else "upright"
+    if tilt > 55 and pelvis_height < 0.5 * leg:
+        posture = "lying"
+    elif tilt > 30:
+        posture = "bent over"
+    else:
+        posture = "lowered" if pelvis_height < 0.75 * leg else "upright"
     moves = {}
     for part, joint in PARTS.items():
         rel = (last[J[joint]] - last[J["spine_base"]]) - (first[J[joint]] - first[J["spine_base"]])
@@ -69,6 +74,11 @@ def describe_segment(joints: np.ndarray) -> str:
     moves["whole body"] = (float(np.linalg.norm(pelvis_move)) * 1.3, pelvis_move)
     part, (dist, d) = max(moves.items(), key=lambda kv: kv[1][0])
     if dist < STILL_M:
+        raised = [(last[J[PARTS[h]], 1], h) for h in ("left hand", "right hand")
+                  if posture in ("upright", "lowered") and last[J[PARTS[h]], 1] > last[J["spine_mid"], 1]]
+        if raised:
+            y, hand = max(raised)
+            return f"{hand} {_height_phrase(float(y), last)}, held still"
         return f"body {posture}, still"
     if part == "whole body":
         return f"whole body {posture}, moving {_direction(d, left, forward)}"
@@ -88,6 +98,7 @@ def build_glossary(run: str, cache_dir: str, split: str = "train", max_clips: in
 
     from vst.evaluate import check_cache
     from vst.model import load_checkpoint
+    from vst.train import spread
     from vst.windows import clip_windows
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -97,7 +108,7 @@ def build_glossary(run: str, cache_dir: str, split: str = "train", max_clips: in
     check_cache(cache, cfg)
     clips = cache.clips if split == "all" else cache.split(split)
     clips = [c for c in clips if c["action"] in cfg.classes]
-    clips = clips[:: max(1, len(clips) // max_clips)][:max_clips]
+    clips = spread(clips, max_clips)
     names = cache.index.get("classes", {})
     data_root = cache.index.get("data", "")
     stats = defaultdict(lambda: {"count": 0, "classes": Counter(), "positions": Counter(), "glosses": Counter(),

@@ -39,7 +39,7 @@ FORMAT_VERSION = 1
 @dataclass(frozen=True)
 class SynthConfig:
     classes: tuple[int, ...] = tuple(a.ntu_id for a in ACTIONS)
-    performers: int = 16
+    performers: int = 40
     cameras: int = 3
     setups: int = 1
     reps: int = 2

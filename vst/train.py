@@ -62,6 +62,15 @@ class TrainConfig:
     seed: int = 0
 
 
+def spread(clips: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """A seeded random subset of n clips, in their original order (a stride over name-sorted
+    clips would pick a few classes only: the action id varies fastest in NTU names)."""
+    if len(clips) <= n:
+        return list(clips)
+    keep = np.sort(np.random.default_rng(seed).choice(len(clips), n, replace=False))
+    return [clips[i] for i in keep]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -291,7 +300,7 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
         model = VST(cfg)
     check_cache(cache, model.cfg)
     test_clips = [c for c in test_clips if c["action"] in model.cfg.classes]
-    eval_clips = test_clips[:: max(1, len(test_clips) // tc.eval_clips)][: tc.eval_clips]
+    eval_clips = spread(test_clips, tc.eval_clips, tc.seed)
     model.to(device)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w") as f:

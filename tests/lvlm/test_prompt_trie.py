@@ -1,0 +1,80 @@
+import math
+import random
+import subprocess
+import sys
+
+import pytest
+
+from lvlm import prompt
+from lvlm.trie import LabelTrie, decode_label
+
+
+def test_prompt_module_imports_the_standard_library_only():
+    code = "import sys, lvlm.prompt, lvlm.trie; assert not [m for m in ('torch', 'numpy', 'transformers') if m in sys.modules]"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_token_id_layout():
+    assert prompt.added_tokens(3) == ["<video>", "</video>", "<act_000>", "<act_001>", "<act_002>"]
+    assert prompt.video_ids([0, 2, 2], base=100, codes=3) == [100, 102, 104, 104, 101]
+    with pytest.raises(ValueError, match="outside the codebook"):
+        prompt.video_ids([3], base=100, codes=3)
+
+
+def test_prompt_renders_identically_and_keeps_the_prefix_fixed():
+    labels = ["drink water", "pickup", "sitting down"]
+    a, b = prompt.build(labels), prompt.build(list(labels))
+    assert a == b
+    assert a.text([1, 2]) == a.prefix + "<video><act_001><act_002></video>" + a.suffix
+    assert "drink water; pickup; sitting down" in a.prefix and "<video>" not in a.prefix
+    assert a.suffix.endswith("Label:") and a.prefix.startswith("<|im_start|>system\n")
+    assert prompt.answer("pickup", "The person  bends\n down.") == " pickup\nExplanation: The person bends down.<|im_end|>"
+    assert prompt.parse_explanation("Explanation: It waves.<|im_end|>junk") == "It waves."
+    with pytest.raises(ValueError):
+        prompt.build(["a\nb"])
+
+
+def brute_force(seqs, table):
+    out = {}
+    for label, ids in seqs.items():
+        lp = sum(table[tuple(ids[:i])][t] for i, t in enumerate(ids))
+        out[label] = math.exp(lp)
+    return out
+
+
+def test_constrained_decoding_returns_only_labels_with_exact_probabilities():
+    rng = random.Random(0)
+    vocab = list(range(12))
+    seqs = {"drink water": [1, 2, 9], "drink": [1, 9], "pickup": [3, 9], "point": [3, 4, 9], "wave": [5, 6, 7, 9]}
+    table = {}
+    calls = []
+
+    def logprobs(prefix, allowed):
+        calls.append(tuple(prefix))
+        key = tuple(prefix)
+        if key not in table:
+            w = [rng.random() + 0.01 for _ in vocab]
+            z = math.log(sum(w))
+            table[key] = {t: math.log(w[t]) - z for t in vocab}
+        return {t: table[key][t] for t in allowed}
+
+    trie = LabelTrie(seqs)
+    result = decode_label(trie, logprobs)
+    assert result.label in seqs
+    assert set(result.distribution) == set(seqs)
+    assert 0 < sum(result.distribution.values()) <= 1.0
+    expected = brute_force(seqs, table)
+    for label, p in expected.items():
+        assert math.isclose(result.distribution[label], p, rel_tol=1e-9)
+    assert result.label == max(expected, key=expected.get)
+    assert math.isclose(sum(result.distribution[lab] / sum(expected.values()) for lab in seqs), 1.0)
+    assert 0 < result.renormalised <= 1
+    # one model call per inner node: (), (1,), (1,2), (3,), (3,4), (5,), (5,6), (5,6,7)
+    assert trie.nodes == 8 and len(calls) == 8 and len(set(calls)) == 8
+
+
+def test_labels_must_be_prefix_free():
+    with pytest.raises(ValueError, match="prefix"):
+        LabelTrie({"drink": [1], "drink water": [1, 2]})
+    with pytest.raises(ValueError, match="same tokens"):
+        LabelTrie({"a": [1, 9], "b": [1, 9]})
