@@ -49,10 +49,10 @@ def register(cli) -> None:
     t.add_argument("--protocol", required=True, choices=tuple(PROTOCOLS))
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--size", choices=("small", "base"), default="small",
-                   help="small: R=64, trains on a 2-core CPU in ~6 min; base: R=112")
-    t.add_argument("--frame-steps", type=int, default=None, help="stage 1 steps (single frames; default 4000)")
+                   help="small: R=64, trains on a 2-core CPU in ~9 min; base: R=112")
+    t.add_argument("--frame-steps", type=int, default=None, help="stage 1 steps (single frames; default 6000)")
     t.add_argument("--epochs", type=int, default=None, help="stage 2 epochs over cached features (default 100)")
-    t.add_argument("--views", type=int, default=None, help="augmented feature views per training clip (default 4)")
+    t.add_argument("--views", type=int, default=None, help="augmented feature views per training clip (default 6)")
     t.add_argument("--batch", type=int, default=None, help="stage 2 batch (default 64)")
     t.add_argument("--lr", type=float, default=None, help="stage 2 learning rate (default 3e-3)")
     t.add_argument("--minutes", type=float, default=None, help="stop after this long; continue later with --resume")

@@ -41,11 +41,11 @@ from vst.windows import Augment, FeatureWindowSampler, FrameSampler, augment_fra
 class TrainConfig:
     protocol: str = "xsub"
     size: str = "small"
-    frame_steps: int = 4000  # stage 1
+    frame_steps: int = 6000  # stage 1
     frame_batch: int = 64
     frame_lr: float = 2e-3
     pose_weight: float = 1.0  # stage 1: regress the frame's 2D skeleton (synthetic data)
-    views: int = 4  # augmented feature views per training clip for stage 2 (view 0 is unaugmented)
+    views: int = 6  # augmented feature views per training clip for stage 2 (view 0 is unaugmented)
     epochs: int = 100  # stage 2, over the training clips
     batch: int = 64
     lr: float = 3e-3
