@@ -63,10 +63,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
             first = first or frame
             last = frame
         stats = src.stats()
-    print(f"source:  {src.spec.display()}")
-    print(f"input:   {stats.input_caps or 'unknown (no frame decoded)'}")
-    print(f"decoder: {stats.decoder or 'none (raw video)'}")
     if count:
+        print(f"source:  {src.spec.display()}")
+        print(f"input:   {stats.input_caps}")
+        print(f"decoder: {stats.decoder or 'none (raw video)'}")
         span = (last.capture_wall_ns - first.capture_wall_ns) / 1e9
         rate = (count - 1) / span if span > 0 else float("nan")
         print(f"frames:  {count} in {args.seconds:.1f}s, output {first.rgb.shape[1]}x{first.rgb.shape[0]} RGB, "
