@@ -1,0 +1,92 @@
+"""LoRA fine-tuning of the language model on action tokens, and the merge back into one model.
+
+Training examples pair a window's action tokens (from a trained VST, run the runtime's way) with
+the clip's label and reference explanation. peft LoRA adapts the attention and MLP projections;
+the new token rows (<video>, </video>, <act_i>) are trainable through `trainable_token_indices`;
+the loss covers the answer only (label line, explanation, end of turn). The prompt comes from
+`lvlm.prompt`, the same text the llama.cpp worker feeds.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+
+from lvlm import prompt
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class FinetuneConfig:
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lr: float = 2e-4
+    batch: int = 8
+    steps: int = 300
+    seed: int = 0
+
+
+def encode(tokenizer, p: prompt.Prompt, base: int, codes: int, example: dict) -> tuple[list[int], list[int]]:
+    """(input ids, labels) of one example; labels are -100 outside the answer."""
+    head = (tokenizer.encode(p.prefix, add_special_tokens=False) + prompt.video_ids(example["tokens"], base, codes)
+            + tokenizer.encode(p.suffix, add_special_tokens=False))
+    answer = tokenizer.encode(prompt.answer(example["label"], example["explanation"]), add_special_tokens=False)
+    return head + answer, [-100] * len(head) + answer
+
+
+def _batches(encoded, batch: int, pad: int, rng):
+    """Padded (ids, labels, attention mask) batches over shuffled epochs, forever."""
+    import torch
+
+    while True:
+        order = rng.permutation(len(encoded))
+        for start in range(0, len(encoded), batch):
+            chunk = [encoded[i] for i in order[start:start + batch]]
+            width = max(len(ids) for ids, _ in chunk)
+            ids = torch.full((len(chunk), width), pad)
+            labels = torch.full((len(chunk), width), -100)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (x, y) in enumerate(chunk):
+                ids[row, : len(x)] = torch.tensor(x)
+                labels[row, : len(y)] = torch.tensor(y)
+                mask[row, : len(x)] = 1
+            yield ids, labels, mask
+
+
+def finetune(model, tokenizer, base: int, codes: int, labels: list[str], examples: list[dict], out: str,
+             cfg: FinetuneConfig, progress: bool = True) -> dict:
+    """Train a LoRA adapter on `examples`; saves it (adapter + tokenizer + lvlm.json) to `out`."""
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tqdm import tqdm
+
+    torch.manual_seed(cfg.seed)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM",
+                      trainable_token_indices=list(range(base, base + codes + 2)))
+    peft_model = get_peft_model(model, lora)
+    p = prompt.build(labels)
+    encoded = [encode(tokenizer, p, base, codes, ex) for ex in examples]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batches = _batches(encoded, cfg.batch, pad, np.random.default_rng(cfg.seed))
+    opt = torch.optim.AdamW([q for q in peft_model.parameters() if q.requires_grad], lr=cfg.lr)
+    peft_model.train()
+    losses = []
+    for _ in tqdm(range(cfg.steps), desc="finetune", unit="step", disable=not progress):
+        ids, lab, mask = next(batches)
+        loss = peft_model(input_ids=ids, attention_mask=mask, labels=lab).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    os.makedirs(out, exist_ok=True)
+    peft_model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    meta = {"prompt_format_version": prompt.PROMPT_FORMAT_VERSION, "token_id_base": base, "codes": codes,
+            "labels": labels, "config": asdict(cfg), "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:]))}
+    with open(os.path.join(out, "lvlm.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    return {"model": peft_model, **meta}

@@ -1,0 +1,98 @@
+"""A tiny LLaMA with the real SmolLM2 tokenizer learns action tokens -> label through LoRA."""
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from lvlm import prompt
+from lvlm.base import fetch
+from lvlm.finetune import FinetuneConfig, encode, finetune
+from lvlm.vocab import add_action_tokens
+
+LABELS = ["drink water", "hand waving", "sitting down"]
+
+
+@pytest.fixture(scope="module")
+def pristine_tokenizer():
+    from transformers import AutoTokenizer
+
+    gguf = fetch()
+    return AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
+
+
+@pytest.fixture()
+def tokenizer(pristine_tokenizer):
+    return copy.deepcopy(pristine_tokenizer)  # each test adds the action tokens itself
+
+
+def tiny_llama(vocab):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                                        initializer_range=0.3))  # output logits able to be confident
+
+
+def examples(n, codes, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(0, 3))
+        tokens = [int(x) for x in rng.integers(k * 4, k * 4 + 4, 8)]  # each label has its own codes
+        out.append({"tokens": tokens, "label": LABELS[k], "explanation": f"The person does {LABELS[k]}."})
+    return out
+
+
+def test_loss_covers_the_answer_only(tokenizer):
+    p = prompt.build(LABELS)
+    ids, labels = encode(tokenizer, p, len(tokenizer), 16, examples(1, 16)[0])
+    answer = [t for t in labels if t != -100]
+    assert ids[-len(answer):] == answer and labels[: len(ids) - len(answer)] == [-100] * (len(ids) - len(answer))
+    assert tokenizer.decode(answer).startswith(" ") and "Explanation:" in tokenizer.decode(answer)
+
+
+@pytest.fixture(scope="module")
+def tuned(pristine_tokenizer, tmp_path_factory):
+    tok = copy.deepcopy(pristine_tokenizer)
+    model = tiny_llama(len(tok))
+    base = add_action_tokens(model, tok, 16)
+    out = str(tmp_path_factory.mktemp("adapter"))
+    result = finetune(model, tok, base, 16, LABELS, examples(48, 16), out, FinetuneConfig(steps=120, batch=8, lr=1e-2),
+                      progress=False)
+    return tok, base, out, result
+
+
+@pytest.mark.slow
+def test_tiny_llama_lora_finetune_lowers_the_loss(tuned):
+    _, _, out, result = tuned
+    assert result["last_loss"] < 0.6 * result["first_loss"]
+    trainable = [n for n, q in result["model"].named_parameters() if q.requires_grad]
+    assert any("lora_A" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
+    assert {"adapter_config.json", "lvlm.json"} <= set(os.listdir(out))
+
+
+@pytest.mark.slow
+def test_constrained_decoding_reads_the_learned_labels(tuned):
+    from lvlm.trie import LabelTrie, decode_label
+
+    tok, base, _, result = tuned
+    peft_model = result["model"].eval()
+    trie = LabelTrie({lab: tok.encode(prompt.label_continuation(lab), add_special_tokens=False) for lab in LABELS})
+    p = prompt.build(LABELS)
+    correct = 0
+    for ex in examples(12, 16, seed=1):  # windows not seen in training
+        head = (tok.encode(p.prefix, add_special_tokens=False) + prompt.video_ids(ex["tokens"], base, 16)
+                + tok.encode(p.suffix, add_special_tokens=False))
+
+        def logprobs(prefix, allowed):
+            with torch.no_grad():
+                out = peft_model(input_ids=torch.tensor([head + list(prefix)])).logits[0, -1].log_softmax(-1)
+            return {a: float(out[a]) for a in allowed}
+
+        r = decode_label(trie, logprobs)
+        assert r.label in LABELS and 0 < sum(r.distribution.values()) <= 1 + 1e-6
+        correct += r.label == ex["label"]
+    assert correct >= 10, correct
