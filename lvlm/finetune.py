@@ -90,3 +90,47 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     with open(os.path.join(out, "lvlm.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return {"model": peft_model, **meta}
+
+
+def merge(peft_model, tokenizer, out: str, meta: dict | None = None) -> str:
+    """Fold the LoRA weights and the trained token rows into the base weights; save a plain
+    Hugging Face model directory (what the GGUF export reads)."""
+    merged = peft_model.merge_and_unload()
+    os.makedirs(out, exist_ok=True)
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if meta is not None:
+        with open(os.path.join(out, "lvlm.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+    return out
+
+
+def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol: str | None = None,
+                   windows_per_clip: int = 3, progress: bool = True) -> tuple[list[str], list[dict]]:
+    """(labels, examples): the VST's tokens for up to `windows_per_clip` sliding windows per clip
+    (those covering most of the action first), with the clip's label and reference explanation."""
+    from tqdm import tqdm
+
+    from vst.cache import Cache
+    from vst.model import load_checkpoint
+    from vst.windows import action_frames, clip_windows
+
+    model = load_checkpoint(vst_run)
+    cache = Cache.open(cache_dir)
+    names = cache.index.get("classes", {})
+    labels = [names.get(str(a), f"action {a}") for a in model.cfg.classes]
+    out = []
+    for clip in tqdm(cache.split(split, protocol), desc=f"examples {split}", unit="clip", disable=not progress):
+        if clip["action"] not in model.cfg.classes:
+            continue
+        w = clip_windows(model, cache.clip_frames(clip))
+        lo, hi = action_frames(clip)
+        overlap = [min(hi, s + model.cfg.W) - max(lo, s) for s in w["starts"]]
+        best = sorted(range(len(overlap)), key=lambda i: -overlap[i])[:windows_per_clip]
+        attrs = clip.get("attributes") or {}
+        label = labels[model.cfg.classes.index(clip["action"])]
+        explanation = attrs.get("explanation") or f"The person performs the action '{label}'."
+        for i in sorted(best):
+            out.append({"clip": clip["name"], "start": w["starts"][i], "tokens": w["ids"][i].tolist(), "label": label,
+                        "explanation": explanation, "attributes": attrs})
+    return labels, out

@@ -8,7 +8,9 @@ import sys
 import pytest
 
 from streams.rtsp_server import RtspServer
+from vst.cache import prepare
 from vst.synth import SynthConfig, generate
+from vst.train import TrainConfig, train
 
 TINY = SynthConfig(classes=(8, 9, 23), performers=3, cameras=3, setups=2, reps=1, size=48, fps=15, seconds=1.6, seed=7)
 
@@ -47,3 +49,23 @@ def rtsp_server():
     server = RtspServer(host="127.0.0.1", port=0)
     yield server
     server.stop()
+
+
+TINY_VST = dict(R=32, widths=(8, 16, 16, 32), D=32, hidden=48, code_dim=16, spatial_channels=8, K=32)
+
+
+@pytest.fixture(scope="session")
+def cache32(tiny_dataset, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cache32"))
+    prepare(tiny_dataset, "xsub", out, size=32, workers=2, progress=False)
+    return out
+
+
+FAST = dict(frame_steps=150, frame_batch=16, views=2, epochs=40, batch=8, eval_every_epochs=20)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(cache32, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("run"))
+    result = train(cache32, out, TrainConfig(**FAST), progress=False, overrides=TINY_VST)
+    return out, result

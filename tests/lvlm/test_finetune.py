@@ -96,3 +96,42 @@ def test_constrained_decoding_reads_the_learned_labels(tuned):
         assert r.label in LABELS and 0 < sum(r.distribution.values()) <= 1 + 1e-6
         correct += r.label == ex["label"]
     assert correct >= 10, correct
+
+
+@pytest.mark.slow
+def test_merge_round_trip_keeps_the_logits(tuned, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lvlm.finetune import merge
+
+    tok, base, _, result = tuned
+    peft_model = result["model"].eval()
+    ex = examples(1, 16, seed=3)[0]
+    ids, _ = encode(tok, prompt.build(LABELS), base, 16, ex)
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        adapter_logits = peft_model(input_ids=x).logits
+    out = merge(peft_model, tok, str(tmp_path / "merged"))
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        merged_logits = merged(input_ids=x).logits
+    assert merged.get_input_embeddings().weight.shape[0] == base + 18
+    assert torch.allclose(adapter_logits, merged_logits, atol=1e-4), (adapter_logits - merged_logits).abs().max()
+
+
+@pytest.mark.slow
+def test_examples_come_from_the_vst_windows(tiny_run, cache32):
+    from lvlm.finetune import build_examples
+    from vst.model import load_checkpoint
+
+    run, _ = tiny_run
+    labels, exs = build_examples(run, cache32, "train", windows_per_clip=2, progress=False)
+    assert labels == ["sitting down", "standing up (from sitting position)", "hand waving"]
+    per_clip = {}
+    for ex in exs:
+        per_clip[ex["clip"]] = per_clip.get(ex["clip"], 0) + 1
+    assert len(per_clip) == 36 and max(per_clip.values()) <= 2  # every training clip, at most 2 windows
+    cfg = load_checkpoint(run).cfg
+    for ex in exs:
+        assert len(ex["tokens"]) == cfg.T and all(0 <= t < cfg.K for t in ex["tokens"])
+        assert ex["label"] in labels and ex["explanation"] == ex["attributes"]["explanation"]

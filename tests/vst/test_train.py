@@ -6,31 +6,12 @@ import pytest
 
 import torch
 
+from tests.conftest import FAST, TINY_VST
 from tests.helpers import run_cli
 from vst.cache import Cache, prepare
 from vst.model import VST, load_checkpoint
 from vst.train import TrainConfig, _features, seed_everything, token_losses, train
 from vst.windows import Augment, FeatureWindowSampler
-
-TINY = dict(R=32, widths=(8, 16, 16, 32), D=32, hidden=48, code_dim=16, spatial_channels=8, K=32)
-
-
-@pytest.fixture(scope="module")
-def cache32(tiny_dataset, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("cache32"))
-    prepare(tiny_dataset, "xsub", out, size=32, workers=2, progress=False)
-    return out
-
-
-FAST = dict(frame_steps=150, frame_batch=16, views=2, epochs=40, batch=8, eval_every_epochs=20)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(cache32, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("run"))
-    result = train(cache32, out, TrainConfig(**FAST), progress=False, overrides=TINY)
-    return out, result
-
 
 @pytest.mark.slow
 def test_tiny_training_lowers_the_loss(tiny_run, cache32):
@@ -64,7 +45,7 @@ def test_tiny_training_lowers_the_loss(tiny_run, cache32):
 @pytest.mark.slow
 def test_resume_continues_where_it_stopped(cache32, tmp_path):
     out = str(tmp_path / "run")
-    first = train(cache32, out, TrainConfig(**{**FAST, "minutes": 0.0}), progress=False, overrides=TINY)
+    first = train(cache32, out, TrainConfig(**{**FAST, "minutes": 0.0}), progress=False, overrides=TINY_VST)
     assert first["stopped_early"] and first["steps"] == 1
     second = train(cache32, out, TrainConfig(**FAST), resume=True, progress=False)
     assert not second["stopped_early"] and second["steps"] == 200
