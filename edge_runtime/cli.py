@@ -15,6 +15,7 @@ import sys
 # In --help order. A command exists here once its issue has built it.
 COMMAND_MODULES = (
     "vst.commands",  # data, train vst, eval vst, vst glossary
+    "lvlm.commands",  # finetune
     "streams.cli",  # streams
 )
 

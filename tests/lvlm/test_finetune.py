@@ -1,5 +1,6 @@
 """A tiny LLaMA with the real SmolLM2 tokenizer learns action tokens -> label through LoRA."""
 import copy
+import json
 import os
 
 import numpy as np
@@ -135,3 +136,22 @@ def test_examples_come_from_the_vst_windows(tiny_run, cache32):
     for ex in exs:
         assert len(ex["tokens"]) == cfg.T and all(0 <= t < cfg.K for t in ex["tokens"])
         assert ex["label"] in labels and ex["explanation"] == ex["attributes"]["explanation"]
+
+
+@pytest.mark.slow
+def test_finetune_command_writes_adapter_and_merged_model(tiny_run, cache32, pristine_tokenizer, tmp_path):
+    from tests.helpers import run_cli
+
+    base_dir = tmp_path / "tiny-llama"
+    tiny_llama(len(pristine_tokenizer)).save_pretrained(base_dir)
+    pristine_tokenizer.save_pretrained(base_dir)
+    run, _ = tiny_run
+    r = run_cli("finetune", "--vst", run, "--data", cache32, "--base", str(base_dir), "--out", str(tmp_path / "ad"),
+                "--steps", "4", "--batch", "4", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "fine-tuned on" in r.stdout
+    meta = json.load(open(tmp_path / "ad" / "merged" / "lvlm.json"))
+    assert meta["codes"] == 32 and meta["token_id_base"] == len(pristine_tokenizer) and len(meta["labels"]) == 3
+    assert (tmp_path / "ad" / "merged" / "model.safetensors").exists()
+    r = run_cli("finetune", "--vst", run, "--data", cache32, "--base", "no-such-model", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "unknown base model" in r.stderr and "Traceback" not in r.stderr

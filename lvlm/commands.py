@@ -1,0 +1,54 @@
+"""`lvlm-var finetune`: LoRA fine-tuning of the language model on a VST's action tokens."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from lvlm.base import BaseModelError
+
+USER_ERRORS = (BaseModelError,)
+
+
+def register(cli) -> None:
+    f = cli.add("finetune", "LoRA fine-tune the language model on a trained VST's action tokens")
+    f.add_argument("--vst", required=True, help="VST run folder (lvlm-var train vst)")
+    f.add_argument("--data", required=True, help="prepared cache the VST was trained on")
+    f.add_argument("--protocol", default=None, help="protocol whose training split to use (default: the cache's)")
+    f.add_argument("--base", default="smollm2-135m", help="smollm2-135m (default) or a local Hugging Face model directory")
+    f.add_argument("--out", required=True, help="adapter folder; the merged model goes to OUT/merged")
+    f.add_argument("--lora-r", type=int, default=16)
+    f.add_argument("--lora-alpha", type=int, default=32)
+    f.add_argument("--lr", type=float, default=2e-4)
+    f.add_argument("--batch", type=int, default=8)
+    f.add_argument("--steps", type=int, default=300)
+    f.add_argument("--windows-per-clip", type=int, default=3)
+    f.set_defaults(func=cmd_finetune)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from lvlm.base import load
+    from lvlm.finetune import FinetuneConfig, build_examples, finetune, merge
+    from lvlm.vocab import add_action_tokens
+    from vst.model import load_checkpoint
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    codes = load_checkpoint(args.vst).cfg.K
+    labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip)
+    glossary = None
+    gpath = os.path.join(args.vst, "glossary.json")
+    if os.path.exists(gpath):
+        with open(gpath) as fh:
+            glossary = json.load(fh)
+    model, tokenizer = load(args.base)
+    base = add_action_tokens(model, tokenizer, codes, glossary)
+    cfg = FinetuneConfig(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lr=args.lr, batch=args.batch, steps=args.steps)
+    result = finetune(model, tokenizer, base, codes, labels, examples, args.out, cfg)
+    meta = {k: v for k, v in result.items() if k != "model"}
+    meta.update({"base": args.base, "vst": os.path.abspath(args.vst), "examples": len(examples)})
+    merged = merge(result["model"], tokenizer, os.path.join(args.out, "merged"), meta)
+    print(f"fine-tuned on {len(examples)} windows for {args.steps} steps: loss {meta['first_loss']:.3f} -> "
+          f"{meta['last_loss']:.3f}; adapter in {args.out}, merged model in {merged}")
+    return 0
