@@ -90,6 +90,12 @@ def load(base: str):
         folder, name = os.path.dirname(gguf), os.path.basename(gguf)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        # transformers dequantises GGUF tensors on load but keeps the model marked "quantized",
+        # which blocks save_pretrained (the merge); the weights are plain float32 by now
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         return model, tokenizer
     if not os.path.isdir(base):
         raise BaseModelError(f"unknown base model {base!r}: use {', '.join(KNOWN)} or a local Hugging Face model directory")

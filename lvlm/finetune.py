@@ -24,7 +24,7 @@ class FinetuneConfig:
     lora_dropout: float = 0.05
     lr: float = 2e-4
     batch: int = 8
-    steps: int = 300
+    steps: int = 150
     seed: int = 0
 
 

@@ -73,3 +73,15 @@ def test_action_tokens_get_the_prompt_ids_and_word_embeddings(tokenizer):
     assert tokenizer.encode(p.text([3, 0]), add_special_tokens=False) == pieces
     with pytest.raises(ValueError, match="already has"):
         add_action_tokens(model, tokenizer, 8)
+
+
+@pytest.mark.slow
+def test_default_base_loads_and_saves_as_a_plain_model(gguf, tmp_path):
+    model, tok = load("smollm2-135m")
+    assert model.config.vocab_size == len(tok) == 49152
+    ids = tok.encode("The cat sat on the", add_special_tokens=False)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+    model.save_pretrained(tmp_path / "plain")  # the merge writes the model like this
+    assert (tmp_path / "plain" / "model.safetensors").exists()
+    assert torch.isfinite(logits).all() and tok.decode(int(logits.argmax())).strip() != ""
