@@ -44,10 +44,10 @@ def rss_mib() -> float:
 
 def soak(minutes: float, restart_every: float, down: float, fps: int = 15) -> dict:
     from streams.pipeline import Conversion
-    from streams.rtsp_server import _free_port
+    from streams.rtsp_server import free_port
     from streams.source import Source
 
-    port = _free_port("127.0.0.1")
+    port = free_port()
     parent, child = mp.get_context("spawn").Pipe()
     proc = mp.get_context("spawn").Process(target=_serve, args=(child, port, fps), daemon=True)
     proc.start()

@@ -23,7 +23,8 @@ def _rtsp_modules():
     return GLib, GstRtspServer
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for servers that must know their URL up front)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -37,7 +38,7 @@ class RtspServer:
         except (ImportError, ValueError):
             raise SourceError("GstRtspServer is unavailable; install gir1.2-gst-rtsp-server-1.0") from None
         self.host = host
-        self.port = port or _free_port(host)  # fixed up front: URLs are known before start() and survive restarts
+        self.port = port or free_port(host)  # fixed up front: URLs are known before start() and survive restarts
         self.user, self.password = user, password
         self._mounts: dict[str, tuple[str, bool]] = {}
         self._server = None
@@ -50,9 +51,8 @@ class RtspServer:
         self._mounts[path] = (launch, shared)
         return self.url(path)
 
-    def add_file(self, path: str, video: str, loop: bool = False) -> str:
-        if loop:
-            raise SourceError("looping files is not supported; mount a longer file")
+    def add_file(self, path: str, video: str) -> str:
+        """Mount a file; each new connection plays it from the start."""
         return self.add_launch(path, f"( filesrc location={quote(video)} ! parsebin ! rtph264pay name=pay0 pt=96 )")
 
     def add_test_pattern(self, path: str, width: int = 320, height: int = 240, fps: int = 15, pattern: str = "ball") -> str:

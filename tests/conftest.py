@@ -1,9 +1,8 @@
-"""Shared fixtures: a tiny synthetic NTU-layout dataset and a local RTSP server (real GStreamer)."""
+"""Shared fixtures: a tiny synthetic NTU-layout dataset, its 32-px cache and a tiny VST run, and a local RTSP server."""
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 
 import pytest
 

@@ -178,7 +178,7 @@ def _stage_frames(run: _Run, cache: Cache, clips: list[dict], state: dict | None
         step += 1
         acc = (logits[:, :n_cls].argmax(-1) == batch["label"]).float().mean().item()
         running = {k: 0.9 * running.get(k, v) + 0.1 * v for k, v in {"loss": loss.item(), "acc": acc}.items()}
-        first = first if step > 1 else {"first_loss": loss.item()}
+        first = first or {"first_loss": loss.item()}
         bar.update()
         bar.set_postfix(loss=f"{running['loss']:.3f}", acc=f"{running['acc']:.2f}")
         if run.out_of_time():

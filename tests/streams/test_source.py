@@ -2,7 +2,6 @@
 import json
 import logging
 import os
-import socket
 import threading
 import time
 
@@ -12,7 +11,7 @@ import pytest
 from streams.errors import SourceError
 from streams.health import State
 from streams.pipeline import Conversion
-from streams.rtsp_server import RtspServer
+from streams.rtsp_server import RtspServer, free_port
 from streams.source import Source
 from vst.cache import decode_clip
 
@@ -24,12 +23,6 @@ def collect(src: Source, n: int, timeout: float = 10.0) -> list:
         if f is not None:
             frames.append(f)
     return frames
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_file_reaches_eos_with_every_frame(tiny_dataset, tiny_video):
