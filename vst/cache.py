@@ -72,9 +72,31 @@ class Cache:
     def clip_frames(self, clip: dict) -> np.ndarray:
         return self.frames[clip["offset"]: clip["offset"] + clip["frames"]]
 
+    def skeleton(self, clip: dict, key: str) -> np.ndarray | None:
+        """A synthetic clip's skeleton array (`joints2d`, `joints3d`, `joints_world`), or None."""
+        path = os.path.join(self.index.get("data", ""), "skeletons", clip["name"] + ".npz")
+        if not clip.get("attributes") or not os.path.exists(path):
+            return None
+        return np.load(path)[key]
+
+    @staticmethod
+    def source_index(clip: dict, frames, length: int) -> np.ndarray:
+        """Cached frame indices -> indices into a per-source-frame array of `length` (the skeleton),
+        which may run at another frame rate than the cache."""
+        return np.clip(np.round(np.asarray(frames) * length / clip["frames"]).astype(int), 0, length - 1)
+
     def split(self, name: str, protocol: str | None = None) -> list[dict]:
         protocol = protocol or self.index["protocol"]
         return [c for c in self.clips if split_of(ClipName.parse(c["name"]), protocol) == name]
+
+
+def spread(clips: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """A seeded random subset of n clips, in their original order (a stride over name-sorted
+    clips would pick a few classes only: the action id varies fastest in NTU names)."""
+    if len(clips) <= n:
+        return list(clips)
+    keep = np.sort(np.random.default_rng(seed).choice(len(clips), n, replace=False))
+    return [clips[i] for i in keep]
 
 
 def prepare(data: str, protocol: str, out: str, size: int = 112, fps: int = 15, crop: bool = True,

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from vst.cache import Cache
+from vst.cache import Cache, spread
 from vst.skeleton import J
 
 PARTS = {"left hand": "hand_left", "right hand": "hand_right", "left foot": "foot_left", "right foot": "foot_right",
@@ -86,8 +86,8 @@ def describe_segment(joints: np.ndarray) -> str:
     return f"{part} {where}, moving {_direction(d, left, forward)}"
 
 
-def _phase(attrs: dict, lo: int, hi: int, fps_ratio: float) -> str:
-    a, b = attrs["action_start_frame"] / fps_ratio, attrs["action_end_frame"] / fps_ratio
+def _phase(action: tuple[int, int], lo: int, hi: int) -> str:
+    a, b = action
     mid = (lo + hi) / 2
     return "before the action" if mid < a else "after the action" if mid > b else "during the action"
 
@@ -98,8 +98,7 @@ def build_glossary(run: str, cache_dir: str, split: str = "train", max_clips: in
 
     from vst.evaluate import check_cache
     from vst.model import load_checkpoint
-    from vst.train import spread
-    from vst.windows import clip_windows
+    from vst.windows import action_frames, clip_windows
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = load_checkpoint(run)
@@ -110,17 +109,13 @@ def build_glossary(run: str, cache_dir: str, split: str = "train", max_clips: in
     clips = [c for c in clips if c["action"] in cfg.classes]
     clips = spread(clips, max_clips)
     names = cache.index.get("classes", {})
-    data_root = cache.index.get("data", "")
     stats = defaultdict(lambda: {"count": 0, "classes": Counter(), "positions": Counter(), "glosses": Counter(),
                                  "side": Counter(), "limb": Counter(), "phase": Counter()})
     for clip in tqdm(clips, desc="glossary", unit="clip", disable=not progress):
         out = clip_windows(model, cache.clip_frames(clip))
         attrs = clip.get("attributes")
-        skel = None
-        sk_path = os.path.join(data_root, "skeletons", clip["name"] + ".npz")
-        if attrs and os.path.exists(sk_path):
-            skel = np.load(sk_path)["joints_world"]
-        ratio = (attrs["fps"] / cfg.fps) if attrs else 1.0
+        skel = cache.skeleton(clip, "joints_world")
+        action = action_frames(clip)
         for w, start in enumerate(out["starts"]):
             for t, code in enumerate(out["ids"][w].tolist()):
                 s = stats[code]
@@ -132,10 +127,9 @@ def build_glossary(run: str, cache_dir: str, split: str = "train", max_clips: in
                 if attrs:
                     s["side"][attrs["side"]] += 1
                     s["limb"][attrs["limb"]] += 1
-                    s["phase"][_phase(attrs, lo, hi, ratio)] += 1
+                    s["phase"][_phase(action, lo, hi)] += 1
                 if skel is not None and hi > lo:
-                    idx = np.clip(np.round(np.arange(lo, hi + 1) * ratio).astype(int), 0, len(skel) - 1)
-                    s["glosses"][describe_segment(skel[idx])] += 1
+                    s["glosses"][describe_segment(skel[cache.source_index(clip, np.arange(lo, hi + 1), len(skel))])] += 1
     total = sum(s["count"] for s in stats.values())
     codes = {}
     for code in sorted(stats):

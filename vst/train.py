@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vst.cache import Cache
+from vst.cache import Cache, spread
 from vst.evaluate import check_cache, evaluate
 from vst.model import SIZES, VST, VSTConfig, load_checkpoint, save_checkpoint
 from vst.ntu import DatasetError
@@ -60,15 +60,6 @@ class TrainConfig:
     eval_clips: int = 400  # test clips used by the periodic evaluation
     minutes: float | None = None  # stop after this much time (resume later with --resume)
     seed: int = 0
-
-
-def spread(clips: list[dict], n: int, seed: int = 0) -> list[dict]:
-    """A seeded random subset of n clips, in their original order (a stride over name-sorted
-    clips would pick a few classes only: the action id varies fastest in NTU names)."""
-    if len(clips) <= n:
-        return list(clips)
-    keep = np.sort(np.random.default_rng(seed).choice(len(clips), n, replace=False))
-    return [clips[i] for i in keep]
 
 
 def seed_everything(seed: int) -> None:

@@ -3,7 +3,6 @@ matter for cameras, and the sliding windows the runtime sees (stride S) for eval
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,12 +113,10 @@ class FrameSampler:
         self.cache, self.clips, self.cfg, self.aug = cache, clips, cfg, aug
         self.rng = np.random.default_rng(seed)
         self.poses: dict[str, np.ndarray] = {}
-        root = cache.index.get("data", "")
         for clip in clips:
-            path = os.path.join(root, "skeletons", clip["name"] + ".npz")
-            attrs = clip.get("attributes")
-            if attrs and os.path.exists(path):
-                self.poses[clip["name"]] = np.load(path)["joints2d"] / float(attrs["size"])
+            joints2d = cache.skeleton(clip, "joints2d")
+            if joints2d is not None:
+                self.poses[clip["name"]] = joints2d / float(clip["attributes"]["size"])
 
     def sample(self, batch: int) -> dict:
         frames, labels, sides, poses, has_pose = [], [], [], [], []
@@ -132,7 +129,7 @@ class FrameSampler:
             pose = self.poses.get(clip["name"])
             target = np.zeros((25, 2), np.float32)
             if pose is not None:
-                target = pose[min(len(pose) - 1, int(round(k * len(pose) / clip["frames"])))]
+                target = pose[self.cache.source_index(clip, k, len(pose))]
             x, flipped, target = augment_frames(frame[None], self.rng, self.aug, target)
             frames.append(x[0])
             labels.append(label)
