@@ -101,7 +101,36 @@ def load(base: str):
         raise BaseModelError(f"unknown base model {base!r}: use {', '.join(KNOWN)} or a local Hugging Face model directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
+        if is_llava(base):
+            return llava_language_model(base), tokenizer
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, KeyError) as exc:
         raise BaseModelError(f"{base}: not a loadable causal language model ({str(exc).splitlines()[0]})") from None
     return model, tokenizer
+
+
+def is_llava(folder: str) -> bool:
+    import json
+
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            return json.load(f).get("model_type") == "llava"
+    except (OSError, ValueError):
+        return False
+
+
+def llava_language_model(folder: str):
+    """The language model of a LLaVA checkpoint as a plain causal LM of its text family (LLaMA,
+    Mistral ...). Action tokens take the place of image tokens, so the vision tower and projector
+    are not needed: fine-tuning, merging and the GGUF export all work on this model."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlavaForConditionalGeneration
+
+    llava = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    lm = AutoModelForCausalLM.from_config(llava.config.text_config, dtype=torch.float32)
+    lm.model.load_state_dict(llava.model.language_model.state_dict())
+    lm.lm_head.load_state_dict(llava.lm_head.state_dict())
+    if lm.config.tie_word_embeddings:
+        lm.tie_weights()
+    lm.generation_config = llava.generation_config
+    return lm.eval()

@@ -6,8 +6,9 @@ import json
 import os
 
 from lvlm.base import BaseModelError
+from lvlm.evaluate import EvalError
 
-USER_ERRORS = (BaseModelError,)
+USER_ERRORS = (BaseModelError, EvalError)
 
 
 def register(cli) -> None:
@@ -24,6 +25,18 @@ def register(cli) -> None:
     f.add_argument("--steps", type=int, default=150, help="default 150: ~29 min for SmolLM2-135M at batch 8 on 2 CPU cores")
     f.add_argument("--windows-per-clip", type=int, default=3)
     f.set_defaults(func=cmd_finetune)
+
+    e = cli.group("eval", "evaluate a model").add_parser(
+        "lvlm", help="the fine-tuned language model on a protocol's test windows (labels, calibration, explanations)")
+    e.add_argument("--adapter", required=True, help="the --out folder of `lvlm-var finetune`")
+    e.add_argument("--vst", required=True, help="the VST run the adapter was fine-tuned on")
+    e.add_argument("--data", required=True, help="prepared cache")
+    e.add_argument("--protocol", default=None, help="default: the cache's")
+    e.add_argument("--gguf", default=None, help="evaluate this GGUF through llama.cpp instead of the merged model")
+    e.add_argument("--max-windows", type=int, default=400, help="test windows (one per clip, spread over the split)")
+    e.add_argument("--explain", type=int, default=150, help="how many of them also get an explanation")
+    e.add_argument("--out", default=None, help="default: ADAPTER/eval/merged or ADAPTER/eval/GGUF-NAME")
+    e.set_defaults(func=cmd_eval)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -51,4 +64,24 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     merged = merge(result["model"], tokenizer, os.path.join(args.out, "merged"), meta)
     print(f"fine-tuned on {len(examples)} windows for {args.steps} steps: loss {meta['first_loss']:.3f} -> "
           f"{meta['last_loss']:.3f}; adapter in {args.out}, merged model in {merged}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from lvlm.evaluate import run_eval
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    m = run_eval(args.adapter, args.vst, args.data, args.protocol, args.out, args.max_windows, args.explain, args.gguf)
+    print(f"{m['protocol']} test, {m['windows']} windows: LLM label top-1 {m['llm_top1']:.1%} "
+          f"(VST head {m['vst_head_top1']:.1%} on the same windows, agreement {m['llm_head_agreement']:.1%}); "
+          f"ECE {m['ece']:.3f}; label latency p50 {m['label_latency_ms_p50']:.0f} ms")
+    if m["faithfulness"]:
+        f = m["faithfulness"]
+        print(f"explanations ({m['explained']}): faithful {f['faithful']:.1%} (limb {f['limb']:.1%}, motion {f['motion']:.1%}, "
+              f"repetitions {f['repetitions']:.1%}), ROUGE-L {m['rouge_l']:.3f}")
+    for ex in m["examples"][:3]:
+        print(f"  {ex['clip']}: {ex['predicted']} ({ex['probability']:.2f}) - {ex['explanation']}")
+    print(f"wrote {m['out']}/metrics.json, readings.jsonl and reliability.png")
     return 0

@@ -108,7 +108,8 @@ def merge(peft_model, tokenizer, out: str, meta: dict | None = None) -> str:
 def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol: str | None = None,
                    windows_per_clip: int = 3, progress: bool = True) -> tuple[list[str], list[dict]]:
     """(labels, examples): the VST's tokens for up to `windows_per_clip` sliding windows per clip
-    (those covering most of the action first), with the clip's label and reference explanation."""
+    (those covering most of the action first), with the clip's label and reference explanation,
+    and the VST head's own prediction for the window (its provisional label)."""
     from tqdm import tqdm
 
     from vst.cache import Cache
@@ -131,6 +132,9 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
         label = labels[model.cfg.classes.index(clip["action"])]
         explanation = attrs.get("explanation") or f"The person performs the action '{label}'."
         for i in sorted(best):
+            probs = w["logits"][i].softmax(-1)
+            head = int(probs.argmax())
             out.append({"clip": clip["name"], "start": w["starts"][i], "tokens": w["ids"][i].tolist(), "label": label,
-                        "explanation": explanation, "attributes": attrs})
+                        "explanation": explanation, "attributes": attrs,
+                        "head_label": labels[head], "head_score": float(probs[head])})
     return labels, out

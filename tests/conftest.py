@@ -43,6 +43,24 @@ def tiny_video(tiny_dataset) -> str:
     return os.path.join(rgb, sorted(os.listdir(rgb))[0])
 
 
+@pytest.fixture(scope="session")
+def pristine_tokenizer():
+    """The real SmolLM2 tokenizer (from the default base GGUF), without action tokens."""
+    from transformers import AutoTokenizer
+
+    from lvlm.base import fetch
+
+    gguf = fetch()
+    return AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
+
+
+@pytest.fixture()
+def tokenizer(pristine_tokenizer):
+    import copy
+
+    return copy.deepcopy(pristine_tokenizer)  # each test adds the tokens it needs
+
+
 @pytest.fixture()
 def rtsp_server():
     server = RtspServer(host="127.0.0.1", port=0)

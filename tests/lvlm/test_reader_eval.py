@@ -1,0 +1,80 @@
+"""The Reader (label + explanation with a reused prefix cache), the faithfulness check, ROUGE-L and ECE."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lvlm import prompt
+from lvlm.evaluate import expected_calibration_error
+from lvlm.faithfulness import check, rouge_l
+from lvlm.reader import Reader, TransformersBackend
+from lvlm.vocab import add_action_tokens
+from tests.tiny_models import tiny_llama
+from vst.actions import ACTIONS, TIMES, explain, limb_phrase
+
+LABELS = ["drink water", "hand waving", "sitting down", "standing up (from sitting position)"]
+
+
+@pytest.mark.slow
+def test_reader_with_a_reused_prefix_cache_equals_full_forwards(tokenizer):
+    model = tiny_llama(len(tokenizer)).eval()
+    base = add_action_tokens(model, tokenizer, 16)
+    reader = Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, explanation_tokens=6)
+
+    def full(ids):
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ids])).logits[0, -1].log_softmax(-1).numpy()
+
+    first = reader.read([1, 2, 3, 4])
+    other = reader.read([9, 9, 0, 15])  # a different window in between reuses the same prefix
+    again = reader.read([1, 2, 3, 4])
+    assert (first.label, first.distribution, first.explanation) == (again.label, again.distribution, again.explanation)
+    assert other.distribution != first.distribution
+    ctx = reader.ids([1, 2, 3, 4])
+    for label, ids in reader.label_ids.items():
+        lp = sum(full(ctx + ids[:i])[t] for i, t in enumerate(ids))
+        assert math.isclose(first.distribution[label], math.exp(lp), rel_tol=1e-3), label
+    assert first.label == max(first.distribution, key=first.distribution.get)
+    assert 0 < sum(first.distribution.values()) <= 1 + 1e-6 and first.probability == first.distribution[first.label]
+    seq, out = ctx + reader.label_ids[first.label] + reader.explanation_head, []
+    for _ in range(6):
+        t = int(np.argmax(full(seq)))
+        if t == reader.stop:
+            break
+        out.append(t)
+        seq.append(t)
+    assert first.explanation == prompt.parse_explanation(tokenizer.decode(out))
+    assert first.label_s > 0 and first.explanation_s > 0
+    no_text = reader.read([1, 2, 3, 4], explain=False)
+    assert no_text.explanation is None and no_text.distribution == first.distribution
+    with pytest.raises(ValueError, match="outside the codebook"):
+        reader.read([16])
+
+
+def test_every_reference_explanation_is_faithful_and_wrong_details_are_not():
+    for a in ACTIONS:
+        for side in ("left", "right"):
+            for reps in range(a.reps[0], a.reps[1] + 1):
+                attrs = {"limb": limb_phrase(a, side), "motion": a.motion, "repetitions": reps}
+                assert check(explain(a, side, reps), attrs) == {"limb": True, "motion": True, "repetitions": True,
+                                                                "faithful": True}, (a.name, side, reps)
+                other = TIMES[reps % 6 + 1]
+                assert not check(explain(a, side, reps).replace(TIMES[reps], other), attrs)["repetitions"]
+                if a.limb in ("hand", "leg"):
+                    mirrored = explain(a, "left" if side == "right" else "right", reps)
+                    assert check(mirrored, attrs) == {"limb": False, "motion": True, "repetitions": True,
+                                                      "faithful": False}
+    wave = {"limb": "right hand", "motion": "side to side above the shoulder", "repetitions": 3}
+    assert not check("The person waves.", wave)["faithful"]
+    assert not check("The right hand and the left hand move side to side above the shoulder three times.",
+                     wave)["limb"]  # a second limb is a wrong statement
+
+
+def test_rouge_l_and_expected_calibration_error():
+    assert rouge_l("The person waves the right hand.", "the person waves the right hand") == 1.0
+    assert rouge_l("abc", "xyz") == 0.0 and rouge_l("", "x") == 0.0
+    assert math.isclose(rouge_l("a b c d", "a c d e"), 0.75)  # LCS 3 of 4 and 4
+    assert math.isclose(expected_calibration_error([0.9] * 10, [1] * 9 + [0]), 0.0, abs_tol=1e-12)
+    assert math.isclose(expected_calibration_error([1.0] * 4, [1, 0, 1, 0]), 0.5)
+    assert math.isclose(expected_calibration_error([0.15, 0.15, 0.95, 0.95], [0, 0, 1, 1]), 0.1)
