@@ -15,7 +15,8 @@ import sys
 # In --help order. A command exists here once its issue has built it.
 COMMAND_MODULES = (
     "vst.commands",  # data, train vst, eval vst, vst glossary
-    "lvlm.commands",  # finetune
+    "lvlm.commands",  # finetune, eval lvlm
+    "export.commands",  # export bundle|trt, check
     "streams.cli",  # streams
 )
 

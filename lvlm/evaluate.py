@@ -16,6 +16,7 @@ import statistics
 import numpy as np
 
 from lvlm.faithfulness import check, rouge_l
+from vst.cache import spread
 
 
 class EvalError(RuntimeError):
@@ -95,18 +96,11 @@ def open_reader(adapter: str, gguf: str | None = None, threads: int | None = Non
     return Reader(backend, meta["labels"], meta["token_id_base"], meta["codes"]), meta
 
 
-def pick(items: list, n: int) -> list:
-    """Up to n items spread evenly over the list (deterministic)."""
-    if n <= 0 or len(items) <= n:
-        return list(items)
-    return [items[int(i)] for i in np.linspace(0, len(items) - 1, n).round()]
-
-
 def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) -> tuple[dict, list[dict]]:
-    """Metrics and per-window readings; explanations for the first `explain` windows (spread)."""
+    """Metrics and per-window readings; explanations for `explain` of the windows (spread over them)."""
     from tqdm import tqdm
 
-    explain_set = {id(e) for e in pick(examples, explain)}
+    explain_set = {id(e) for e in spread(examples, explain)}
     readings = []
     for ex in tqdm(examples, desc="eval lvlm", unit="window", disable=not progress):
         r = reader.read(ex["tokens"], explain=id(ex) in explain_set)
@@ -160,7 +154,7 @@ def run_eval(adapter: str, vst_run: str, cache_dir: str, protocol: str | None, o
         raise EvalError(f"{vst_run}'s classes differ from the labels {adapter} was fine-tuned on")
     if not examples:
         raise EvalError(f"{cache_dir} has no test windows of the model's classes")
-    examples = pick(examples, max_windows)
+    examples = spread(examples, max_windows)
     metrics, readings = evaluate(reader, examples, explain, progress)
     metrics.update({"protocol": protocol, "model": gguf or os.path.join(adapter, "merged"), "adapter": adapter,
                     "examples": [{k: r[k] for k in ("clip", "label", "predicted", "probability", "explanation", "reference")}

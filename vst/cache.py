@@ -91,7 +91,7 @@ class Cache:
 
 
 def spread(clips: list[dict], n: int, seed: int = 0) -> list[dict]:
-    """A seeded random subset of n clips, in their original order (a stride over name-sorted
+    """A seeded random subset of n items (clips, windows), in their original order (a stride over name-sorted
     clips would pick a few classes only: the action id varies fastest in NTU names)."""
     if len(clips) <= n:
         return list(clips)

@@ -112,7 +112,7 @@ class FrameEncoder(nn.Module):
 
     def forward(self, frames_u8: torch.Tensor) -> torch.Tensor:
         """uint8 [N, R, R, 3] -> features [N, D]."""
-        x = frames_u8.permute(0, 3, 1, 2).float()
+        x = frames_u8.permute(0, 3, 1, 2).to(self.mean.dtype)  # float32, or float16 in the FP16 export
         x = (x - self.mean) * self.inv_std
         return self.norm(self.proj(self.body(x).flatten(1)))
 

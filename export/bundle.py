@@ -1,0 +1,265 @@
+"""The deployable bundle: one directory the edge runtime loads.
+
+    manifest.json         format version, labels, VST geometry, prompt/token layout, quantization,
+                          sha256 + size of every file, tool versions, parity results, TensorRT plans
+    frame_encoder.onnx    \\  the VST's two engines (export.onnx_engines); the frame encoder also
+    token_engine.onnx     /  as frame_encoder.fp16.onnx for TensorRT 11's strongly typed FP16
+    lvlm-<QUANT>.gguf     the merged, quantized language model (export.gguf_export)
+    glossary.json         what every action token stands for (vst.glossary)
+    calibration.npy       uint8 frames [N, R, R, 3] from training clips, for TensorRT INT8 calibration
+
+`check_bundle` verifies a bundle before anything loads it: every file present with its recorded
+size and hash, the ONNX inputs and the GGUF vocabulary agreeing with the manifest, versions that
+this code understands.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from importlib import metadata
+
+import numpy as np
+
+from export.gguf_export import QUANTS, ExportError
+from lvlm import prompt
+from lvlm.base import sha256_file
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+ENGINES = ("frame_encoder", "token_engine")
+
+
+class BundleError(RuntimeError):
+    """A bundle that is missing, incomplete, tampered with or from an unknown version: one line."""
+
+
+def tool_versions() -> dict[str, str]:
+    out = {}
+    for dist in ("lvlm-var", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "gguf", "llama-cpp-python",
+                 "transformers", "peft"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[export] {msg}", flush=True)
+
+
+def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q4_K_M", data: str | None = None,
+                 protocol: str | None = None, parity_windows: int = 100, calibration_clips: int = 8,
+                 progress: bool = True) -> dict:
+    import torch
+
+    from export.gguf_export import label_agreement, logit_parity, quantize, write_gguf
+    from export.onnx_engines import export_engines, onnx_parity
+    from lvlm.evaluate import open_reader
+    from lvlm.finetune import build_examples
+    from vst.cache import Cache, spread
+    from vst.evaluate import check_cache
+    from vst.model import load_checkpoint
+
+    if quant not in QUANTS:
+        raise ExportError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANTS)}")
+    for path, what in ((os.path.join(vst_run, "glossary.json"), "run `lvlm-var vst glossary` on the VST run first"),
+                       (os.path.join(adapter, "lvlm.json"), "pass the --out folder of `lvlm-var finetune`"),
+                       (os.path.join(adapter, "merged", "config.json"), "the adapter has no merged model; rerun finetune")):
+        if not os.path.exists(path):
+            raise ExportError(f"{path} is missing: {what}")
+    with open(os.path.join(adapter, "lvlm.json")) as f:
+        meta = json.load(f)
+    model = load_checkpoint(vst_run)
+    cfg = model.cfg
+    if meta["codes"] != cfg.K:
+        raise ExportError(f"{adapter} was fine-tuned for {meta['codes']} codes but {vst_run} has K={cfg.K}")
+    if data is None:
+        with open(os.path.join(vst_run, "train_config.json")) as f:
+            data = json.load(f).get("cache")
+    if not data or not os.path.exists(os.path.join(data, "index.json")):
+        raise ExportError(f"no prepared cache for the parity checks ({data}); pass --data")
+    cache = Cache.open(data)
+    check_cache(cache, cfg)
+    protocol = protocol or cache.index["protocol"]
+    t_start = time.monotonic()
+    os.makedirs(out, exist_ok=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    # 1. VST engines
+    t0 = time.monotonic()
+    paths = export_engines(model, out)
+    test_clips = spread(cache.split("test", protocol), 24)
+    onnx = onnx_parity(model, paths, [cache.clip_frames(c) for c in test_clips])
+    onnx["seconds"] = round(time.monotonic() - t0, 1)
+    _log(progress, f"ONNX engines: max |feature error| {onnx['max_abs_feature_error']:.2e}, token agreement "
+                   f"{onnx['token_agreement']:.2%}, head label agreement {onnx['label_agreement']:.2%} "
+                   f"({onnx['windows']} windows of {onnx['clips']} test clips)")
+    shutil.copyfile(os.path.join(vst_run, "glossary.json"), os.path.join(out, "glossary.json"))
+    rng = np.random.default_rng(0)
+    frames = []
+    for clip in spread(cache.split("train", protocol), calibration_clips):
+        f = cache.clip_frames(clip)
+        frames.append(f[np.sort(rng.choice(len(f), min(16, len(f)), replace=False))])
+    np.save(os.path.join(out, "calibration.npy"), np.concatenate(frames))
+
+    # 2. language model
+    t0 = time.monotonic()
+    gguf_name = f"lvlm-{quant}.gguf"
+    f16 = os.path.join(out, "lvlm-F16.gguf")
+    write_gguf(os.path.join(adapter, "merged"), f16 + ".part")
+    os.replace(f16 + ".part", f16)
+    if quant != "F16":
+        quantize(f16, os.path.join(out, gguf_name), quant)
+    gguf_seconds = time.monotonic() - t0
+    _, windows = build_examples(vst_run, data, "test", protocol, windows_per_clip=1, progress=progress)
+    windows = [w["tokens"] for w in spread(windows, parity_windows)]
+    hf, _ = open_reader(adapter)
+    sequences = [hf.ids(t) + hf.label_ids[lab] for t, lab in zip(windows[:16], hf.labels * 16)]
+    logits = logit_parity(hf.backend.model, f16, sequences)
+    gguf_reader, _ = open_reader(adapter, os.path.join(out, gguf_name))
+    if gguf_reader.prefix != hf.prefix or gguf_reader.label_ids != hf.label_ids:
+        raise ExportError("llama.cpp tokenizes the prompt differently from transformers; the GGUF tokenizer is wrong")
+    labels = label_agreement(hf, gguf_reader, windows)
+    gguf_reader.backend.llm.close()
+    if quant != "F16":
+        os.remove(f16)
+    _log(progress, f"GGUF {quant}: F16 top-1 agreement with transformers {logits['top1_agreement']:.2%} over "
+                   f"{logits['positions']} positions; label agreement {quant} vs transformers {labels['label_agreement']:.2%} "
+                   f"on {labels['windows']} test windows")
+
+    files = ["frame_encoder.onnx", "frame_encoder.fp16.onnx", "token_engine.onnx", gguf_name, "glossary.json", "calibration.npy"]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "labels": meta["labels"],
+        "classes": cfg.classes,
+        "vst": {"W": cfg.W, "S": cfg.S, "T": cfg.T, "K": cfg.K, "D": cfg.D, "fps": cfg.fps, "resolution": cfg.R,
+                "input": "uint8 RGB NHWC [N, R, R, 3]",
+                "normalisation": {"mean": list(cfg.mean), "std": list(cfg.std), "scale": 255.0, "inside_graph": True},
+                "run": os.path.abspath(vst_run)},
+        "engines": {"frame_encoder": {"file": "frame_encoder.onnx", "fp16_file": "frame_encoder.fp16.onnx", "inputs": {"frames": ["n", cfg.R, cfg.R, 3]},
+                                      "outputs": {"features": ["n", cfg.D]}},
+                    "token_engine": {"file": "token_engine.onnx", "inputs": {"features": ["batch", cfg.W, cfg.D]},
+                                     "outputs": {"ids": ["batch", cfg.T], "distances": ["batch", cfg.T],
+                                                 "logits": ["batch", len(cfg.classes)]}}},
+        "lvlm": {"file": gguf_name, "quantization": quant, "token_id_base": meta["token_id_base"], "codes": meta["codes"],
+                 "vocab_size": meta["token_id_base"] + meta["codes"] + 2, "prompt_format_version": meta["prompt_format_version"],
+                 "base": meta.get("base"), "adapter": os.path.abspath(adapter)},
+        "calibration": {"file": "calibration.npy", "frames": int(sum(len(f) for f in frames))},
+        "parity": {"onnx": onnx, "gguf_f16_logits": logits, f"gguf_{quant.lower()}_labels": labels},
+        "export_seconds": {"onnx": onnx["seconds"], "gguf": round(gguf_seconds, 1),
+                           "total": round(time.monotonic() - t_start, 1)},
+        "tools": tool_versions(),
+        "files": {name: {"sha256": sha256_file(os.path.join(out, name)), "size": os.path.getsize(os.path.join(out, name))}
+                  for name in files},
+        "tensorrt": {},
+    }
+    write_manifest(out, manifest)
+    return manifest
+
+
+def write_manifest(folder: str, manifest: dict) -> None:
+    path = os.path.join(folder, MANIFEST)
+    with open(path + ".part", "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(path + ".part", path)
+
+
+def read_manifest(folder: str) -> dict:
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.isdir(folder):
+        raise BundleError(f"{folder}: no such bundle directory")
+    if not os.path.exists(path):
+        raise BundleError(f"{folder}: no {MANIFEST}; not a bundle (build one with `lvlm-var export bundle`)")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        got = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise BundleError(f"{path}: bundle format version {got}, this lvlm-var reads version {FORMAT_VERSION}")
+    return manifest
+
+
+def bundle_id(manifest: dict) -> str:
+    """A short id of a bundle's content (its files' hashes): results name the bundle that made them."""
+    blob = json.dumps({k: v["sha256"] for k, v in sorted(manifest["files"].items())}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _verify_file(folder: str, name: str, entry: dict) -> None:
+    path = os.path.join(folder, name)
+    if not os.path.exists(path):
+        raise BundleError(f"{folder}: {name} is missing (incomplete bundle)")
+    if os.path.getsize(path) != entry["size"]:
+        raise BundleError(f"{folder}: {name} is {os.path.getsize(path)} bytes, the manifest says {entry['size']} (truncated or replaced)")
+    if sha256_file(path) != entry["sha256"]:
+        raise BundleError(f"{folder}: {name} does not match its sha256 in the manifest (modified after export)")
+
+
+def check_bundle(folder: str) -> dict:
+    """Verify a bundle; returns a summary. Raises BundleError with one line on the first problem."""
+    m = read_manifest(folder)
+    try:
+        required = {m["engines"][e]["file"] for e in ENGINES} | {m["lvlm"]["file"], "glossary.json", m["calibration"]["file"]}
+        vst, lv = m["vst"], m["lvlm"]
+    except (KeyError, TypeError) as exc:
+        raise BundleError(f"{folder}: manifest lacks {exc}") from None
+    missing = required - set(m["files"])
+    if missing:
+        raise BundleError(f"{folder}: manifest lists no hash for {', '.join(sorted(missing))}")
+    for name, entry in m["files"].items():
+        _verify_file(folder, name, entry)
+    if lv["prompt_format_version"] != prompt.PROMPT_FORMAT_VERSION:
+        raise BundleError(f"{folder}: prompt format version {lv['prompt_format_version']}, this lvlm-var speaks "
+                          f"{prompt.PROMPT_FORMAT_VERSION}; re-export the bundle")
+    _check_onnx(folder, m)
+    _check_gguf(folder, m)
+    plans = {}
+    for key, entry in (m.get("tensorrt") or {}).items():
+        for role in ENGINES:
+            name = entry["plans"][role]
+            _verify_file(folder, name, entry["files"][name])
+        plans[key] = entry.get("precision")
+    size = sum(e["size"] for e in m["files"].values())
+    return {"bundle": os.path.abspath(folder), "id": bundle_id(m), "labels": len(m["labels"]), "W": vst["W"], "S": vst["S"],
+            "T": vst["T"], "K": vst["K"], "fps": vst["fps"], "resolution": vst["resolution"], "quantization": lv["quantization"],
+            "files": len(m["files"]), "bytes": size, "tensorrt_plans": plans, "tools": m.get("tools", {})}
+
+
+def _check_onnx(folder: str, m: dict) -> None:
+    import onnx
+
+    vst = m["vst"]
+    want = {"frame_encoder": [None, vst["resolution"], vst["resolution"], 3], "token_engine": [None, vst["W"], vst["D"]]}
+    for role, shape in want.items():
+        name = m["engines"][role]["file"]
+        try:
+            graph = onnx.load(os.path.join(folder, name), load_external_data=False).graph
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a broken file
+            raise BundleError(f"{folder}: {name} is not a readable ONNX model ({str(exc)[:80]})") from None
+        dims = [d.dim_value or None for d in graph.input[0].type.tensor_type.shape.dim]
+        if dims != shape:
+            raise BundleError(f"{folder}: {name} takes {dims}, the manifest says {shape}")
+
+
+def _check_gguf(folder: str, m: dict) -> None:
+    import gguf
+
+    lv = m["lvlm"]
+    try:
+        reader = gguf.GGUFReader(os.path.join(folder, lv["file"]))
+        tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a broken file
+        raise BundleError(f"{folder}: {lv['file']} is not a readable GGUF ({str(exc)[:80]})") from None
+    if len(tokens) != lv["vocab_size"]:
+        raise BundleError(f"{folder}: {lv['file']} has {len(tokens)} tokens, the manifest says {lv['vocab_size']}")
+    base = lv["token_id_base"]
+    if tokens[base:base + lv["codes"] + 2] != prompt.added_tokens(lv["codes"]):
+        raise BundleError(f"{folder}: {lv['file']} does not hold the action tokens at ids {base}..; wrong model for this bundle")

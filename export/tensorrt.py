@@ -1,0 +1,276 @@
+"""TensorRT plans for a bundle's VST engines, built on the target device.
+
+Supports TensorRT 10.x (JetPack 6 ships 10.3) and 11.x by feature detection:
+  - 10.x: weakly typed networks; FP16 and INT8 are builder flags; INT8 uses entropy calibration
+    on the bundle's calibration frames.
+  - 11.x: networks are strongly typed and the FP16/INT8 flags are gone; FP16 means building from
+    the bundle's frame_encoder.fp16.onnx (FP16 inside, same inputs and outputs); INT8 would need
+    a Q/DQ ONNX, which this export does not make, so it is refused with a clear line.
+The frame encoder gets an optimisation profile over its batch (1 .. max_batch), the token engine
+over windows (1 .. max_windows). The timing cache is kept beside the plans. Plans are recorded in
+the manifest under a key of TensorRT version and GPU compute capability; the runtime loads only
+the plan whose key matches its own device, so a plan is never loaded on the wrong device.
+
+Importable without TensorRT or CUDA: `require()` raises ExportError with one line instead.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import numpy as np
+
+from export.bundle import ENGINES, check_bundle, read_manifest, write_manifest
+from export.gguf_export import ExportError
+from lvlm.base import sha256_file
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def require():
+    """The tensorrt module, or ExportError saying what is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise ExportError("TensorRT is not installed (pip install tensorrt on x86-64 CUDA machines; "
+                          "JetPack provides it on Jetson)") from None
+    if gpu() is None:
+        raise ExportError("no CUDA device: TensorRT plans are built on the machine that runs them")
+    return trt
+
+
+def gpu() -> dict | None:
+    """{name, compute_capability} of GPU 0, or None when there is no CUDA device."""
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", "0"],
+                           capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        r = None
+    if r is not None and r.returncode == 0 and "," in r.stdout:
+        name, cc = [x.strip() for x in r.stdout.strip().splitlines()[0].split(",", 1)]
+        return {"name": name, "compute_capability": cc}
+    try:  # Jetson: no nvidia-smi on older JetPacks, but torch sees the integrated GPU
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    except ImportError:
+        pass
+    return None
+
+
+def plan_key(trt_version: str, compute_capability: str) -> str:
+    return f"trt{trt_version}-sm{compute_capability.replace('.', '')}"
+
+
+def strongly_typed(trt) -> bool:
+    """TensorRT 11 builds only strongly typed networks (no FP16/INT8 builder flags)."""
+    return not hasattr(trt.BuilderFlag, "FP16")
+
+
+class EntropyCalibrator:
+    """INT8 entropy calibration over the bundle's calibration frames (TensorRT 10)."""
+
+    def __new__(cls, trt, frames: np.ndarray, batch: int, cache_path: str):
+        import torch
+
+        class _Calibrator(trt.IInt8EntropyCalibrator2):
+            def __init__(self):
+                super().__init__()
+                self.frames, self.batch, self.cache_path, self.pos = frames, batch, cache_path, 0
+                self.device = torch.empty((batch, *frames.shape[1:]), dtype=torch.uint8, device="cuda")
+
+            def get_batch_size(self):
+                return self.batch
+
+            def get_batch(self, names):
+                if self.pos + self.batch > len(self.frames):
+                    return None
+                self.device.copy_(torch.from_numpy(self.frames[self.pos:self.pos + self.batch]))
+                self.pos += self.batch
+                return [int(self.device.data_ptr())]
+
+            def read_calibration_cache(self):
+                if os.path.exists(self.cache_path):
+                    with open(self.cache_path, "rb") as f:
+                        return f.read()
+                return None
+
+            def write_calibration_cache(self, cache):
+                with open(self.cache_path, "wb") as f:
+                    f.write(cache)
+
+        return _Calibrator()
+
+
+def build_plan(trt, onnx_path: str, input_name: str, shapes: tuple[tuple, tuple, tuple], precision: str,
+               workspace_mb: int, timing_cache: str, calibrator=None) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if strongly_typed(trt):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    elif hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)  # deprecated no-op in 10.x, needed before
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    with open(onnx_path, "rb") as f:
+        if not parser.parse(f.read()):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise ExportError(f"TensorRT cannot parse {os.path.basename(onnx_path)}: {errors[:300]}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if not strongly_typed(trt):
+        if precision in ("fp16", "int8"):
+            config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.int8_calibrator = calibrator
+    profile = builder.create_optimization_profile()
+    profile.set_shape(input_name, *shapes)
+    config.add_optimization_profile(profile)
+    if calibrator is not None and hasattr(config, "set_calibration_profile"):
+        config.set_calibration_profile(profile)
+    blob = b""
+    if os.path.exists(timing_cache):
+        with open(timing_cache, "rb") as f:
+            blob = f.read()
+    cache = config.create_timing_cache(blob)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ExportError(f"TensorRT could not build {os.path.basename(onnx_path)} at {precision}")
+    with open(timing_cache + ".part", "wb") as f:
+        f.write(memoryview(config.get_timing_cache().serialize()))
+    os.replace(timing_cache + ".part", timing_cache)
+    return bytes(plan)
+
+
+class TensorRTEngine:
+    """A deserialised plan with CUDA buffers from torch: `run({name: array}) -> {name: array}`."""
+
+    def __init__(self, plan_path: str):
+        import tensorrt as trt
+        import torch
+
+        self.trt, self.torch = trt, torch
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        with open(plan_path, "rb") as f:
+            self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise ExportError(f"{plan_path}: TensorRT could not load this plan (built for another version or device)")
+        self.context = self.engine.create_execution_context()
+        self.stream = torch.cuda.Stream()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+
+    def _torch_dtype(self, name):
+        trt, torch = self.trt, self.torch
+        return {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
+                trt.DataType.INT64: torch.int64, trt.DataType.UINT8: torch.uint8}[self.engine.get_tensor_dtype(name)]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self.torch
+        keep = []
+        for name in self.inputs:
+            x = torch.from_numpy(np.ascontiguousarray(feeds[name])).to("cuda", non_blocking=True)
+            keep.append(x)
+            self.context.set_input_shape(name, tuple(x.shape))
+            self.context.set_tensor_address(name, int(x.data_ptr()))
+        outs = {}
+        for name in self.outputs:
+            y = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._torch_dtype(name), device="cuda")
+            outs[name] = y
+            self.context.set_tensor_address(name, int(y.data_ptr()))
+        with torch.cuda.stream(self.stream):
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+        self.stream.synchronize()
+        return {k: v.cpu().numpy() for k, v in outs.items()}
+
+
+def build_bundle_plans(bundle: str, precision: str = "fp16", workspace_mb: int = 1024, max_batch: int = 64,
+                       max_windows: int = 16, data: str | None = None, progress: bool = True) -> dict:
+    """Build both plans for this device, check parity against PyTorch and record them in the manifest."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    check_bundle(bundle)
+    trt = require()
+    if precision == "int8" and strongly_typed(trt):
+        raise ExportError(f"TensorRT {trt.__version__} builds strongly typed networks only: INT8 needs a Q/DQ ONNX, "
+                          "which this export does not make; use --precision fp16")
+    m = read_manifest(bundle)
+    dev = gpu()
+    key = plan_key(trt.__version__, dev["compute_capability"])
+    folder = os.path.join(bundle, "trt", key)
+    os.makedirs(folder, exist_ok=True)
+    timing = os.path.join(bundle, "trt", f"timing-{key}.cache")
+    vst = m["vst"]
+    r = vst["resolution"]
+    t0 = time.monotonic()
+    encoder_onnx = m["engines"]["frame_encoder"]["file"]
+    if precision == "fp16" and strongly_typed(trt):
+        encoder_onnx = m["engines"]["frame_encoder"]["fp16_file"]
+    calibrator = None
+    if precision == "int8":
+        frames = np.load(os.path.join(bundle, m["calibration"]["file"]))
+        calibrator = EntropyCalibrator(trt, frames, min(16, len(frames)), os.path.join(folder, "int8-calibration.cache"))
+    plans = {}
+    specs = {"frame_encoder": (encoder_onnx, "frames", ((1, r, r, 3), (max(1, max_batch // 2), r, r, 3), (max_batch, r, r, 3)),
+                               calibrator),
+             "token_engine": (m["engines"]["token_engine"]["file"], "features",
+                              ((1, vst["W"], vst["D"]), (1, vst["W"], vst["D"]), (max_windows, vst["W"], vst["D"])), None)}
+    for role, (onnx_name, input_name, shapes, calib) in specs.items():
+        if progress:
+            print(f"[trt] building {role} ({precision}) from {onnx_name} ...", flush=True)
+        # the token engine stays FP32 in strongly typed mode (its ONNX is FP32); it is tiny
+        plan = build_plan(trt, os.path.join(bundle, onnx_name), input_name, shapes,
+                          precision if role == "frame_encoder" else ("fp16" if precision != "fp32" else "fp32"),
+                          workspace_mb, timing, calib)
+        rel = os.path.join("trt", key, f"{role}.{precision}.plan")
+        with open(os.path.join(bundle, rel), "wb") as f:
+            f.write(plan)
+        plans[role] = rel
+    build_s = time.monotonic() - t0
+    parity = plan_parity(bundle, m, plans, data)
+    m.setdefault("tensorrt", {})[key] = {
+        "precision": precision, "tensorrt": trt.__version__, "gpu": dev["name"], "compute_capability": dev["compute_capability"],
+        "max_batch": max_batch, "max_windows": max_windows, "plans": plans, "build_seconds": round(build_s, 1),
+        "files": {rel: {"sha256": sha256_file(os.path.join(bundle, rel)), "size": os.path.getsize(os.path.join(bundle, rel))}
+                  for rel in plans.values()},
+        "parity": parity,
+    }
+    write_manifest(bundle, m)
+    return m["tensorrt"][key]
+
+
+def plan_parity(bundle: str, manifest: dict, plans: dict, data: str | None) -> dict | None:
+    """The ONNX export's parity check, run against the built plans (needs the VST run and its cache)."""
+    from export.onnx_engines import engine_parity
+    from vst.cache import Cache, spread
+    from vst.model import load_checkpoint
+
+    run = manifest["vst"].get("run")
+    if not run or not os.path.isdir(run):
+        return None
+    model = load_checkpoint(run)
+    if data is None:
+        import json
+
+        with open(os.path.join(run, "train_config.json")) as f:
+            data = json.load(f).get("cache")
+    if not data or not os.path.exists(os.path.join(data, "index.json")):
+        return None
+    cache = Cache.open(data)
+    clips = [cache.clip_frames(c) for c in spread(cache.split("test"), 24)]
+    enc = TensorRTEngine(os.path.join(bundle, plans["frame_encoder"]))
+    tok = TensorRTEngine(os.path.join(bundle, plans["token_engine"]))
+
+    def run_tok(f):
+        out = tok.run({"features": f})
+        return out["ids"], out["distances"], out["logits"]
+
+    return engine_parity(model, lambda x: enc.run({"frames": x})["features"], run_tok, clips)

@@ -1,0 +1,156 @@
+"""The bundle end to end on a tiny VST and a tiny LLaMA: ONNX and GGUF parity, `check`, tampering."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from export.bundle import BundleError, build_bundle, check_bundle
+from lvlm.finetune import FinetuneConfig, build_examples, finetune, merge
+from lvlm.vocab import add_action_tokens
+from tests.helpers import run_cli
+from tests.tiny_models import tiny_llama
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
+    """A tiny LLaMA fine-tuned on the tiny VST's tokens (adapter folder with merged/)."""
+    import copy
+
+    from vst.glossary import build_glossary
+
+    run, _ = tiny_run
+    build_glossary(run, cache32, progress=False)
+    tok = copy.deepcopy(pristine_tokenizer)
+    labels, examples = build_examples(run, cache32, "train", windows_per_clip=2, progress=False)
+    model = tiny_llama(len(tok))
+    base = add_action_tokens(model, tok, 32)
+    out = str(tmp_path_factory.mktemp("adapter"))
+    result = finetune(model, tok, base, 32, labels, examples, out, FinetuneConfig(steps=40, batch=8, lr=1e-2), progress=False)
+    meta = {k: v for k, v in result.items() if k != "model"}
+    merge(result["model"], tok, os.path.join(out, "merged"), meta)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run, tiny_adapter, cache32, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("bundle") / "b")
+    manifest = build_bundle(tiny_run[0], tiny_adapter, out, "Q4_K_M", data=cache32, parity_windows=12, progress=False)
+    return out, manifest
+
+
+def test_bundle_holds_verified_engines_and_model(tiny_bundle, tiny_run):
+    import onnx
+
+    out, m = tiny_bundle
+    assert set(os.listdir(out)) >= {"manifest.json", "frame_encoder.onnx", "frame_encoder.fp16.onnx", "token_engine.onnx",
+                                    "lvlm-Q4_K_M.gguf", "glossary.json", "calibration.npy"}
+    assert "lvlm-F16.gguf" not in os.listdir(out)  # the intermediate is removed
+    assert m["vst"]["W"] == 32 and m["vst"]["resolution"] == 32 and m["lvlm"]["codes"] == 32
+    assert m["labels"] == ["sitting down", "standing up (from sitting position)", "hand waving"]
+    for name in ("frame_encoder.onnx", "token_engine.onnx"):
+        graph = onnx.load(os.path.join(out, name))
+        onnx.checker.check_model(graph, full_check=True)
+        assert graph.opset_import[0].version >= 17
+        assert not any(n.op_type == "BatchNormalization" for n in graph.graph.node)
+    assert not [f for f in os.listdir(out) if f.endswith(".data")]  # no external-data side files
+    p = m["parity"]
+    assert p["onnx"]["max_abs_feature_error"] < 1e-4 and p["onnx"]["token_agreement"] >= 0.995
+    assert p["onnx"]["label_agreement"] == 1.0
+    assert p["gguf_f16_logits"]["top1_agreement"] >= 0.99 and p["gguf_f16_logits"]["positions"] > 500
+    assert 0 <= p["gguf_q4_k_m_labels"]["label_agreement"] <= 1 and p["gguf_q4_k_m_labels"]["windows"] == 12
+    calib = np.load(os.path.join(out, "calibration.npy"))
+    assert calib.dtype == np.uint8 and calib.shape[1:] == (32, 32, 3) and len(calib) == m["calibration"]["frames"]
+    s = check_bundle(out)
+    assert s["labels"] == 3 and s["quantization"] == "Q4_K_M" and len(s["id"]) == 12
+
+
+def test_fp16_frame_encoder_matches_fp32(tiny_bundle, cache32):
+    import onnxruntime as ort
+
+    from vst.cache import Cache
+
+    out, _ = tiny_bundle
+    cache = Cache.open(cache32)
+    frames = cache.clip_frames(cache.split("test")[0])[:8]
+    run = {k: ort.InferenceSession(os.path.join(out, k), providers=["CPUExecutionProvider"])
+           for k in ("frame_encoder.onnx", "frame_encoder.fp16.onnx")}
+    a = run["frame_encoder.onnx"].run(None, {"frames": frames})[0]
+    b = run["frame_encoder.fp16.onnx"].run(None, {"frames": frames})[0]
+    assert b.dtype == np.float32 and np.abs(a - b).max() < 0.05
+
+
+def test_check_refuses_tampered_incomplete_and_foreign_bundles(tiny_bundle, tmp_path):
+    out, _ = tiny_bundle
+    bad = str(tmp_path / "tampered")
+    shutil.copytree(out, bad)
+    with open(os.path.join(bad, "token_engine.onnx"), "r+b") as f:
+        f.seek(200)
+        byte = f.read(1)
+        f.seek(200)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="token_engine.onnx does not match its sha256"):
+        check_bundle(bad)
+    r = run_cli("check", bad)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "sha256" in r.stderr and "Traceback" not in r.stderr
+    os.remove(os.path.join(bad, "token_engine.onnx"))
+    with pytest.raises(BundleError, match="missing"):
+        check_bundle(bad)
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    m["format_version"] = 99
+    shutil.copytree(out, str(tmp_path / "future"))
+    json.dump(m, open(tmp_path / "future" / "manifest.json", "w"))
+    with pytest.raises(BundleError, match="format version 99"):
+        check_bundle(str(tmp_path / "future"))
+    with pytest.raises(BundleError, match="not a bundle"):
+        check_bundle(str(tmp_path))
+    r = run_cli("check", out)
+    assert r.returncode == 0 and "all hashes match" in r.stdout
+
+
+def test_bundle_gguf_reads_windows_like_transformers(tiny_bundle, tiny_adapter, tiny_run, cache32):
+    from lvlm.evaluate import open_reader
+
+    out, m = tiny_bundle
+    _, windows = build_examples(tiny_run[0], cache32, "test", windows_per_clip=1, progress=False)
+    hf, _ = open_reader(tiny_adapter)
+    gg, _ = open_reader(tiny_adapter, os.path.join(out, m["lvlm"]["file"]))
+    assert gg.prefix == hf.prefix and gg.suffix == hf.suffix and gg.label_ids == hf.label_ids and gg.stop == hf.stop
+    a, b = hf.read(windows[0]["tokens"]), gg.read(windows[0]["tokens"])
+    assert a.label in m["labels"] and b.label in m["labels"]
+    assert abs(sum(a.distribution.values()) - sum(b.distribution.values())) < 0.25
+
+
+def test_export_trt_answers_clearly_without_tensorrt(tiny_bundle):
+    from export.tensorrt import gpu
+
+    if gpu() is not None:
+        pytest.skip("a GPU is here: the gpu tests build real plans")
+    out, _ = tiny_bundle
+    r = run_cli("export", "trt", out)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert "TensorRT is not installed" in r.stderr or "no CUDA device" in r.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_plans_match_pytorch(tiny_bundle, cache32, precision, tmp_path):
+    import tensorrt as trt
+
+    from export.tensorrt import build_bundle_plans, strongly_typed
+
+    out, _ = tiny_bundle
+    b = str(tmp_path / "b")
+    shutil.copytree(out, b)
+    if precision == "int8" and strongly_typed(trt):
+        with pytest.raises(Exception, match="strongly typed"):
+            build_bundle_plans(b, precision, max_batch=64, data=cache32, progress=False)
+        return
+    e = build_bundle_plans(b, precision, max_batch=64, data=cache32, progress=False)
+    assert e["parity"]["token_agreement"] >= (0.995 if precision == "fp32" else 0.9)
+    assert e["parity"]["label_agreement"] >= (1.0 if precision == "fp32" else 0.9)
+    s = check_bundle(b)
+    assert list(s["tensorrt_plans"].values()) == [precision]
