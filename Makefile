@@ -1,8 +1,9 @@
 # The README's two commands: `make demo` and `make test`. Both set up what is missing first.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+BUILD ?= build
 
-.PHONY: install test demo
+.PHONY: install test demo bundle
 
 install:
 	@bash scripts/install.sh $(VENV)
@@ -10,7 +11,10 @@ install:
 test: install
 	$(PY) -m pytest
 
-demo: install
-	@echo "lvlm-var demo: not built yet — the live demo arrives with the edge-runtime issue (#7)."
-	@echo "What works today: $(VENV)/bin/lvlm-var --help"
-	@exit 1
+# the default bundle end to end (synthetic data -> VST -> fine-tune -> export), reusing finished steps
+bundle: install
+	@LVLM_VAR=$(VENV)/bin/lvlm-var bash scripts/bundle.sh $(BUILD)
+
+# the live demo: a local RTSP stream of held-out performers through the whole pipeline
+demo: bundle
+	$(VENV)/bin/lvlm-var demo --bundle $(BUILD)/bundle

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "lvlm.commands",  # finetune, eval lvlm
     "export.commands",  # export bundle|trt, check
     "streams.cli",  # streams
+    "edge_runtime.commands",  # run, ingest, llm-worker, monitor, config, keys, demo
 )
 
 

@@ -52,7 +52,7 @@ def _log(progress: bool, msg: str) -> None:
         print(f"[export] {msg}", flush=True)
 
 
-def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q4_K_M", data: str | None = None,
+def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data: str | None = None,
                  protocol: str | None = None, parity_windows: int = 100, calibration_clips: int = 8,
                  progress: bool = True) -> dict:
     import torch
@@ -124,7 +124,7 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q4_K_M", da
     gguf_reader, _ = open_reader(adapter, os.path.join(out, gguf_name))
     if gguf_reader.prefix != hf.prefix or gguf_reader.label_ids != hf.label_ids:
         raise ExportError("llama.cpp tokenizes the prompt differently from transformers; the GGUF tokenizer is wrong")
-    labels = label_agreement(hf, gguf_reader, windows)
+    labels = label_agreement(hf, gguf_reader, windows, progress)
     gguf_reader.backend.llm.close()
     if quant != "F16":
         os.remove(f16)
@@ -234,17 +234,20 @@ def check_bundle(folder: str) -> dict:
 
 
 def _check_onnx(folder: str, m: dict) -> None:
-    import onnx
+    """The engines' input shapes, read with ONNX Runtime (what the edge box has)."""
+    import onnxruntime as ort
 
     vst = m["vst"]
     want = {"frame_encoder": [None, vst["resolution"], vst["resolution"], 3], "token_engine": [None, vst["W"], vst["D"]]}
     for role, shape in want.items():
         name = m["engines"][role]["file"]
         try:
-            graph = onnx.load(os.path.join(folder, name), load_external_data=False).graph
-        except Exception as exc:  # noqa: BLE001 - any parse failure is a broken file
-            raise BundleError(f"{folder}: {name} is not a readable ONNX model ({str(exc)[:80]})") from None
-        dims = [d.dim_value or None for d in graph.input[0].type.tensor_type.shape.dim]
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 4
+            inputs = ort.InferenceSession(os.path.join(folder, name), opts, providers=["CPUExecutionProvider"]).get_inputs()
+        except Exception as exc:  # noqa: BLE001 - any load failure is a broken file
+            raise BundleError(f"{folder}: {name} is not a loadable ONNX model ({str(exc).splitlines()[0][:80]})") from None
+        dims = [d if isinstance(d, int) else None for d in inputs[0].shape]
         if dims != shape:
             raise BundleError(f"{folder}: {name} takes {dims}, the manifest says {shape}")
 

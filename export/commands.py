@@ -16,7 +16,8 @@ def register(cli) -> None:
     b.add_argument("--vst", required=True, help="VST run folder (with glossary.json)")
     b.add_argument("--lvlm", required=True, help="the --out folder of `lvlm-var finetune`")
     b.add_argument("--out", required=True, help="bundle directory")
-    b.add_argument("--quant", choices=tuple(QUANTS), default="Q4_K_M")
+    b.add_argument("--quant", choices=tuple(QUANTS), default="Q8_0",
+                   help="default Q8_0: SmolLM2-135M rows (576 wide) do not fit K-quant blocks, Q4_K_M falls back and loses label agreement")
     b.add_argument("--data", default=None, help="prepared cache for the parity checks (default: the VST's training cache)")
     b.add_argument("--protocol", default=None)
     b.add_argument("--parity-windows", type=int, default=100, help="test windows for the GGUF label agreement")

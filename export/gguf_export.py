@@ -150,6 +150,12 @@ def quantize(src: str, out: str, quant: str, threads: int = 0) -> str:
 
     if quant not in QUANTS:
         raise ExportError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANTS)}")
+    try:  # llama.cpp logs every tensor's fallback type; keep errors only
+        from llama_cpp import _logger
+
+        _logger.set_verbose(False)
+    except ImportError:
+        pass
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANTS[quant])
     params.nthread = threads
@@ -182,11 +188,13 @@ def logit_parity(hf_model, gguf: str, sequences: list[list[int]]) -> dict:
     return {"positions": total, "top1_agreement": same / total, "max_probability_difference": max_p}
 
 
-def label_agreement(reference, candidate, windows: list[list[int]]) -> dict:
+def label_agreement(reference, candidate, windows: list[list[int]], progress: bool = False) -> dict:
     """Share of windows on which two Readers (e.g. transformers and a quantized GGUF) pick the same label."""
+    from tqdm import tqdm
+
     same, diffs = 0, []
-    for tokens in windows:
-        a, b = reference.label(tokens)[0], candidate.label(tokens)[0]
+    for tokens in tqdm(windows, desc="label agreement", unit="window", disable=not progress):
+        a, b = reference.label(tokens, exhaustive=False)[0], candidate.label(tokens, exhaustive=False)[0]
         same += a.label == b.label
         diffs.append(abs(a.probability - b.probability))
     return {"windows": len(windows), "label_agreement": same / max(len(windows), 1),

@@ -70,39 +70,78 @@ def strongly_typed(trt) -> bool:
     return not hasattr(trt.BuilderFlag, "FP16")
 
 
-class EntropyCalibrator:
+def cudart():
+    """CUDA runtime bindings from cuda-python (no torch on the edge box)."""
+    try:
+        from cuda.bindings import runtime  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart as runtime  # older cuda-python
+        except ImportError:
+            raise ExportError("cuda-python is not installed (pip install cuda-python): TensorRT needs it for GPU buffers") from None
+    return runtime
+
+
+def _ok(result):
+    """cuda-python returns (error, value...); raise on error, return the value(s)."""
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise RuntimeError(f"CUDA error {err}")
+    return rest[0] if len(rest) == 1 else rest
+
+
+class DeviceBuffer:
+    """A growable CUDA allocation."""
+
+    def __init__(self, rt):
+        self.rt, self.ptr, self.nbytes = rt, 0, 0
+
+    def ensure(self, nbytes: int) -> int:
+        if nbytes > self.nbytes:
+            if self.ptr:
+                _ok(self.rt.cudaFree(self.ptr))
+            self.ptr, self.nbytes = int(_ok(self.rt.cudaMalloc(nbytes))), nbytes
+        return self.ptr
+
+    def free(self) -> None:
+        if self.ptr:
+            self.rt.cudaFree(self.ptr)
+            self.ptr, self.nbytes = 0, 0
+
+
+def EntropyCalibrator(trt, frames: np.ndarray, batch: int, cache_path: str):  # noqa: N802 - a class factory
     """INT8 entropy calibration over the bundle's calibration frames (TensorRT 10)."""
+    rt = cudart()
 
-    def __new__(cls, trt, frames: np.ndarray, batch: int, cache_path: str):
-        import torch
+    class _Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            super().__init__()
+            self.pos = 0
+            self.buf = DeviceBuffer(rt)
 
-        class _Calibrator(trt.IInt8EntropyCalibrator2):
-            def __init__(self):
-                super().__init__()
-                self.frames, self.batch, self.cache_path, self.pos = frames, batch, cache_path, 0
-                self.device = torch.empty((batch, *frames.shape[1:]), dtype=torch.uint8, device="cuda")
+        def get_batch_size(self):
+            return batch
 
-            def get_batch_size(self):
-                return self.batch
-
-            def get_batch(self, names):
-                if self.pos + self.batch > len(self.frames):
-                    return None
-                self.device.copy_(torch.from_numpy(self.frames[self.pos:self.pos + self.batch]))
-                self.pos += self.batch
-                return [int(self.device.data_ptr())]
-
-            def read_calibration_cache(self):
-                if os.path.exists(self.cache_path):
-                    with open(self.cache_path, "rb") as f:
-                        return f.read()
+        def get_batch(self, names):
+            if self.pos + batch > len(frames):
                 return None
+            host = np.ascontiguousarray(frames[self.pos:self.pos + batch])
+            ptr = self.buf.ensure(host.nbytes)
+            _ok(rt.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice))
+            self.pos += batch
+            return [ptr]
 
-            def write_calibration_cache(self, cache):
-                with open(self.cache_path, "wb") as f:
-                    f.write(cache)
+        def read_calibration_cache(self):
+            if os.path.exists(cache_path):
+                with open(cache_path, "rb") as f:
+                    return f.read()
+            return None
 
-        return _Calibrator()
+        def write_calibration_cache(self, cache):
+            with open(cache_path, "wb") as f:
+                f.write(cache)
+
+    return _Calibrator()
 
 
 def build_plan(trt, onnx_path: str, input_name: str, shapes: tuple[tuple, tuple, tuple], precision: str,
@@ -149,47 +188,47 @@ def build_plan(trt, onnx_path: str, input_name: str, shapes: tuple[tuple, tuple,
 
 
 class TensorRTEngine:
-    """A deserialised plan with CUDA buffers from torch: `run({name: array}) -> {name: array}`."""
+    """A deserialised plan with CUDA buffers from cuda-python: `run({name: array}) -> {name: array}`."""
 
     def __init__(self, plan_path: str):
         import tensorrt as trt
-        import torch
 
-        self.trt, self.torch = trt, torch
+        self.trt, self.rt = trt, cudart()
         self.logger = trt.Logger(trt.Logger.WARNING)
         with open(plan_path, "rb") as f:
             self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(f.read())
         if self.engine is None:
             raise ExportError(f"{plan_path}: TensorRT could not load this plan (built for another version or device)")
         self.context = self.engine.create_execution_context()
-        self.stream = torch.cuda.Stream()
+        self.stream = _ok(self.rt.cudaStreamCreate())
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-
-    def _torch_dtype(self, name):
-        trt, torch = self.trt, self.torch
-        return {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16, trt.DataType.INT32: torch.int32,
-                trt.DataType.INT64: torch.int64, trt.DataType.UINT8: torch.uint8}[self.engine.get_tensor_dtype(name)]
+        self.buffers = {n: DeviceBuffer(self.rt) for n in names}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        torch = self.torch
-        keep = []
+        rt, h2d, d2h = self.rt, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name in self.inputs:
-            x = torch.from_numpy(np.ascontiguousarray(feeds[name])).to("cuda", non_blocking=True)
-            keep.append(x)
+            x = np.ascontiguousarray(feeds[name])
+            ptr = self.buffers[name].ensure(x.nbytes)
+            _ok(rt.cudaMemcpyAsync(ptr, x.ctypes.data, x.nbytes, h2d, self.stream))
             self.context.set_input_shape(name, tuple(x.shape))
-            self.context.set_tensor_address(name, int(x.data_ptr()))
+            self.context.set_tensor_address(name, ptr)
         outs = {}
         for name in self.outputs:
-            y = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._torch_dtype(name), device="cuda")
-            outs[name] = y
-            self.context.set_tensor_address(name, int(y.data_ptr()))
-        with torch.cuda.stream(self.stream):
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed")
-        self.stream.synchronize()
-        return {k: v.cpu().numpy() for k, v in outs.items()}
+            dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
+            outs[name] = np.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype)
+            self.context.set_tensor_address(name, self.buffers[name].ensure(max(outs[name].nbytes, 1)))
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise RuntimeError("TensorRT execution failed")
+        for name, y in outs.items():
+            _ok(rt.cudaMemcpyAsync(y.ctypes.data, self.buffers[name].ptr, y.nbytes, d2h, self.stream))
+        _ok(rt.cudaStreamSynchronize(self.stream))
+        return outs
+
+    def close(self) -> None:
+        for b in self.buffers.values():
+            b.free()
 
 
 def build_bundle_plans(bundle: str, precision: str = "fp16", workspace_mb: int = 1024, max_batch: int = 64,

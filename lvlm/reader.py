@@ -72,26 +72,34 @@ class Reader:
         b.rewind(len(self.prefix))
         return b.feed(video + self.suffix)
 
-    def label(self, tokens: Sequence[int]):
-        """(LabelResult, context length) for a window."""
+    def label(self, tokens: Sequence[int], exhaustive: bool = True):
+        """(LabelResult, context length) for a window. Each trie node costs the tokens that differ
+        from the path already in the cache (usually one)."""
         b = self.backend
         root = self._context(tokens)
         n_ctx = b.n
         cache = {(): root}
+        path: list[int] = []  # the label tokens in the cache after the context
 
         def logprobs(prefix, allowed):
             key = tuple(prefix)
             if key not in cache:
-                b.rewind(n_ctx)
-                cache[key] = b.feed(list(key))
+                common = 0
+                while common < min(len(path), len(key)) and path[common] == key[common]:
+                    common += 1
+                b.rewind(n_ctx + common)
+                cache[key] = b.feed(list(key[common:]))
+                path[:] = key
             lp = cache[key]
             return {a: float(lp[a]) for a in allowed}
 
-        return decode_label(self.trie, logprobs), n_ctx
+        return decode_label(self.trie, logprobs, exhaustive), n_ctx
 
-    def read(self, tokens: Sequence[int], explain: bool = True) -> Reading:
+    def read(self, tokens: Sequence[int], explain: bool = True, exhaustive: bool = True) -> Reading:
+        """exhaustive=False (the worker's way): best-first label search, exact label and probability,
+        the other labels' probabilities only where the search computed them."""
         t0 = time.perf_counter()
-        result, n_ctx = self.label(tokens)
+        result, n_ctx = self.label(tokens, exhaustive)
         t1 = time.perf_counter()
         if not explain:
             return Reading(result.label, result.probability, result.distribution, None, t1 - t0, None)

@@ -10,6 +10,7 @@ most 1 (the rest of the mass went to text outside the label set).
 """
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,14 +73,24 @@ class LabelResult:
         return self.probability / total if total > 0 else 0.0
 
 
-def decode_label(trie: LabelTrie, logprobs: LogProbs) -> LabelResult:
-    """Exact probabilities of every label, and the most probable one."""
+def decode_label(trie: LabelTrie, logprobs: LogProbs, exhaustive: bool = True) -> LabelResult:
+    """The most probable label and its exact probability.
+
+    exhaustive: every label's exact probability (one model call per inner node).
+    Otherwise best-first search: nodes are expanded in order of their prefix probability, and the
+    first label completed is the most probable one (a prefix's probability bounds every label
+    below it), usually after a handful of calls; the distribution then holds the labels completed
+    so far (still exact, summing to <= 1)."""
     dist: dict[str, float] = {}
-    stack: list[tuple[_Node, tuple[int, ...], float]] = [(trie.root, (), 0.0)]
-    while stack:
-        node, prefix, lp = stack.pop()
+    heap: list[tuple[float, int, _Node, tuple[int, ...]]] = [(-0.0, 0, trie.root, ())]
+    count = 1
+    while heap:
+        neg, _, node, prefix = heapq.heappop(heap) if not exhaustive else heap.pop()
+        lp = -neg
         if node.label is not None:
             dist[node.label] = math.exp(lp)
+            if not exhaustive:
+                break
             continue
         allowed = list(node.children)
         scores = logprobs(prefix, allowed)
@@ -87,6 +98,11 @@ def decode_label(trie: LabelTrie, logprobs: LogProbs) -> LabelResult:
             s = scores.get(tok, -math.inf)
             if s > 0.0 + 1e-6:
                 raise ValueError(f"logprob {s} > 0 for token {tok}: pass log-probabilities, not logits")
-            stack.append((node.children[tok], prefix + (tok,), lp + s))
-    best = max(trie.labels, key=lambda lab: dist.get(lab, 0.0))
-    return LabelResult(best, dist.get(best, 0.0), {lab: dist.get(lab, 0.0) for lab in trie.labels})
+            item = (-(lp + s), count, node.children[tok], prefix + (tok,))
+            count += 1
+            if exhaustive:
+                heap.append(item)
+            else:
+                heapq.heappush(heap, item)
+    best = max(dist, key=dist.get)
+    return LabelResult(best, dist[best], {lab: dist.get(lab, 0.0) for lab in trie.labels})

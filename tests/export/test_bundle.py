@@ -6,40 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from export.bundle import BundleError, build_bundle, check_bundle
-from lvlm.finetune import FinetuneConfig, build_examples, finetune, merge
-from lvlm.vocab import add_action_tokens
+from export.bundle import BundleError, check_bundle
+from lvlm.finetune import build_examples
 from tests.helpers import run_cli
-from tests.tiny_models import tiny_llama
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="session")
-def tiny_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
-    """A tiny LLaMA fine-tuned on the tiny VST's tokens (adapter folder with merged/)."""
-    import copy
-
-    from vst.glossary import build_glossary
-
-    run, _ = tiny_run
-    build_glossary(run, cache32, progress=False)
-    tok = copy.deepcopy(pristine_tokenizer)
-    labels, examples = build_examples(run, cache32, "train", windows_per_clip=2, progress=False)
-    model = tiny_llama(len(tok))
-    base = add_action_tokens(model, tok, 32)
-    out = str(tmp_path_factory.mktemp("adapter"))
-    result = finetune(model, tok, base, 32, labels, examples, out, FinetuneConfig(steps=40, batch=8, lr=1e-2), progress=False)
-    meta = {k: v for k, v in result.items() if k != "model"}
-    merge(result["model"], tok, os.path.join(out, "merged"), meta)
-    return out
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tiny_run, tiny_adapter, cache32, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("bundle") / "b")
-    manifest = build_bundle(tiny_run[0], tiny_adapter, out, "Q4_K_M", data=cache32, parity_windows=12, progress=False)
-    return out, manifest
 
 
 def test_bundle_holds_verified_engines_and_model(tiny_bundle, tiny_run):

@@ -78,3 +78,30 @@ def test_labels_must_be_prefix_free():
         LabelTrie({"drink": [1], "drink water": [1, 2]})
     with pytest.raises(ValueError, match="same tokens"):
         LabelTrie({"a": [1, 9], "b": [1, 9]})
+
+
+def test_best_first_search_finds_the_same_label_with_fewer_calls():
+    rng = random.Random(1)
+    seqs = {f"label {i}": [i % 3, 3 + i % 5, 10 + i, 99] for i in range(12)}
+    table = {}
+
+    def make(calls):
+        def logprobs(prefix, allowed):
+            calls.append(tuple(prefix))
+            key = tuple(prefix)
+            if key not in table:
+                w = [rng.random() ** 3 + 1e-3 for _ in range(100)]
+                z = math.log(sum(w))
+                table[key] = [math.log(x) - z for x in w]
+            return {t: table[key][t] for t in allowed}
+        return logprobs
+
+    trie = LabelTrie(seqs)
+    for _ in range(5):
+        table.clear()
+        full_calls, fast_calls = [], []
+        full = decode_label(trie, make(full_calls))
+        fast = decode_label(trie, make(fast_calls), exhaustive=False)
+        assert fast.label == full.label and math.isclose(fast.probability, full.probability)
+        assert len(fast_calls) < len(full_calls) == trie.nodes
+        assert all(p == 0 or math.isclose(p, full.distribution[lab]) for lab, p in fast.distribution.items())

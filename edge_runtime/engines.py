@@ -1,0 +1,84 @@
+"""The VST's two engines at run time, from a verified bundle.
+
+    backend "tensorrt"     the bundle's TensorRT plans for this GPU (key: TensorRT version + compute capability)
+    backend "onnxruntime"  the ONNX files with the best provider present: TensorRT, CUDA, then CPU
+    backend "auto"         TensorRT plans when the bundle has them for this device, else ONNX Runtime
+The choice is logged. Both take uint8 RGB frames exactly as the streams deliver them (the
+normalisation is inside the graph) and return numpy arrays.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from export.bundle import BundleError
+
+log = logging.getLogger(__name__)
+
+
+class _Ort:
+    def __init__(self, path: str, threads: int):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = [p for p in wanted if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(path, opts, providers=providers)
+        self.providers = self.session.get_providers()
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict) -> dict:
+        return dict(zip(self.outputs, self.session.run(None, feeds)))
+
+
+class Engines:
+    """encode(frames uint8 [N, R, R, 3]) -> [N, D]; tokenize(features [B, W, D]) -> (ids, distances, logits)."""
+
+    def __init__(self, bundle: str, manifest: dict, backend: str = "auto", threads: int = 0):
+        self.manifest = manifest
+        self.backend = None
+        if backend in ("auto", "tensorrt"):
+            plans = self._plans(bundle, manifest)
+            if plans is not None:
+                from export.tensorrt import TensorRTEngine
+
+                self.encoder = TensorRTEngine(os.path.join(bundle, plans["plans"]["frame_encoder"]))
+                self.tokenizer = TensorRTEngine(os.path.join(bundle, plans["plans"]["token_engine"]))
+                self.backend = f"tensorrt {plans['tensorrt']} {plans['precision']} ({plans['gpu']})"
+            elif backend == "tensorrt":
+                raise BundleError(f"{bundle}: no TensorRT plans for this machine's TensorRT and GPU; "
+                                  f"build them with `lvlm-var export trt {bundle}` or use backend = \"onnxruntime\"")
+        if self.backend is None:
+            e = manifest["engines"]
+            self.encoder = _Ort(os.path.join(bundle, e["frame_encoder"]["file"]), threads)
+            self.tokenizer = _Ort(os.path.join(bundle, e["token_engine"]["file"]), threads)
+            self.backend = f"onnxruntime {self.encoder.providers[0]}"
+        log.info("VST engines: %s", self.backend)
+
+    @staticmethod
+    def _plans(bundle: str, manifest: dict) -> dict | None:
+        entries = manifest.get("tensorrt") or {}
+        if not entries:
+            return None
+        try:
+            import tensorrt as trt
+
+            from export.tensorrt import gpu, plan_key
+        except ImportError:
+            return None
+        dev = gpu()
+        if dev is None:
+            return None
+        return entries.get(plan_key(trt.__version__, dev["compute_capability"]))
+
+    def encode(self, frames: np.ndarray) -> np.ndarray:
+        return self.encoder.run({"frames": np.ascontiguousarray(frames, dtype=np.uint8)})["features"]
+
+    def tokenize(self, feats: np.ndarray):
+        out = self.tokenizer.run({"features": np.ascontiguousarray(feats, dtype=np.float32)})
+        return out["ids"], out["distances"], out["logits"]

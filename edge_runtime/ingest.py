@@ -1,0 +1,205 @@
+"""The ingest service: streams -> FrameEncoder (batched across streams) -> per-stream feature ring
+-> TokenEngine every S frames -> TokenWindow on the bus; results from the LLM workers come back
+through the hub, are published (topic = stream id) and go to the sinks.
+
+Threads: one reader per source (frames into a bounded queue: live sources already keep only
+the newest frame, files block here so they lose none), one engine thread (batches frames, owns
+the windows PUSH socket), one collector (owns the collect PULL and results PUB sockets). Every
+loop waits with a timeout and checks the stop event.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from edge_runtime import messages
+from edge_runtime.bus import Hub
+from edge_runtime.config import Config
+from edge_runtime.engines import Engines
+from edge_runtime.messages import MessageError, TokenWindow
+from edge_runtime.sinks import Sink
+from streams.errors import SourceError
+from streams.pipeline import Conversion
+from streams.source import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamState:
+    id: str
+    source: Source
+    ring: collections.deque
+    frames: int = 0  # frames encoded
+    windows: int = 0
+    fps: float = 0.0
+    last_ns: int = 0
+    capture: collections.deque = field(default_factory=lambda: collections.deque())
+    ended: bool = False
+    error: str | None = None
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+class Ingest:
+    def __init__(self, cfg: Config, bundle: str, manifest: dict, bundle_id: str, sink: Sink, stop: threading.Event,
+                 context: zmq.Context | None = None):
+        self.cfg, self.manifest, self.bundle_id, self.sink, self.stop = cfg, manifest, bundle_id, sink, stop
+        v = manifest["vst"]
+        self.W, self.S, self.R, self.fps = v["W"], v["S"], v["resolution"], v["fps"]
+        self.labels = manifest["labels"]
+        self.engines = Engines(bundle, manifest, cfg.engine.backend, cfg.engine.threads)
+        self.hub = Hub(cfg.bus, context)
+        self.frames: queue.Queue = queue.Queue(maxsize=max(cfg.engine.max_batch * 2, 8))
+        self.streams: dict[str, StreamState] = {}
+        self.counters = {"bad_messages": 0, "results": 0}
+        self.threads: list[threading.Thread] = []
+        self.frames_flowing = threading.Event()  # set whenever frames arrive: the watchdog pings only then
+        conversion = Conversion(width=self.R, height=self.R, fps=self.fps)
+        for s in cfg.streams:
+            src = Source(s.uri, conversion, stream_id=s.id, realtime=s.realtime, max_reconnects=s.max_reconnects)
+            self.streams[s.id] = StreamState(s.id, src, collections.deque(maxlen=self.W),
+                                             capture=collections.deque(maxlen=self.W))
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "Ingest":
+        for st in self.streams.values():
+            try:
+                st.source.start()
+            except SourceError as exc:  # one bad source does not stop the others
+                st.ended, st.error = True, str(exc)
+                log.error("[%s] %s", st.id, exc)
+                continue
+            self._thread(self._read, f"read-{st.id}", st)
+        self._thread(self._engine_loop, "engine")
+        self._thread(self._collect_loop, "collect")
+        return self
+
+    def _thread(self, fn, name, *args) -> None:
+        t = threading.Thread(target=fn, args=args, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def close(self, timeout: float = 3.0) -> None:
+        self.stop.set()
+        for st in self.streams.values():
+            st.source.stop(timeout=1.0)
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self.hub.close()
+
+    @property
+    def done(self) -> bool:
+        """Every source has ended (files at EOS, live sources that gave up) and its frames are in."""
+        return all(st.ended for st in self.streams.values()) and self.frames.empty()
+
+    # ---- threads ------------------------------------------------------------------------------
+    def _read(self, st: StreamState) -> None:
+        try:
+            for frame in st.source.frames(poll_s=0.1):
+                while not self.stop.is_set():
+                    try:
+                        self.frames.put(frame, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop.is_set():
+                    return
+        except SourceError as exc:
+            st.error = str(exc)
+            log.error("[%s] %s", st.id, exc)
+        finally:
+            st.ended = True
+
+    def _engine_loop(self) -> None:
+        max_batch, max_wait = self.cfg.engine.max_batch, self.cfg.engine.max_wait_ms / 1000
+        while not self.stop.is_set():
+            try:
+                first = self.frames.get(timeout=0.1)
+            except queue.Empty:
+                self.frames_flowing.clear()
+                continue
+            batch = [first]
+            deadline = time.monotonic() + max_wait
+            while len(batch) < max_batch:
+                left = deadline - time.monotonic()
+                try:
+                    batch.append(self.frames.get(timeout=left) if left > 0 else self.frames.get_nowait())
+                except queue.Empty:
+                    break
+            self.frames_flowing.set()
+            try:
+                feats = self.engines.encode(np.stack([f.rgb for f in batch]))
+            except Exception as exc:  # noqa: BLE001 - an engine failure on one batch must not end the service
+                log.error("frame encoder failed on a batch of %d: %s", len(batch), exc)
+                continue
+            for frame, feat in zip(batch, feats):
+                self._add(self.streams[frame.stream_id], frame, feat)
+
+    def _add(self, st: StreamState, frame, feat: np.ndarray) -> None:
+        st.ring.append(feat)
+        st.capture.append(frame.capture_wall_ns)
+        st.frames += 1
+        if st.last_ns:
+            dt = (frame.capture_wall_ns - st.last_ns) / 1e9
+            if dt > 0:
+                st.fps = 0.9 * st.fps + 0.1 / dt if st.fps else 1 / dt
+        st.last_ns = frame.capture_wall_ns
+        if st.frames >= self.W and (st.frames - self.W) % self.S == 0:
+            self._window(st)
+
+    def _window(self, st: StreamState) -> None:
+        ids, dist, logits = self.engines.tokenize(np.stack(st.ring)[None])
+        p = softmax(np.asarray(logits[0], np.float64))
+        head = int(p.argmax())
+        now = time.time_ns()
+        w = TokenWindow(stream=st.id, window_seq=st.windows, t_start_ns=st.capture[0], t_end_ns=st.capture[-1],
+                        tokens=tuple(int(x) for x in ids[0]), distances=tuple(float(x) for x in dist[0]),
+                        provisional_label=self.labels[head], provisional_score=float(p[head]),
+                        capture_to_tokens_ms=(now - st.capture[-1]) / 1e6, sent_ns=now, bundle=self.bundle_id)
+        st.windows += 1
+        self.hub.send_window(messages.encode(w))
+        self.sink.window(w)
+
+    def _collect_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.hub.collect, zmq.POLLIN)
+        while not self.stop.is_set():
+            if not dict(poller.poll(100)):
+                continue
+            data = self.hub.collect.recv()
+            try:
+                r = messages.decode(data)
+                if not isinstance(r, messages.ActionResult):
+                    raise MessageError(f"expected a result, got {type(r).__name__}")
+            except MessageError as exc:
+                self.counters["bad_messages"] += 1
+                log.warning("rejected a message on %s: %s", self.cfg.bus.collect, exc)
+                continue
+            self.counters["results"] += 1
+            self.hub.publish(r.stream, data)
+            self.sink.result(r)
+
+    # ---- status -------------------------------------------------------------------------------
+    def stats(self) -> dict:
+        out = {}
+        for sid, st in self.streams.items():
+            snap = st.source.stats()
+            out[sid] = {"state": snap.state.value, "frames": st.frames, "windows": st.windows, "fps": round(st.fps, 2),
+                        "drops": snap.drops, "reconnects": snap.reconnects, "error": st.error or snap.last_error}
+        return out
+
+    def healthy(self) -> tuple[bool, str]:
+        bad = [f"{sid}: {s['state']}" for sid, s in self.stats().items() if s["state"] not in ("connecting", "streaming", "stopped")]
+        return (not bad, "; ".join(bad) or "ok")

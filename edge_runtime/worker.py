@@ -1,0 +1,163 @@
+"""The LLM worker: windows from the bus -> llama.cpp -> ActionResults back to the ingest.
+
+One `Llama` per worker, created and used by one thread only (the LLM thread). A receiver thread
+drains the windows socket into one slot per stream holding only the newest window (an older one
+still waiting is superseded: dropped and counted). The LLM thread serves streams round-robin, so
+a busy stream cannot starve the others; a window older than `deadline_s` when its turn comes is
+dropped as stale (counted). Reading is `lvlm.reader.Reader`: the instruction prefix's KV cache is
+evaluated once and reused, action tokens are fed as ids, the label comes from the trie-constrained
+decoding with its probability, then the explanation (optional, rate-limited per stream).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+import zmq
+
+from edge_runtime import messages
+from edge_runtime.bus import client_socket
+from edge_runtime.config import Config
+from edge_runtime.messages import ActionResult, MessageError, TokenWindow
+
+log = logging.getLogger(__name__)
+
+
+class LLMWorker:
+    def __init__(self, cfg: Config, bundle: str, manifest: dict, bundle_id: str, stop: threading.Event,
+                 context: zmq.Context | None = None, name: str | None = None):
+        self.cfg, self.bundle, self.manifest, self.bundle_id, self.stop = cfg, bundle, manifest, bundle_id, stop
+        self.context = context or zmq.Context.instance()
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.slots: dict[str, TokenWindow] = {}
+        self.order: list[str] = []  # round-robin order of streams seen
+        self.turn = 0
+        self.cond = threading.Condition()
+        self.counters = {"received": 0, "read": 0, "stale": 0, "superseded": 0, "bad_messages": 0, "failed": 0}
+        self.ready = threading.Event()
+        self.error: str | None = None
+        self.last_explained: dict[str, float] = {}
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> "LLMWorker":
+        for fn, name in ((self._receive_loop, "recv"), (self._llm_loop, "llm")):
+            t = threading.Thread(target=fn, name=f"worker-{name}", daemon=True)
+            t.start()
+            self.threads.append(t)
+        return self
+
+    def close(self, timeout: float = 3.0) -> None:
+        self.stop.set()
+        with self.cond:
+            self.cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def queue_depth(self) -> int:
+        with self.cond:
+            return len(self.slots)
+
+    # ---- receiver -----------------------------------------------------------------------------
+    def _receive_loop(self) -> None:
+        s = client_socket(self.context, zmq.PULL, self.cfg.bus.windows, self.cfg.bus, rcvhwm=self.cfg.bus.window_hwm)
+        poller = zmq.Poller()
+        poller.register(s, zmq.POLLIN)
+        try:
+            while not self.stop.is_set():
+                if not dict(poller.poll(100)):
+                    continue
+                data = s.recv()
+                try:
+                    w = messages.decode(data)
+                    if not isinstance(w, TokenWindow):
+                        raise MessageError(f"expected a window, got {type(w).__name__}")
+                    if len(w.tokens) != self.manifest["vst"]["T"] or not all(0 <= t < self.manifest["vst"]["K"] for t in w.tokens):
+                        raise MessageError(f"window of {len(w.tokens)} tokens outside the bundle's T/K")
+                except MessageError as exc:
+                    self.counters["bad_messages"] += 1
+                    log.warning("rejected a message: %s", exc)
+                    continue
+                with self.cond:
+                    self.counters["received"] += 1
+                    if w.stream in self.slots:
+                        self.counters["superseded"] += 1
+                    else:
+                        if w.stream not in self.order:
+                            self.order.append(w.stream)
+                    self.slots[w.stream] = w
+                    self.cond.notify()
+        finally:
+            s.close(0)
+
+    def _next(self) -> TokenWindow | None:
+        with self.cond:
+            while not self.slots and not self.stop.is_set():
+                self.cond.wait(0.1)
+            if self.stop.is_set():
+                return None
+            for i in range(len(self.order)):
+                sid = self.order[(self.turn + i) % len(self.order)]
+                if sid in self.slots:
+                    self.turn = (self.turn + i + 1) % len(self.order)
+                    return self.slots.pop(sid)
+        return None
+
+    # ---- the model's thread -------------------------------------------------------------------
+    def _open(self):
+        from lvlm.reader import LlamaCppBackend, Reader
+
+        lv, llm = self.manifest["lvlm"], self.cfg.llm
+        backend = LlamaCppBackend.open(os.path.join(self.bundle, lv["file"]), threads=llm.threads, n_ctx=llm.n_ctx,
+                                       n_gpu_layers=llm.n_gpu_layers)
+        reader = Reader(backend, self.manifest["labels"], lv["token_id_base"], lv["codes"], llm.explanation_tokens)
+        reader.read([0] * self.manifest["vst"]["T"], explain=False)  # evaluates the instruction prefix once
+        return reader
+
+    def _llm_loop(self) -> None:
+        try:
+            reader = self._open()
+        except Exception as exc:  # noqa: BLE001 - reported once, the service exits non-zero
+            self.error = f"cannot load the language model: {exc}"
+            log.error(self.error)
+            self.stop.set()
+            return
+        out = client_socket(self.context, zmq.PUSH, self.cfg.bus.collect, self.cfg.bus, sndhwm=1000)
+        self.ready.set()
+        llm = self.cfg.llm
+        try:
+            while not self.stop.is_set():
+                w = self._next()
+                if w is None:
+                    continue
+                if (time.time_ns() - w.sent_ns) / 1e9 > llm.deadline_s:
+                    self.counters["stale"] += 1
+                    continue
+                explain = llm.explain and time.monotonic() - self.last_explained.get(w.stream, -1e18) >= llm.explain_interval_s
+                try:
+                    r = reader.read(w.tokens, explain=explain, exhaustive=False)
+                except Exception as exc:  # noqa: BLE001 - one bad read must not end the worker
+                    self.counters["failed"] += 1
+                    log.error("[%s] window %d: %s", w.stream, w.window_seq, exc)
+                    continue
+                if r.explanation is not None:
+                    self.last_explained[w.stream] = time.monotonic()
+                res = ActionResult(
+                    stream=w.stream, window_seq=w.window_seq, t_start_ns=w.t_start_ns, t_end_ns=w.t_end_ns, tokens=w.tokens,
+                    provisional_label=w.provisional_label, provisional_score=w.provisional_score, label=r.label,
+                    probability=r.probability, explanation=r.explanation, capture_to_tokens_ms=w.capture_to_tokens_ms,
+                    tokens_to_label_ms=(time.time_ns() - w.sent_ns) / 1e6 - (r.explanation_s or 0) * 1000,
+                    tokens_to_explanation_ms=(time.time_ns() - w.sent_ns) / 1e6 if r.explanation_s is not None else None,
+                    bundle=self.bundle_id, worker=self.name)
+                self.counters["read"] += 1
+                try:
+                    out.send(messages.encode(res), zmq.NOBLOCK)
+                except zmq.Again:
+                    self.counters["failed"] += 1
+        finally:
+            out.close(0)
+            reader.backend.llm.close()

@@ -1,0 +1,230 @@
+"""The runtime end to end on a tiny bundle with real components: a local RTSP server, GStreamer,
+ONNX Runtime, ZeroMQ (inproc, ipc, CURVE tcp) and llama.cpp; in one process and as services."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import zmq
+
+from edge_runtime import messages
+from edge_runtime.config import load
+from streams.rtsp_server import free_port
+
+pytestmark = pytest.mark.slow
+EXE = os.path.join(os.path.dirname(sys.executable), "lvlm-var")
+
+
+@pytest.fixture(scope="session")
+def actions_video(tmp_path_factory):
+    """About 10 s of three consecutive synthetic actions, and their ground truth."""
+    from edge_runtime.demo import render_video
+
+    path = str(tmp_path_factory.mktemp("video") / "actions.mp4")
+    return path, render_video(path, actions=3, seed=1, fps=15, size=48)
+
+
+def test_one_process_rtsp_to_labels(tiny_bundle, actions_video, rtsp_server, tmp_path):
+    from edge_runtime.demo import Recorder
+    from edge_runtime.service import serve
+
+    bundle, manifest = tiny_bundle
+    url = rtsp_server.add_file("/a", actions_video[0])
+    rtsp_server.start()
+    rec = Recorder()
+    cfg = load(None, {"bundle": bundle, "streams": [{"id": "cam1", "uri": url, "max_reconnects": 0}],
+                      "bus": {"windows": "inproc://w", "collect": "inproc://c", "results": "inproc://r"},
+                      "llm": {"threads": 1, "explain_interval_s": 0.0},
+                      "sinks": {"console": False, "jsonl": str(tmp_path / "r.jsonl")}})
+    stats = serve(cfg, until_done=True, duration_s=60, extra_sinks=[rec])
+    frames = stats["streams"]["cam1"]["frames"]
+    assert frames >= 100 and stats["streams"]["cam1"]["windows"] == len(rec.windows) >= 5
+    assert rec.windows[0].window_seq == 0 and all(w.provisional_label in manifest["labels"] for w in rec.windows)
+    assert len(rec.results) >= 3 and all(r.label in manifest["labels"] and 0 < r.probability <= 1 for r in rec.results)
+    assert all(r.bundle == rec.windows[0].bundle and r.tokens_to_label_ms > 0 and r.capture_to_tokens_ms >= 0 for r in rec.results)
+    assert any(r.explanation for r in rec.results)
+    lines = [json.loads(x) for x in open(tmp_path / "r.jsonl")]
+    assert len(lines) == len(rec.results) and lines[0]["stream"] == "cam1"
+
+
+def _config(tmp_path, bundle, endpoints, curve=None, stream=None):
+    streams = stream or {"id": "cam1", "uri": "test://ball"}
+    text = [f'bundle = "{bundle}"', 'name = "test"', "[[streams]]"] + [f'{k} = {json.dumps(v)}' for k, v in streams.items()]
+    text += ["[bus]"] + [f'{k} = "{v}"' for k, v in endpoints.items()]
+    if curve:
+        text += ["[bus.curve]"] + [f'{k} = "{v}"' for k, v in curve.items()]
+    text += ["[llm]", "threads = 1", "deadline_s = 2.0", "[sinks]", "console = false"]
+    path = tmp_path / "cfg.toml"
+    path.write_text("\n".join(text) + "\n")
+    return str(path)
+
+
+def _spawn(*args, env=None):
+    return subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def _stop(proc, seconds=5.0):
+    """SIGTERM; returns how long it took to exit."""
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=seconds + 5)
+    return time.monotonic() - t0
+
+
+def _results(endpoint, cfg_path, count, timeout):
+    r = subprocess.run([EXE, "monitor", "--config", cfg_path, "--count", str(count), "--timeout", str(timeout), "--json"],
+                       capture_output=True, text=True, timeout=timeout + 30)
+    return [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+
+
+def _endpoints(kind, tmp_path):
+    if kind == "ipc":
+        return {k: f"ipc://{tmp_path}/{k}" for k in ("windows", "collect", "results")}
+    return {k: f"tcp://127.0.0.1:{free_port()}" for k in ("windows", "collect", "results")}
+
+
+@pytest.mark.parametrize("kind", ["ipc", "tcp"])
+def test_services_over_ipc_and_curve_tcp(kind, tiny_bundle, tmp_path):
+    from edge_runtime.bus import generate_keys
+
+    bundle, manifest = tiny_bundle
+    ep = _endpoints(kind, tmp_path)
+    curve = None
+    if kind == "tcp":
+        keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+        allowed.mkdir()
+        _, server_secret = generate_keys(str(keys), "server")
+        client_public, client_secret = generate_keys(str(keys), "client")
+        os.replace(client_public, allowed / "client.key")
+        curve = {"server_secret_key": server_secret, "authorized_keys": str(allowed), "client_secret_key": client_secret,
+                 "server_public_key": str(keys / "server.key")}
+    cfg = _config(tmp_path, bundle, ep, curve)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(0.2)
+    notes, listening = [], threading.Event()
+    listening.set()
+
+    def listen():  # as systemd does, read the notifications as they come
+        while listening.is_set():
+            try:
+                notes.append(notify.recv(4096).decode())
+            except OSError:
+                continue
+
+    threading.Thread(target=listen, daemon=True).start()
+    ingest = _spawn("ingest", "--config", cfg, env={"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"})
+    worker = _spawn("llm-worker", "--config", cfg)
+    try:
+        got = _results(ep["results"], cfg, 3, 90)
+        assert len(got) == 3 and all(r["label"] in manifest["labels"] and r["stream"] == "cam1" for r in got)
+        if kind == "ipc":  # garbage into the ingest's collect socket: rejected, counted, survived
+            ctx = zmq.Context()
+            s = ctx.socket(zmq.PUSH)
+            s.setsockopt(zmq.LINGER, 1000)
+            s.connect(ep["collect"])
+            for junk in (b"junk", b"\x81\xa1v\x63", messages.encode(messages.Health(service="x", name="y", state="z"))):
+                s.send(junk)
+            s.close()
+            ctx.term()
+        else:  # a client whose key is not on the allow-list gets nothing; the others keep getting results
+            ctx = zmq.Context()
+            rogue = ctx.socket(zmq.SUB)
+            rogue.setsockopt(zmq.LINGER, 0)
+            pub, sec = zmq.curve_keypair()
+            rogue.curve_secretkey, rogue.curve_publickey = sec, pub
+            rogue.curve_serverkey = zmq.auth.load_certificate(str(tmp_path / "keys" / "server.key"))[0]
+            rogue.setsockopt(zmq.SUBSCRIBE, b"")
+            rogue.connect(ep["results"])
+            poller = zmq.Poller()
+            poller.register(rogue, zmq.POLLIN)
+            assert not dict(poller.poll(4000))
+            rogue.close()
+            ctx.term()
+        assert len(_results(ep["results"], cfg, 2, 60)) == 2
+        assert ingest.poll() is None and worker.poll() is None
+    finally:
+        took = [_stop(p) for p in (ingest, worker)]
+    assert max(took) < 5.0, took
+    assert ingest.returncode == 0, ingest.stderr.read()[-2000:]
+    final = _last_json(ingest.stderr)
+    if kind == "ipc":
+        assert final["ingest"]["bad_messages"] == 3
+    time.sleep(0.5)
+    listening.clear()
+    text = "\n".join(notes)
+    assert "READY=1" in text and "STATUS=" in text and "WATCHDOG=1" in text and "STOPPING=1" in text
+
+
+def _last_json(stream) -> dict:
+    text = stream.read() if hasattr(stream, "read") else stream
+    start = text.rfind("\n{\n") + 1 if "\n{\n" in text else text.find("{\n")
+    return json.loads(text[start:])
+
+
+def test_killed_worker_windows_are_dropped_and_a_new_worker_resumes(tiny_bundle, tmp_path):
+    bundle, _ = tiny_bundle
+    ep = _endpoints("ipc", tmp_path)
+    cfg = _config(tmp_path, bundle, ep)
+    ingest = _spawn("ingest", "--config", cfg, "--set", "sinks.metrics_port=0")
+    worker = _spawn("llm-worker", "--config", cfg)
+    try:
+        assert len(_results(ep["results"], cfg, 2, 90)) == 2
+        worker.kill()
+        worker.wait(10)
+        time.sleep(4)  # windows now go nowhere: dropped and counted
+        assert ingest.poll() is None
+        worker = _spawn("llm-worker", "--config", cfg)
+        assert len(_results(ep["results"], cfg, 2, 90)) == 2  # the restarted worker serves again
+    finally:
+        for p in (ingest, worker):
+            if p.poll() is None:
+                _stop(p)
+    final = _last_json(ingest.stderr)
+    assert final["bus"]["windows_dropped_no_worker"] > 0 and final["bus"]["windows_sent"] > 0
+
+
+def test_bad_bundle_and_dead_source_give_one_line(tiny_bundle, tmp_path):
+    from tests.helpers import run_cli
+
+    r = run_cli("run", "--bundle", str(tmp_path), "--stream", "a=test://")
+    assert r.returncode == 2 and "not a bundle" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("run", "--bundle", tiny_bundle[0])
+    assert r.returncode == 2 and "no streams" in r.stderr
+    r = run_cli("run", "--bundle", tiny_bundle[0], "--stream", "a=/no/such/file.mp4", "--until-done",
+                "--set", "sinks.console=false", "--set", "bus.windows=inproc://w", "--set", "bus.collect=inproc://c",
+                "--set", "bus.results=inproc://r", timeout=120)
+    assert r.returncode == 0 and "no such video file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_systemd_units_verify(tmp_path):
+    import shutil
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "systemd")
+    units = []
+    for name in os.listdir(root):
+        if not name.endswith((".service", ".target")):
+            continue
+        text = open(os.path.join(root, name)).read().replace("/opt/lvlm-var/bin/lvlm-var", EXE)
+        for instance in (["edge01"] if "@" in name else [None]):
+            unit = name.replace("@.", f"@{instance}.") if instance else name
+            (tmp_path / unit).write_text(text)
+            units.append(str(tmp_path / unit))
+    assert len(units) == 3
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", *units], capture_output=True, text=True,
+                       env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"})
+    ours = [line for line in r.stderr.splitlines() if str(tmp_path) in line]
+    assert r.returncode == 0 and not ours, r.stderr
+    text = open(os.path.join(root, "lvlm-var-ingest@.service")).read()
+    for must in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "DynamicUser=yes", "ProtectSystem=strict",
+                 "NoNewPrivileges=yes", "StateDirectory=", "CacheDirectory=", "DeviceAllow=char-video4linux"):
+        assert must in text
+    assert "\nPrivateDevices=" not in text
