@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "export.commands",  # export bundle|trt, check
     "streams.cli",  # streams
     "edge_runtime.commands",  # run, ingest, llm-worker, monitor, config, keys, demo
+    "benchmarks.commands",  # bench
 )
 
 

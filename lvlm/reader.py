@@ -58,6 +58,10 @@ class Reader:
         self.stop = stop[0]
         self._prefix_ready = False
 
+    def forget_prefix(self) -> None:
+        """Make the next read evaluate the instruction prefix again (benchmarks compare with this)."""
+        self._prefix_ready = False
+
     def ids(self, tokens: Sequence[int]) -> list[int]:
         """The whole prompt for a window as ids (what `read` evaluates, for logs and parity checks)."""
         return self.prefix + prompt.video_ids(tokens, self.base, self.codes) + self.suffix
