@@ -269,11 +269,7 @@ def plots(result: dict, out: str) -> list[str]:
     ax.set_xlabel("milliseconds")
     ax.set_ylabel("share of windows")
     ax.set_title(f"latency CDF\n{name}", fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(os.path.join(out, "latency_cdf.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, ax, os.path.join(out, "latency_cdf.png")))
     rows = result.get("streams", [])
     if rows:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -283,12 +279,18 @@ def plots(result: dict, out: str) -> list[str]:
         ax.set_ylabel("fps per stream")
         ax.set_ylim(0, 17)
         ax.set_title(f"fps vs streams\n{name}", fontsize=8)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(os.path.join(out, "fps_vs_streams.png"))
-        fig.savefig(paths[-1], dpi=110)
-        plt.close(fig)
+        paths.append(_save(fig, ax, os.path.join(out, "fps_vs_streams.png")))
     return paths
+
+
+def _save(fig, ax, path: str) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def markdown(r: dict) -> str:

@@ -7,8 +7,9 @@ import os
 
 from lvlm.base import BaseModelError
 from lvlm.evaluate import EvalError
+from lvlm.finetune import FinetuneError
 
-USER_ERRORS = (BaseModelError, EvalError)
+USER_ERRORS = (BaseModelError, EvalError, FinetuneError)
 
 
 def register(cli) -> None:
@@ -24,6 +25,7 @@ def register(cli) -> None:
     f.add_argument("--batch", type=int, default=8)
     f.add_argument("--steps", type=int, default=150, help="default 150: ~29 min for SmolLM2-135M at batch 8 on 2 CPU cores")
     f.add_argument("--windows-per-clip", type=int, default=3)
+    f.add_argument("--resume", action="store_true", help="continue from OUT/finetune_state.pt (checkpointed every 25 steps)")
     f.set_defaults(func=cmd_finetune)
 
     e = cli.group("eval", "evaluate a model").add_parser(
@@ -58,7 +60,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     model, tokenizer = load(args.base)
     base = add_action_tokens(model, tokenizer, codes, glossary)
     cfg = FinetuneConfig(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lr=args.lr, batch=args.batch, steps=args.steps)
-    result = finetune(model, tokenizer, base, codes, labels, examples, args.out, cfg)
+    result = finetune(model, tokenizer, base, codes, labels, examples, args.out, cfg, resume=args.resume)
     meta = {k: v for k, v in result.items() if k != "model"}
     meta.update({"base": args.base, "vst": os.path.abspath(args.vst), "examples": len(examples)})
     merged = merge(result["model"], tokenizer, os.path.join(args.out, "merged"), meta)

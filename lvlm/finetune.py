@@ -14,6 +14,10 @@ from dataclasses import asdict, dataclass
 
 from lvlm import prompt
 
+class FinetuneError(RuntimeError):
+    """Fine-tuning that cannot start as asked (e.g. a checkpoint from other settings): one line."""
+
+
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -26,6 +30,7 @@ class FinetuneConfig:
     batch: int = 8
     steps: int = 150
     seed: int = 0
+    checkpoint_every: int = 25  # steps between resumable checkpoints (OUT/finetune_state.pt)
 
 
 def encode(tokenizer, p: prompt.Prompt, base: int, codes: int, example: dict) -> tuple[list[int], list[int]]:
@@ -55,9 +60,15 @@ def _batches(encoded, batch: int, pad: int, rng):
             yield ids, labels, mask
 
 
+STATE = "finetune_state.pt"
+
+
 def finetune(model, tokenizer, base: int, codes: int, labels: list[str], examples: list[dict], out: str,
-             cfg: FinetuneConfig, progress: bool = True) -> dict:
-    """Train a LoRA adapter on `examples`; saves it (adapter + tokenizer + lvlm.json) to `out`."""
+             cfg: FinetuneConfig, progress: bool = True, resume: bool = False) -> dict:
+    """Train a LoRA adapter on `examples`; saves it (adapter + tokenizer + lvlm.json) to `out`.
+    Every `checkpoint_every` steps the trainable weights, the optimizer and the step go to
+    OUT/finetune_state.pt; `resume` continues from there (the batch order is replayed, so a
+    resumed run equals an uninterrupted one)."""
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
@@ -72,17 +83,35 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     encoded = [encode(tokenizer, p, base, codes, ex) for ex in examples]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = _batches(encoded, cfg.batch, pad, np.random.default_rng(cfg.seed))
-    opt = torch.optim.AdamW([q for q in peft_model.parameters() if q.requires_grad], lr=cfg.lr)
+    trainable = {n: q for n, q in peft_model.named_parameters() if q.requires_grad}
+    opt = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr)
     peft_model.train()
-    losses = []
-    for _ in tqdm(range(cfg.steps), desc="finetune", unit="step", disable=not progress):
+    losses, start = [], 0
+    os.makedirs(out, exist_ok=True)
+    state_path = os.path.join(out, STATE)
+    if resume and os.path.exists(state_path):
+        state = torch.load(state_path, weights_only=False)
+        if state["examples"] != len(examples) or state["config"]["seed"] != cfg.seed or state["config"]["batch"] != cfg.batch:
+            raise FinetuneError(f"{state_path} was made with other examples or settings; start without --resume")
+        with torch.no_grad():
+            for n, q in trainable.items():
+                q.copy_(state["trainable"][n])
+        opt.load_state_dict(state["opt"])
+        losses, start = state["losses"], state["step"]
+        for _ in range(start):
+            next(batches)
+    for step in tqdm(range(start, cfg.steps), desc="finetune", unit="step", disable=not progress, initial=start, total=cfg.steps):
         ids, lab, mask = next(batches)
         loss = peft_model(input_ids=ids, attention_mask=mask, labels=lab).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    os.makedirs(out, exist_ok=True)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            torch.save({"step": step + 1, "trainable": {n: q.detach().clone() for n, q in trainable.items()},
+                        "opt": opt.state_dict(), "losses": losses, "examples": len(examples), "config": asdict(cfg)},
+                       state_path + ".part")
+            os.replace(state_path + ".part", state_path)
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     meta = {"prompt_format_version": prompt.PROMPT_FORMAT_VERSION, "token_id_base": base, "codes": codes,

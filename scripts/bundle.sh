@@ -25,11 +25,13 @@ step() {  # step NAME DESCRIPTION COMMAND...
 
 resume=()
 [ -f "$BUILD/vst/last_state.pt" ] && resume=(--resume)
+resume_lm=()
+[ -f "$BUILD/lvlm/finetune_state.pt" ] && resume_lm=(--resume)
 
 step synth "1/6 synthetic dataset" "$LV" data synth --out "$BUILD/data"
 step prepare "2/6 frame cache (64 px, X-Sub)" "$LV" data prepare --data "$BUILD/data" --protocol xsub --size 64 --out "$BUILD/cache"
 step vst "3/6 VST training" "$LV" train vst --data "$BUILD/cache" --protocol xsub --out "$BUILD/vst" "${resume[@]}"
 step glossary "4/6 codebook glossary" "$LV" vst glossary --run "$BUILD/vst" --data "$BUILD/cache"
-step finetune "5/6 language-model fine-tune" "$LV" finetune --vst "$BUILD/vst" --data "$BUILD/cache" --out "$BUILD/lvlm"
+step finetune "5/6 language-model fine-tune" "$LV" finetune --vst "$BUILD/vst" --data "$BUILD/cache" --out "$BUILD/lvlm" "${resume_lm[@]}"
 step export "6/6 bundle export" "$LV" export bundle --vst "$BUILD/vst" --lvlm "$BUILD/lvlm" --out "$BUILD/bundle"
 "$LV" check "$BUILD/bundle"

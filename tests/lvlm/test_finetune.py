@@ -116,36 +116,39 @@ def test_examples_come_from_the_vst_windows(tiny_run, cache32):
         assert ex["label"] in labels and ex["explanation"] == ex["attributes"]["explanation"]
 
 
-@pytest.mark.slow
-def test_finetune_command_writes_adapter_and_merged_model(tiny_run, cache32, pristine_tokenizer, tmp_path):
+@pytest.fixture(scope="module")
+def cli_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
+    """`lvlm-var finetune` on a tiny local LLaMA base, as a user runs it."""
     from tests.helpers import run_cli
 
-    base_dir = tmp_path / "tiny-llama"
-    tiny_llama(len(pristine_tokenizer)).save_pretrained(base_dir)
-    pristine_tokenizer.save_pretrained(base_dir)
-    run, _ = tiny_run
-    r = run_cli("finetune", "--vst", run, "--data", cache32, "--base", str(base_dir), "--out", str(tmp_path / "ad"),
-                "--steps", "4", "--batch", "4", timeout=300)
+    tmp = tmp_path_factory.mktemp("cli")
+    tiny_llama(len(pristine_tokenizer)).save_pretrained(tmp / "tiny-llama")
+    pristine_tokenizer.save_pretrained(tmp / "tiny-llama")
+    r = run_cli("finetune", "--vst", tiny_run[0], "--data", cache32, "--base", str(tmp / "tiny-llama"), "--out",
+                str(tmp / "ad"), "--steps", "30", "--batch", "8", "--lr", "1e-2", timeout=300)
+    return tmp / "ad", r
+
+
+@pytest.mark.slow
+def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run, cache32, pristine_tokenizer, tmp_path):
+    from tests.helpers import run_cli
+
+    ad, r = cli_adapter
     assert r.returncode == 0, r.stderr[-2000:]
     assert "fine-tuned on" in r.stdout
-    meta = json.load(open(tmp_path / "ad" / "merged" / "lvlm.json"))
+    meta = json.load(open(ad / "merged" / "lvlm.json"))
     assert meta["codes"] == 32 and meta["token_id_base"] == len(pristine_tokenizer) and len(meta["labels"]) == 3
-    assert (tmp_path / "ad" / "merged" / "model.safetensors").exists()
-    r = run_cli("finetune", "--vst", run, "--data", cache32, "--base", "no-such-model", "--out", str(tmp_path / "x"))
+    assert (ad / "merged" / "model.safetensors").exists()
+    r = run_cli("finetune", "--vst", tiny_run[0], "--data", cache32, "--base", "no-such-model", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown base model" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
-def test_eval_command_reports_labels_calibration_and_explanations(tiny_run, cache32, pristine_tokenizer, tmp_path):
+def test_eval_command_reports_labels_calibration_and_explanations(cli_adapter, tiny_run, cache32, tmp_path):
     from tests.helpers import run_cli
 
-    base_dir = tmp_path / "tiny-llama"
-    tiny_llama(len(pristine_tokenizer)).save_pretrained(base_dir)
-    pristine_tokenizer.save_pretrained(base_dir)
+    ad, _ = cli_adapter
     run, _ = tiny_run
-    ad = tmp_path / "ad"
-    assert run_cli("finetune", "--vst", run, "--data", cache32, "--base", str(base_dir), "--out", str(ad),
-                   "--steps", "30", "--batch", "8", "--lr", "1e-2", timeout=300).returncode == 0
     r = run_cli("eval", "lvlm", "--adapter", str(ad), "--vst", run, "--data", cache32, "--max-windows", "8",
                 "--explain", "3", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -184,3 +187,30 @@ def test_tiny_llava_language_model_loads_and_fine_tunes(tokenizer, tmp_path):
     assert result["last_loss"] < 0.6 * result["first_loss"]
     out = merge(result["model"], tok, str(tmp_path / "merged"))
     assert json.load(open(os.path.join(out, "config.json")))["architectures"] == ["LlamaForCausalLM"]
+
+
+@pytest.mark.slow
+def test_resumed_finetune_equals_an_uninterrupted_one(pristine_tokenizer, tmp_path):
+    from lvlm.finetune import FinetuneError
+
+    def run(out, steps, resume):
+        tok = copy.deepcopy(pristine_tokenizer)
+        model = tiny_llama(len(tok))
+        base = add_action_tokens(model, tok, 16)
+        cfg = FinetuneConfig(steps=steps, batch=4, lr=1e-2, lora_dropout=0.0, checkpoint_every=3)
+        r = finetune(model, tok, base, 16, LABELS, examples(16, 16), str(out), cfg, progress=False, resume=resume)
+        return {n: q.detach().clone() for n, q in r["model"].named_parameters() if q.requires_grad}, r
+
+    whole, _ = run(tmp_path / "a", 6, False)
+    run(tmp_path / "b", 3, False)  # "interrupted" after 3 steps
+    resumed, r = run(tmp_path / "b", 6, True)
+    assert set(whole) == set(resumed)
+    for n in whole:
+        assert torch.allclose(whole[n], resumed[n], atol=1e-6), n
+    assert len(json.load(open(tmp_path / "b" / "lvlm.json"))["config"]) and r["first_loss"] > 0
+    with pytest.raises(FinetuneError, match="other examples or settings"):
+        tok = copy.deepcopy(pristine_tokenizer)
+        model = tiny_llama(len(tok))
+        base = add_action_tokens(model, tok, 16)
+        finetune(model, tok, base, 16, LABELS, examples(8, 16), str(tmp_path / "b"),
+                 FinetuneConfig(steps=6, batch=4, checkpoint_every=3), progress=False, resume=True)
