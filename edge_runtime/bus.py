@@ -107,9 +107,11 @@ class Hub:
         self.counters["windows_sent"] += 1
         return True
 
-    def publish(self, stream: str, data: bytes) -> None:
-        self.results.send_multipart([stream.encode(), data])
-        self.counters["results_published"] += 1
+    def publish(self, topic: str, data: bytes) -> None:
+        """A message on the results PUB: topic = stream id, or "_health" for Health messages."""
+        self.results.send_multipart([topic.encode(), data])
+        if not topic.startswith("_"):
+            self.counters["results_published"] += 1
 
     def close(self) -> None:
         for name in ("windows", "collect", "results"):

@@ -42,6 +42,7 @@ def register(cli) -> None:
     m.add_argument("--count", type=int, default=None, help="exit after this many results")
     m.add_argument("--timeout", type=float, default=None, help="exit after this many seconds")
     m.add_argument("--json", action="store_true", help="one JSON object per line")
+    m.add_argument("--health", action="store_true", help="also show the ingest's Health messages (every 5 s)")
     m.set_defaults(func=cmd_monitor)
 
     c = cli.group("config", "configuration files")
@@ -143,6 +144,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
             except messages.MessageError as exc:
                 bad += 1
                 print(f"rejected a message: {exc}", file=sys.stderr)
+                continue
+            if isinstance(r, messages.Health):
+                if args.health:
+                    print(f"[health] {r.name}: {r.state} {json.dumps(r.counters)}", flush=True)
                 continue
             seen += 1
             if args.json:

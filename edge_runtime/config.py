@@ -26,7 +26,7 @@ class _Model(BaseModel):
 
 class StreamConfig(_Model):
     id: str = Field(description="stream id: the results' topic and label in every sink", min_length=1, max_length=64,
-                    pattern=r"^[A-Za-z0-9_.-]+$")
+                    pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     uri: str = Field(description="file path, file://, rtsp://, /dev/videoN or v4l2://, csi://N, test://, pipeline://", min_length=1)
     realtime: bool = Field(False, description="pace a file at its own frame rate (as a camera would)")
     max_reconnects: int | None = Field(None, ge=0, description="give up after this many reconnects (None: never)")

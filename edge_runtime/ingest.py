@@ -61,6 +61,7 @@ class Ingest:
         self.engines = Engines(bundle, manifest, cfg.engine.backend, cfg.engine.threads)
         self.hub = Hub(cfg.bus, context)
         self.frames: queue.Queue = queue.Queue(maxsize=max(cfg.engine.max_batch * 2, 8))
+        self.outbox: queue.Queue = queue.Queue()  # (topic, message) for the PUB socket, from other threads
         self.streams: dict[str, StreamState] = {}
         self.counters = {"bad_messages": 0, "results": 0}
         self.threads: list[threading.Thread] = []
@@ -176,6 +177,8 @@ class Ingest:
         poller = zmq.Poller()
         poller.register(self.hub.collect, zmq.POLLIN)
         while not self.stop.is_set():
+            while not self.outbox.empty():  # the PUB socket belongs to this thread
+                self.hub.publish(*self.outbox.get_nowait())
             if not dict(poller.poll(100)):
                 continue
             data = self.hub.collect.recv()
@@ -190,6 +193,14 @@ class Ingest:
             self.counters["results"] += 1
             self.hub.publish(r.stream, data)
             self.sink.result(r)
+
+    def publish_health(self, name: str, stats: dict) -> None:
+        """A Health message on the results PUB (topic "_health"), from the collector's socket owner:
+        called by the supervision loop, so it goes through the collector thread's queue."""
+        ok, text = self.healthy()
+        h = messages.Health(service="ingest", name=name, state="ok" if ok else text,
+                            counters={"streams": stats, **self.hub.counters, **self.counters}, sent_ns=time.time_ns())
+        self.outbox.put(("_health", messages.encode(h)))
 
     # ---- status -------------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -19,6 +19,7 @@ import zmq
 from edge_runtime.config import Config
 
 log = logging.getLogger(__name__)
+HEALTH_EVERY_S = 5.0  # Health messages on the results PUB (topic "_health")
 
 
 class Notifier:
@@ -124,7 +125,7 @@ def serve(cfg: Config, ingest: bool = True, workers: int | None = None, until_do
         notifier.ready(f"{what}, bundle {bid}")
         log.info("serving: %s (bundle %s)", what, bid)
         t0 = time.monotonic()
-        last_results, quiet_since = -1, time.monotonic()
+        last_results, quiet_since, last_health = -1, time.monotonic(), 0.0
         while not stop.wait(0.25):
             alive = hub.frames_flowing.is_set() if hub is not None else all(t.is_alive() for w in pool for t in w.threads)
             if alive:
@@ -137,6 +138,9 @@ def serve(cfg: Config, ingest: bool = True, workers: int | None = None, until_do
                     metrics.llm_dropped.labels("no_worker").set(hub.hub.counters["windows_dropped_no_worker"])
                     metrics.bad_messages.set(hub.counters["bad_messages"])
                 notifier.status(", ".join(f"{sid} {s['state']} {s['fps']:.1f} fps" for sid, s in stats.items()))
+                if time.monotonic() - last_health >= HEALTH_EVERY_S:
+                    last_health = time.monotonic()
+                    hub.publish_health(cfg.name, stats)
             if metrics is not None and pool:
                 metrics.llm_dropped.labels("stale").set(sum(w.counters["stale"] for w in pool))
                 metrics.llm_dropped.labels("superseded").set(sum(w.counters["superseded"] for w in pool))

@@ -1,0 +1,112 @@
+"""Sinks with real I/O: rotating JSONL, alert webhooks against a local HTTP server (and a dead
+one), Prometheus /metrics and /healthz over HTTP, the console table."""
+import io
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from edge_runtime.config import AlertRule
+from edge_runtime.messages import ActionResult, TokenWindow
+from edge_runtime.sinks import Alerts, Console, Fanout, Jsonl, Metrics, Sink
+from streams.rtsp_server import free_port
+
+
+def result(label="falling", p=0.9, t=0.0, stream="cam1", seq=0):
+    return ActionResult(stream=stream, window_seq=seq, t_start_ns=0, t_end_ns=int(t * 1e9), tokens=(1, 2),
+                        provisional_label=label, provisional_score=0.8, label=label, probability=p,
+                        explanation="The person falls.", capture_to_tokens_ms=5.0, tokens_to_label_ms=30.0,
+                        tokens_to_explanation_ms=None, bundle="b")
+
+
+def test_jsonl_rotates_and_keeps_every_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    sink = Jsonl(str(path), max_bytes=2000, backups=3)
+    for i in range(30):
+        sink.result(result(seq=i))
+    sink.close()
+    files = [path] + [tmp_path / f"r.jsonl.{i}" for i in (1, 2, 3)]
+    lines = [json.loads(x) for f in files if f.exists() for x in f.read_text().splitlines()]
+    assert (tmp_path / "r.jsonl.1").exists() and all(f.stat().st_size <= 2000 for f in files if f.exists())
+    assert sorted(x["window_seq"] for x in lines)[-1] == 29 and len(lines) <= 30
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: list = []
+    delay = 0.0
+
+    def do_POST(self):  # noqa: N802
+        time.sleep(self.delay)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Hook.received.append(body)
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_alert_rules_duration_cooldown_and_a_dead_webhook():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Hook.received = []
+    dead = f"http://127.0.0.1:{free_port()}/x"  # nothing listens there
+    rules = [AlertRule(url=f"http://127.0.0.1:{server.server_address[1]}/a", labels=["falling"], min_probability=0.6,
+                       min_duration_s=1.0, cooldown_s=60, retries=0),
+             AlertRule(url=dead, labels=["falling"], min_probability=0.6, retries=2, timeout_s=0.5)]
+    alerts = Alerts(rules)
+    t0 = time.monotonic()
+    alerts.result(result(t=0.0))
+    alerts.result(result(t=0.5))  # too short so far
+    alerts.result(result(label="falling", p=0.3, t=0.7))  # too unlikely: the run restarts
+    alerts.result(result(t=1.0))
+    alerts.result(result(t=2.2))  # held 1.2 s: fires
+    alerts.result(result(t=3.0))  # cooldown
+    alerts.result(result(t=2.5, stream="cam2"))  # another stream has its own timer
+    assert time.monotonic() - t0 < 0.5  # the caller never waits for HTTP
+    deadline = time.monotonic() + 10
+    while (len(Hook.received) < 1 or alerts.failed < 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alerts.close()
+    server.shutdown()
+    assert [(b["stream"], b["label"]) for b in Hook.received] == [("cam1", "falling")]
+    assert alerts.sent == 1 and alerts.failed >= 1  # the dead webhook failed after its retries
+
+
+def test_metrics_and_healthz_over_http():
+    state = {"ok": True}
+    m = Metrics("127.0.0.1", 0, health=lambda: (state["ok"], "ok" if state["ok"] else "cam1: reconnecting"))
+    try:
+        w = TokenWindow(stream="cam1", window_seq=0, t_start_ns=0, t_end_ns=1, tokens=(1,), distances=(0.1,),
+                        provisional_label="a", provisional_score=0.5, capture_to_tokens_ms=7.0, sent_ns=0, bundle="b")
+        m.window(w)
+        m.result(result())
+        m.stream("cam1", 14.9, 100, 2, 1)
+        base = f"http://127.0.0.1:{m.port}"
+        text = urllib.request.urlopen(base + "/metrics").read().decode()
+        assert 'lvlm_var_stream_fps{stream="cam1"} 14.9' in text and 'lvlm_var_windows_total{stream="cam1"} 1.0' in text
+        assert "lvlm_var_capture_to_label_ms_bucket" in text and 'lvlm_var_stream_reconnects{stream="cam1"} 1.0' in text
+        assert urllib.request.urlopen(base + "/healthz").status == 200
+        state["ok"] = False
+        try:
+            urllib.request.urlopen(base + "/healthz")
+            raise AssertionError("expected 503")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503 and b"reconnecting" in exc.read()
+    finally:
+        m.close()
+
+
+def test_console_lines_and_a_failing_sink_does_not_stop_the_others():
+    out = io.StringIO()
+    console = Console(stream=out)
+
+    class Broken(Sink):
+        def result(self, r):
+            raise RuntimeError("disk full")
+
+    fan = Fanout([Broken(), console])
+    fan.result(result())
+    assert "cam1 #0: falling (p=0.90" in out.getvalue() and "The person falls." in out.getvalue()
