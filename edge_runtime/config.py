@@ -30,6 +30,9 @@ class StreamConfig(_Model):
     uri: str = Field(description="file path, file://, rtsp://, /dev/videoN or v4l2://, csi://N, test://, pipeline://", min_length=1)
     realtime: bool = Field(False, description="pace a file at its own frame rate (as a camera would)")
     max_reconnects: int | None = Field(None, ge=0, description="give up after this many reconnects (None: never)")
+    explain: bool | None = Field(None, description="explanations for this stream (None: llm.explain)")
+    explain_interval_s: float | None = Field(None, ge=0, le=3600,
+                                             description="at most one explanation this often (None: llm.explain_interval_s)")
 
 
 class EngineConfig(_Model):

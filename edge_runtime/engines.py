@@ -18,16 +18,20 @@ from export.bundle import BundleError
 log = logging.getLogger(__name__)
 
 
-class _Ort:
-    def __init__(self, path: str, threads: int):
+ORT_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class OrtEngine:
+    """An ONNX file in ONNX Runtime with the given providers (default: the best present)."""
+
+    def __init__(self, path: str, threads: int = 0, providers: list[str] | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
-        wanted = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-        providers = [p for p in wanted if p in ort.get_available_providers()]
+        providers = providers or [p for p in ORT_PREFERENCE if p in ort.get_available_providers()]
         self.session = ort.InferenceSession(path, opts, providers=providers)
         self.providers = self.session.get_providers()
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -55,8 +59,8 @@ class Engines:
                                   f"build them with `lvlm-var export trt {bundle}` or use backend = \"onnxruntime\"")
         if self.backend is None:
             e = manifest["engines"]
-            self.encoder = _Ort(os.path.join(bundle, e["frame_encoder"]["file"]), threads)
-            self.tokenizer = _Ort(os.path.join(bundle, e["token_engine"]["file"]), threads)
+            self.encoder = OrtEngine(os.path.join(bundle, e["frame_encoder"]["file"]), threads)
+            self.tokenizer = OrtEngine(os.path.join(bundle, e["token_engine"]["file"]), threads)
             self.backend = f"onnxruntime {self.encoder.providers[0]}"
         log.info("VST engines: %s", self.backend)
 

@@ -40,6 +40,7 @@ class LLMWorker:
         self.ready = threading.Event()
         self.error: str | None = None
         self.last_explained: dict[str, float] = {}
+        self.stream_cfg = {s.id: s for s in cfg.streams}
         self.threads: list[threading.Thread] = []
 
     def start(self) -> "LLMWorker":
@@ -107,6 +108,13 @@ class LLMWorker:
                     return self.slots.pop(sid)
         return None
 
+    def _explain_now(self, stream: str) -> bool:
+        """The stream's own explain settings (from the same config the ingest reads), else the worker's."""
+        sc = self.stream_cfg.get(stream)
+        on = sc.explain if sc is not None and sc.explain is not None else self.cfg.llm.explain
+        every = sc.explain_interval_s if sc is not None and sc.explain_interval_s is not None else self.cfg.llm.explain_interval_s
+        return on and time.monotonic() - self.last_explained.get(stream, -1e18) >= every
+
     # ---- the model's thread -------------------------------------------------------------------
     def _open(self):
         from lvlm.reader import LlamaCppBackend, Reader
@@ -137,7 +145,7 @@ class LLMWorker:
                 if (time.time_ns() - w.sent_ns) / 1e9 > llm.deadline_s:
                     self.counters["stale"] += 1
                     continue
-                explain = llm.explain and time.monotonic() - self.last_explained.get(w.stream, -1e18) >= llm.explain_interval_s
+                explain = self._explain_now(w.stream)
                 try:
                     r = reader.read(w.tokens, explain=explain, exhaustive=False)
                 except Exception as exc:  # noqa: BLE001 - one bad read must not end the worker

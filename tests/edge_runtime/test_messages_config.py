@@ -1,4 +1,6 @@
 """Message schema (msgpack, versioned, validated) and the config schema (errors name the field)."""
+import time
+
 import msgpack
 import pytest
 
@@ -71,3 +73,19 @@ def test_config_check_command(tmp_path):
     r = run_cli("config", "example")
     path.write_text(r.stdout)
     assert run_cli("config", "check", str(path)).returncode == 0
+
+
+def test_explanations_can_be_disabled_or_rate_limited_per_stream():
+    import threading
+
+    from edge_runtime.worker import LLMWorker
+
+    cfg = load(None, {"bundle": "b", "llm": {"explain": True, "explain_interval_s": 0.0},
+                      "streams": [{"id": "quiet", "uri": "test://", "explain": False},
+                                  {"id": "slow", "uri": "test://", "explain_interval_s": 3600},
+                                  {"id": "plain", "uri": "test://"}]})
+    w = LLMWorker(cfg, "b", {}, "id", threading.Event())
+    assert not w._explain_now("quiet") and w._explain_now("plain") and w._explain_now("unknown-stream")
+    assert w._explain_now("slow")
+    w.last_explained["slow"] = time.monotonic()
+    assert not w._explain_now("slow") and w._explain_now("plain")
