@@ -228,3 +228,28 @@ def test_systemd_units_verify(tmp_path):
                  "NoNewPrivileges=yes", "StateDirectory=", "CacheDirectory=", "DeviceAllow=char-video4linux"):
         assert must in text
     assert "\nPrivateDevices=" not in text
+
+
+@pytest.mark.gpu
+def test_tensorrt_backend_runs_the_pipeline(tiny_bundle, actions_video, cache32, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed on this GPU machine")
+    pytest.importorskip("cuda", reason="cuda-python is not installed")
+    import shutil
+
+    from edge_runtime.demo import Recorder
+    from edge_runtime.engines import Engines
+    from edge_runtime.service import open_bundle, serve
+    from export.tensorrt import build_bundle_plans
+
+    bundle = str(tmp_path / "b")
+    shutil.copytree(tiny_bundle[0], bundle)
+    build_bundle_plans(bundle, "fp16", max_batch=64, data=cache32, progress=False)
+    manifest, _ = open_bundle(bundle)
+    assert Engines(bundle, manifest, "auto").backend.startswith("tensorrt")
+    rec = Recorder()
+    cfg = load(None, {"bundle": bundle, "engine": {"backend": "tensorrt"},
+                      "streams": [{"id": "cam1", "uri": actions_video[0]}],
+                      "bus": {"windows": "inproc://w", "collect": "inproc://c", "results": "inproc://r"},
+                      "llm": {"threads": 2, "n_gpu_layers": -1}, "sinks": {"console": False}})
+    stats = serve(cfg, until_done=True, duration_s=120, extra_sinks=[rec])
+    assert stats["streams"]["cam1"]["windows"] == len(rec.windows) >= 5 and rec.results
