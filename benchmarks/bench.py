@@ -283,7 +283,8 @@ def plots(result: dict, out: str) -> list[str]:
     import matplotlib.pyplot as plt
 
     m = result["machine"]
-    name = f"{m['cpu']} ({m['cores']} cores){', ' + m['gpu'] if m['gpu'] else ''}"
+    name = f"{m['cpu']} ({m['cores']} cores){', ' + m['gpu'] if m['gpu'] else ', no GPU'}"
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if k in ("lvlm-var", "onnxruntime", "llama-cpp-python", "torch"))
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
     llm = result.get("llm") or {}
@@ -299,7 +300,7 @@ def plots(result: dict, out: str) -> list[str]:
     ax.set_xlabel("milliseconds")
     ax.set_ylabel("share of windows")
     ax.set_title(f"latency CDF\n{name}", fontsize=8)
-    paths.append(_save(fig, ax, os.path.join(out, "latency_cdf.png")))
+    paths.append(_save(fig, ax, os.path.join(out, "latency_cdf.png"), versions))
     rows = result.get("streams", [])
     if rows:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -309,15 +310,16 @@ def plots(result: dict, out: str) -> list[str]:
         ax.set_ylabel("fps per stream")
         ax.set_ylim(0, 17)
         ax.set_title(f"fps vs streams\n{name}", fontsize=8)
-        paths.append(_save(fig, ax, os.path.join(out, "fps_vs_streams.png")))
+        paths.append(_save(fig, ax, os.path.join(out, "fps_vs_streams.png"), versions))
     return paths
 
 
-def _save(fig, ax, path: str) -> str:
+def _save(fig, ax, path: str, footer: str) -> str:
     import matplotlib.pyplot as plt
 
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.text(0.01, 0.005, footer, fontsize=6, color="grey")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
