@@ -94,17 +94,11 @@ def encoder_variants(bundle: str, manifest: dict) -> dict:
     out = {"onnxruntime CPU": OrtEngine(path, providers=["CPUExecutionProvider"])}
     if "CUDAExecutionProvider" in ort.get_available_providers():
         out["onnxruntime CUDA"] = OrtEngine(path, providers=["CUDAExecutionProvider"])
-    try:
-        import tensorrt as trt
+    from export.tensorrt import TensorRTEngine, device_plans
 
-        from export.tensorrt import TensorRTEngine, gpu, plan_key
-
-        dev = gpu()
-        entry = (manifest.get("tensorrt") or {}).get(plan_key(trt.__version__, dev["compute_capability"])) if dev else None
-        if entry:
-            out[f"TensorRT {entry['precision']}"] = TensorRTEngine(os.path.join(bundle, entry["plans"]["frame_encoder"]))
-    except ImportError:
-        pass
+    entry = device_plans(manifest)
+    if entry:
+        out[f"TensorRT {entry['precision']}"] = TensorRTEngine(os.path.join(bundle, entry["plans"]["frame_encoder"]))
     return {k: (lambda x, e=e: e.run({"frames": x})["features"]) for k, e in out.items()}
 
 
@@ -154,18 +148,18 @@ def bench_encoder(bundle: str, manifest: dict, seconds: float) -> dict:
 
 def _windows(manifest: dict, n: int) -> list[list[int]]:
     """Test windows of the bundle's VST on its cache, or random windows when they are not here."""
-    run = manifest["vst"].get("run")
-    try:
-        with open(os.path.join(run, "train_config.json")) as f:
-            cache = json.load(f)["cache"]
-        from lvlm.finetune import build_examples
-        from vst.cache import spread
+    from vst.train import training_cache
 
-        _, ex = build_examples(run, cache, "test", None, windows_per_clip=1, progress=False)
-        return [e["tokens"] for e in spread(ex, n)]
-    except (OSError, KeyError, TypeError, ValueError):
+    run = manifest["vst"].get("run")
+    cache = training_cache(run) if run else None
+    if cache is None:
         rng = np.random.default_rng(0)
         return [rng.integers(0, manifest["vst"]["K"], manifest["vst"]["T"]).tolist() for _ in range(n)]
+    from lvlm.finetune import build_examples
+    from vst.cache import spread
+
+    _, ex = build_examples(run, cache, "test", None, windows_per_clip=1, progress=False)
+    return [e["tokens"] for e in spread(ex, n)]
 
 
 def _reader(bundle: str, manifest: dict, gguf: str | None = None, threads: int | None = None):

@@ -47,7 +47,9 @@ class Engines:
         self.manifest = manifest
         self.backend = None
         if backend in ("auto", "tensorrt"):
-            plans = self._plans(bundle, manifest)
+            from export.tensorrt import device_plans
+
+            plans = device_plans(manifest)
             if plans is not None:
                 from export.tensorrt import TensorRTEngine
 
@@ -63,22 +65,6 @@ class Engines:
             self.tokenizer = OrtEngine(os.path.join(bundle, e["token_engine"]["file"]), threads)
             self.backend = f"onnxruntime {self.encoder.providers[0]}"
         log.info("VST engines: %s", self.backend)
-
-    @staticmethod
-    def _plans(bundle: str, manifest: dict) -> dict | None:
-        entries = manifest.get("tensorrt") or {}
-        if not entries:
-            return None
-        try:
-            import tensorrt as trt
-
-            from export.tensorrt import gpu, plan_key
-        except ImportError:
-            return None
-        dev = gpu()
-        if dev is None:
-            return None
-        return entries.get(plan_key(trt.__version__, dev["compute_capability"]))
 
     def encode(self, frames: np.ndarray) -> np.ndarray:
         return self.encoder.run({"frames": np.ascontiguousarray(frames, dtype=np.uint8)})["features"]

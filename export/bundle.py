@@ -64,6 +64,7 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     from vst.cache import Cache, spread
     from vst.evaluate import check_cache
     from vst.model import load_checkpoint
+    from vst.train import training_cache
 
     if quant not in QUANTS:
         raise ExportError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANTS)}")
@@ -78,9 +79,7 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     cfg = model.cfg
     if meta["codes"] != cfg.K:
         raise ExportError(f"{adapter} was fine-tuned for {meta['codes']} codes but {vst_run} has K={cfg.K}")
-    if data is None:
-        with open(os.path.join(vst_run, "train_config.json")) as f:
-            data = json.load(f).get("cache")
+    data = data or training_cache(vst_run)
     if not data or not os.path.exists(os.path.join(data, "index.json")):
         raise ExportError(f"no prepared cache for the parity checks ({data}); pass --data")
     cache = Cache.open(data)

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from export.bundle import ENGINES, check_bundle, read_manifest, write_manifest
+from export.bundle import check_bundle, read_manifest, write_manifest
 from export.gguf_export import ExportError
 from lvlm.base import sha256_file
 
@@ -63,6 +63,19 @@ def gpu() -> dict | None:
 
 def plan_key(trt_version: str, compute_capability: str) -> str:
     return f"trt{trt_version}-sm{compute_capability.replace('.', '')}"
+
+
+def device_plans(manifest: dict) -> dict | None:
+    """The manifest's TensorRT entry for this machine's TensorRT and GPU, or None."""
+    entries = manifest.get("tensorrt") or {}
+    if not entries:
+        return None
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return None
+    dev = gpu()
+    return entries.get(plan_key(trt.__version__, dev["compute_capability"])) if dev else None
 
 
 def strongly_typed(trt) -> bool:
@@ -291,16 +304,13 @@ def plan_parity(bundle: str, manifest: dict, plans: dict, data: str | None) -> d
     from export.onnx_engines import engine_parity
     from vst.cache import Cache, spread
     from vst.model import load_checkpoint
+    from vst.train import training_cache
 
     run = manifest["vst"].get("run")
     if not run or not os.path.isdir(run):
         return None
     model = load_checkpoint(run)
-    if data is None:
-        import json
-
-        with open(os.path.join(run, "train_config.json")) as f:
-            data = json.load(f).get("cache")
+    data = data or training_cache(run)
     if not data or not os.path.exists(os.path.join(data, "index.json")):
         return None
     cache = Cache.open(data)

@@ -307,3 +307,14 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
     run.history.close()
     steps = json.loads(open(os.path.join(out, "history.jsonl")).readlines()[-1])["step"]
     return {"steps": steps, "seconds": round(time.monotonic() - run.t0, 1), "best": best, "stopped_early": not done}
+
+
+def training_cache(run: str) -> str | None:
+    """The prepared cache a VST run was trained on (recorded in RUN/train_config.json), if it is
+    still there; None otherwise."""
+    try:
+        with open(os.path.join(run, "train_config.json")) as f:
+            cache = json.load(f).get("cache")
+    except (OSError, ValueError, TypeError):
+        return None
+    return cache if cache and os.path.exists(os.path.join(cache, "index.json")) else None
