@@ -154,12 +154,13 @@ class LLMWorker:
                     continue
                 if r.explanation is not None:
                     self.last_explained[w.stream] = time.monotonic()
+                since_tokens_ms = (time.time_ns() - w.sent_ns) / 1e6
                 res = ActionResult(
                     stream=w.stream, window_seq=w.window_seq, t_start_ns=w.t_start_ns, t_end_ns=w.t_end_ns, tokens=w.tokens,
                     provisional_label=w.provisional_label, provisional_score=w.provisional_score, label=r.label,
                     probability=r.probability, explanation=r.explanation, capture_to_tokens_ms=w.capture_to_tokens_ms,
-                    tokens_to_label_ms=(time.time_ns() - w.sent_ns) / 1e6 - (r.explanation_s or 0) * 1000,
-                    tokens_to_explanation_ms=(time.time_ns() - w.sent_ns) / 1e6 if r.explanation_s is not None else None,
+                    tokens_to_label_ms=since_tokens_ms - (r.explanation_s or 0) * 1000,
+                    tokens_to_explanation_ms=since_tokens_ms if r.explanation_s is not None else None,
                     bundle=self.bundle_id, worker=self.name)
                 self.counters["read"] += 1
                 try:
