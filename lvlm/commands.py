@@ -25,6 +25,8 @@ def register(cli) -> None:
     f.add_argument("--batch", type=int, default=8)
     f.add_argument("--steps", type=int, default=150, help="default 150: ~29 min for SmolLM2-135M at batch 8 on 2 CPU cores")
     f.add_argument("--windows-per-clip", type=int, default=3)
+    f.add_argument("--views", type=int, default=1,
+                   help="views per training clip: 1 = as recorded; more adds the VST's augmentations (flip swaps the side)")
     f.add_argument("--resume", action="store_true", help="continue from OUT/finetune_state.pt (checkpointed every 25 steps)")
     f.set_defaults(func=cmd_finetune)
 
@@ -51,7 +53,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(os.cpu_count() or 1)
     codes = load_checkpoint(args.vst).cfg.K
-    labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip)
+    labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip,
+                                      views=args.views)
     glossary = None
     gpath = os.path.join(args.vst, "glossary.json")
     if os.path.exists(gpath):

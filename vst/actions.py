@@ -82,6 +82,17 @@ def explain(action: ActionClass, side: str, repetitions: int) -> str:
     return action.template.format(limb=limb_phrase(action, side), motion=action.motion, times=times_word(repetitions))
 
 
+def mirror_attributes(attrs: dict) -> dict:
+    """A clip's motion attributes as seen in a horizontally flipped video: the other side, and the
+    limb phrase and reference explanation rebuilt for it (unchanged for two-sided actions)."""
+    action = BY_ID.get(attrs.get("action_id"))
+    if action is None or attrs.get("side") not in ("left", "right"):
+        return dict(attrs)
+    side = "left" if attrs["side"] == "right" else "right"
+    return {**attrs, "side": side, "limb": limb_phrase(action, side),
+            "explanation": explain(action, side, int(attrs["repetitions"]))}
+
+
 def select(spec: str | None) -> tuple[ActionClass, ...]:
     """Parse a --classes value: comma-separated NTU ids (1,6,A008) or slugs; None means all."""
     if not spec:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lvlm import prompt
-from lvlm.finetune import FinetuneConfig, encode, finetune
+from lvlm.finetune import FinetuneConfig, _batches, encode, finetune, shared_prefix_loss
 from lvlm.vocab import add_action_tokens
 from tests.tiny_models import tiny_llama
 
@@ -31,6 +31,29 @@ def test_loss_covers_the_answer_only(tokenizer):
     answer = [t for t in labels if t != -100]
     assert ids[-len(answer):] == answer and labels[: len(ids) - len(answer)] == [-100] * (len(ids) - len(answer))
     assert tokenizer.decode(answer).startswith(" ") and "Explanation:" in tokenizer.decode(answer)
+
+
+def test_shared_prefix_loss_equals_the_full_rows_loss(pristine_tokenizer):
+    tok = copy.deepcopy(pristine_tokenizer)
+    model = tiny_llama(len(tok))
+    base = add_action_tokens(model, tok, 16)
+    model.eval()
+    p = prompt.build(LABELS)
+    prefix = tok.encode(p.prefix, add_special_tokens=False)
+    rows = [encode(tok, p, base, 16, ex) for ex in examples(5, 16)]
+    rows[1] = (rows[1][0] + rows[1][0][-3:], rows[1][1] + rows[1][1][-3:])  # rows of different lengths: padding
+    pad = tok.eos_token_id
+    full_ids, full_lab, full_mask = next(_batches(rows, 5, pad, np.random.default_rng(0)))
+    ids, lab, mask = next(_batches([(i[len(prefix):], y[len(prefix):]) for i, y in rows], 5, pad, np.random.default_rng(0)))
+    grads = []
+    for loss_fn in (lambda: model(input_ids=full_ids, attention_mask=full_mask, labels=full_lab).loss,
+                    lambda: shared_prefix_loss(model, torch.tensor(prefix), ids, lab, mask)):
+        model.zero_grad()
+        loss = loss_fn()
+        loss.backward()  # the same gradients: they reach the prefix through the shared cache
+        grads.append((float(loss), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+    assert abs(grads[0][0] - grads[1][0]) < 1e-5, grads
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +118,8 @@ def test_merge_round_trip_keeps_the_logits(tuned, tmp_path):
     with torch.no_grad():
         merged_logits = merged(input_ids=x).logits
     assert merged.get_input_embeddings().weight.shape[0] == base + 18
-    assert torch.allclose(adapter_logits, merged_logits, atol=1e-4), (adapter_logits - merged_logits).abs().max()
+    # float32 noise of folding B @ A into W, against logits of std ~2.4; a wrong merge is off by > 0.1
+    assert torch.allclose(adapter_logits, merged_logits, atol=1e-3), (adapter_logits - merged_logits).abs().max()
 
 
 @pytest.mark.slow
@@ -114,6 +138,16 @@ def test_examples_come_from_the_vst_windows(tiny_run, cache32):
     for ex in exs:
         assert len(ex["tokens"]) == cfg.T and all(0 <= t < cfg.K for t in ex["tokens"])
         assert ex["label"] in labels and ex["explanation"] == ex["attributes"]["explanation"]
+    _, two = build_examples(run, cache32, "train", windows_per_clip=2, progress=False, views=2)
+    assert two[: len(exs)] == exs and len(two) == 2 * len(exs)  # view 0 as recorded, then an augmented view
+    augmented = two[len(exs):]
+    assert any(a["tokens"] != b["tokens"] for a, b in zip(exs, augmented))
+    mirrored = [a for a in augmented if a["attributes"]["side"] != next(e for e in exs if e["clip"] == a["clip"])["attributes"]["side"]]
+    assert 0 < len(mirrored) < len(augmented)  # about half the views are flipped; their side is swapped
+    for a in mirrored:
+        assert a["explanation"] == a["attributes"]["explanation"]
+        if a["label"] == "hand waving":
+            assert f"{a['attributes']['side']} hand" in a["explanation"]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY
-from vst.actions import ACTIONS, BY_SLUG, explain, select
+from vst.actions import ACTIONS, BY_SLUG, explain, limb_phrase, mirror_attributes, select
 from vst.ntu import ClipName
 from vst.skeleton import J, SIDES, Body, MotionContext, MOTIONS, joints
 from vst.synth import SynthConfig, generate, render_clip
@@ -24,6 +24,18 @@ def test_class_table_covers_the_fine_grained_pairs():
     assert [a.ntu_id for a in select("1,A006,wave")] == [1, 6, 23]
     with pytest.raises(ValueError, match="unknown action class"):
         select("moonwalk")
+
+
+def test_mirrored_attributes_swap_the_side_of_one_sided_actions_only():
+    for a in (BY_SLUG["wave"], BY_SLUG["kick"], BY_SLUG["clap"], BY_SLUG["jump"]):
+        attrs = {"action_id": a.ntu_id, "side": "right", "limb": limb_phrase(a, "right"), "motion": a.motion,
+                 "repetitions": a.reps[0], "explanation": explain(a, "right", a.reps[0])}
+        m = mirror_attributes(attrs)
+        assert m["side"] == "left" and mirror_attributes(m) == attrs
+        assert m["explanation"] == explain(a, "left", a.reps[0])
+        one_sided = a.limb in ("hand", "leg")
+        assert (m["limb"] != attrs["limb"]) == one_sided and (m["explanation"] != attrs["explanation"]) == one_sided
+    assert mirror_attributes({"explanation": "x"}) == {"explanation": "x"}  # not a synthetic clip: unchanged
 
 
 def test_rendering_is_deterministic_and_seed_dependent():
