@@ -51,7 +51,7 @@ def test_shared_prefix_loss_equals_the_full_rows_loss(pristine_tokenizer):
         model.zero_grad()
         loss = loss_fn()
         loss.backward()  # the same gradients: they reach the prefix through the shared cache
-        grads.append((float(loss), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
+        grads.append((loss.item(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()))
     assert abs(grads[0][0] - grads[1][0]) < 1e-5, grads
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6, rtol=1e-4)
 
