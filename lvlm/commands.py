@@ -23,7 +23,7 @@ def register(cli) -> None:
     f.add_argument("--lora-alpha", type=int, default=32)
     f.add_argument("--lr", type=float, default=2e-4)
     f.add_argument("--batch", type=int, default=8)
-    f.add_argument("--steps", type=int, default=150, help="default 150: ~29 min for SmolLM2-135M at batch 8 on 2 CPU cores")
+    f.add_argument("--steps", type=int, default=150, help="default 150: ~11 min for SmolLM2-135M at batch 8 on 2 CPU cores")
     f.add_argument("--windows-per-clip", type=int, default=3)
     f.add_argument("--views", type=int, default=1,
                    help="views per training clip: 1 = as recorded; more adds the VST's augmentations (flip swaps the side)")
