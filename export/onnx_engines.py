@@ -91,7 +91,7 @@ def export_engines(model, out: str) -> dict[str, str]:
             torch.onnx.export(graph, (torch.zeros(2, cfg.R, cfg.R, 3, dtype=torch.uint8),), paths[name],
                               input_names=["frames"], output_names=["features"], opset_version=OPSET,
                               dynamic_axes={"frames": {0: "n"}, "features": {0: "n"}}, dynamo=False)
-        torch.onnx.export(tok, (torch.zeros(2, cfg.W, cfg.D),), paths["token_engine"],
+        torch.onnx.export(tok, (torch.zeros(2, cfg.W, cfg.feature_size),), paths["token_engine"],
                           input_names=["features"], output_names=["ids", "distances", "logits"], opset_version=OPSET,
                           dynamic_axes={k: {0: "batch"} for k in ("features", "ids", "distances", "logits")}, dynamo=False)
     for path in paths.values():

@@ -72,12 +72,17 @@ class Cache:
     def clip_frames(self, clip: dict) -> np.ndarray:
         return self.frames[clip["offset"]: clip["offset"] + clip["frames"]]
 
+    def _skeleton_path(self, clip: dict) -> str | None:
+        path = os.path.join(self.index.get("data", ""), "skeletons", clip["name"] + ".npz")
+        return path if clip.get("attributes") and os.path.exists(path) else None
+
+    def has_skeleton(self, clip: dict) -> bool:
+        return self._skeleton_path(clip) is not None
+
     def skeleton(self, clip: dict, key: str) -> np.ndarray | None:
         """A synthetic clip's skeleton array (`joints2d`, `joints3d`, `joints_world`), or None."""
-        path = os.path.join(self.index.get("data", ""), "skeletons", clip["name"] + ".npz")
-        if not clip.get("attributes") or not os.path.exists(path):
-            return None
-        return np.load(path)[key]
+        path = self._skeleton_path(clip)
+        return None if path is None else np.load(path)[key]
 
     @staticmethod
     def source_index(clip: dict, frames, length: int) -> np.ndarray:

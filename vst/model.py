@@ -1,8 +1,11 @@
 """The VST model: FrameEncoder (per frame) -> TemporalTokenizer (per window) -> VectorQuantizer ->
 semantic head, split into the two run-time engines of DESIGN.md:
 
-    encode_frames(uint8 [N, R, R, 3]) -> features [N, D]                    (FrameEncoder engine)
-    tokenize(features [B, W, D]) -> ids [B, T], distances [B, T], logits   (TokenEngine)
+    encode_frames(uint8 [N, R, R, 3]) -> features [N, F]                    (FrameEncoder engine)
+    tokenize(features [B, W, F]) -> ids [B, T], distances [B, T], logits   (TokenEngine)
+
+with F = cfg.feature_size: D appearance features, then (with `pose_joints`) the x, y of 25 joints,
+or (with `appearance` off) the joints alone.
 
 `forward(clip)` is their composition. The frame encoder takes raw uint8 RGB (NHWC, straight from
 GStreamer) and normalises inside, so the runtime feeds frames as they come. The tokenizer is
@@ -40,6 +43,8 @@ class VSTConfig:
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     aux_side: bool = True  # auxiliary heads for synthetic motion attributes (limb side, repetitions)
     max_reps: int = 6
+    pose_joints: int = 0  # > 0: a heatmap branch at R/8 locates this many 2D joints; their (x, y) join the feature
+    appearance: bool = True  # with pose_joints: False keeps only the joints in the feature
 
     def __post_init__(self):
         self.widths = tuple(self.widths)
@@ -50,6 +55,14 @@ class VSTConfig:
             raise ValueError(f"S={self.S} must be a multiple of the segment length W/T={self.W // self.T}")
         if self.R % 16:
             raise ValueError(f"R={self.R} must be a multiple of 16")
+        if self.pose_joints not in (0, 25):
+            raise ValueError(f"pose_joints={self.pose_joints}: 0 (no pose branch) or the 25 NTU joints")
+
+    @property
+    def feature_size(self) -> int:
+        """Size of a frame feature between the two engines: D appearance features and/or the x, y
+        of every joint."""
+        return (self.D if self.appearance or not self.pose_joints else 0) + 2 * self.pose_joints
 
     @property
     def segment(self) -> int:
@@ -71,8 +84,10 @@ class VSTConfig:
 
 
 SIZES = {
-    "small": dict(R=64, widths=(16, 32, 64, 128), D=192, hidden=192, code_dim=48, spatial_channels=24),
-    "base": dict(R=112, widths=(24, 48, 96, 160), D=256, hidden=256, code_dim=64, spatial_channels=32),
+    "small": dict(R=96, widths=(16, 32, 64, 128), D=192, hidden=192, code_dim=48, spatial_channels=24, pose_joints=25,
+                  appearance=False),
+    "base": dict(R=112, widths=(24, 48, 96, 160), D=256, hidden=256, code_dim=64, spatial_channels=32, pose_joints=25,
+                 appearance=False),
 }
 
 
@@ -109,12 +124,52 @@ class FrameEncoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self.proj = nn.Linear(cfg.spatial_channels * (cfg.R // 16) ** 2, cfg.D)  # keeps where things are
         self.norm = nn.LayerNorm(cfg.D)
+        self.pose = PoseHeatmaps(cfg) if cfg.pose_joints else None
+        self.appearance = cfg.appearance  # False: the feature is the joints alone (appearance trains stage 1 only)
 
-    def forward(self, frames_u8: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, R, R, 3] -> features [N, D]."""
+    def parts(self, frames_u8: torch.Tensor, appearance: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """uint8 [N, R, R, 3] -> (appearance [N, D] or None when not asked for, joints [N, J, 2]
+        in [0, 1] or None without the pose branch)."""
         x = frames_u8.permute(0, 3, 1, 2).to(self.mean.dtype)  # float32, or float16 in the FP16 export
         x = (x - self.mean) * self.inv_std
-        return self.norm(self.proj(self.body(x).flatten(1)))
+        if self.pose is None:
+            return self.norm(self.proj(self.body(x).flatten(1))), None
+        f8 = self.body[:5](x)  # R/8
+        f16 = self.body[5:-1](f8)  # R/16
+        return self.norm(self.proj(self.body[-1](f16).flatten(1))) if appearance else None, self.pose(f8, f16)
+
+    def forward(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, R, R, 3] -> features [N, feature_size]: the appearance features and/or the
+        joints, centred and scaled to about unit range."""
+        appearance, joints = self.parts(frames_u8, self.appearance)
+        if joints is None:
+            return appearance
+        joints = (joints.flatten(1) - 0.5) * 4
+        return joints if appearance is None else torch.cat([appearance, joints], 1)
+
+
+class PoseHeatmaps(nn.Module):
+    """2D joints from one heatmap per joint on the R/8 grid (R/16 features upsampled and added, FPN
+    style), read out by soft-argmax: the expected cell centre under the softmax over the grid.
+    Translation-equivariant, unlike regressing joints from the flattened grid, so it holds up on
+    performers it has not seen (X-Sub). Export-friendly: convolutions, softmax and a matmul."""
+
+    def __init__(self, cfg: VSTConfig, width: int = 32):
+        super().__init__()
+        self.lat8 = nn.Conv2d(cfg.widths[2], width, 1)
+        self.lat16 = nn.Conv2d(cfg.widths[3], width, 1)
+        self.heat = nn.Sequential(conv_bn(width, width, 3, groups=width), nn.Conv2d(width, cfg.pose_joints, 1))
+        g = cfg.R // 8
+        centres = (torch.arange(g, dtype=torch.float32) + 0.5) / g
+        self.register_buffer("grid", torch.stack([centres.repeat(g), centres.repeat_interleave(g)], 1))  # [g*g, 2] (x, y)
+
+    def forward(self, f8: torch.Tensor, f16: torch.Tensor) -> torch.Tensor:
+        """-> joints [N, J, 2], normalised image coordinates (x, y) in [0, 1]."""
+        return self.soft_argmax(self.heat(self.lat8(f8) + F.interpolate(self.lat16(f16), scale_factor=2.0, mode="nearest")))
+
+    def soft_argmax(self, heat: torch.Tensor) -> torch.Tensor:
+        """Heatmap logits [N, J, g, g] -> the expected (x, y) cell centre of each joint [N, J, 2]."""
+        return heat.flatten(2).softmax(-1) @ self.grid.to(heat.dtype)
 
 
 class TemporalTokenizer(nn.Module):
@@ -123,12 +178,12 @@ class TemporalTokenizer(nn.Module):
 
     def __init__(self, cfg: VSTConfig):
         super().__init__()
-        self.patch = nn.Conv1d(2 * cfg.D, cfg.hidden, cfg.segment, stride=cfg.segment)
+        self.patch = nn.Conv1d(2 * cfg.feature_size, cfg.hidden, cfg.segment, stride=cfg.segment)
         self.causal = nn.Conv1d(cfg.hidden, cfg.hidden, 2)
         self.mlp = nn.Sequential(nn.GELU(), nn.Conv1d(cfg.hidden, cfg.hidden, 1), nn.GELU(), nn.Conv1d(cfg.hidden, cfg.code_dim, 1))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """[B, W, D] -> [B, T, code_dim]."""
+        """[B, W, feature_size] -> [B, T, code_dim]."""
         diff = torch.cat([torch.zeros_like(feats[:, :1]), feats[:, 1:] - feats[:, :-1]], dim=1)
         x = torch.cat([feats, diff], dim=2).transpose(1, 2)  # B, 2D, W
         h = F.gelu(self.patch(x))  # B, H, T
@@ -168,7 +223,7 @@ class VST(nn.Module):
         return self.encoder(frames_u8)
 
     def tokenize(self, feats: torch.Tensor):
-        """features [B, W, D] -> (ids [B, T], distances [B, T], head logits [B, C])."""
+        """features [B, W, F] -> (ids [B, T], distances [B, T], head logits [B, C])."""
         out = self.tokenize_train(feats)
         return out["ids"], out["dist"], out["logits"]
 

@@ -154,14 +154,18 @@ def _stage_frames(run: _Run, cache: Cache, clips: list[dict], state: dict | None
     first: dict[str, float] = {}
     while step < tc.frame_steps:
         batch = {k: v.to(run.device) for k, v in sampler.sample(tc.frame_batch).items()}
-        logits = head(model.encode_frames(batch["frames"]))
+        appearance, joints = model.encoder.parts(batch["frames"])
+        logits = head(appearance)
         loss = F.cross_entropy(logits[:, :n_cls], batch["label"], label_smoothing=0.05)
         side, has_pose = batch["side"], batch["has_pose"]
         if (side >= 0).any():
             loss = loss + 0.2 * F.cross_entropy(logits[:, n_cls:n_cls + 2][side >= 0], side[side >= 0])
         if has_pose.any():  # the pose target makes the features about the body, not the clothes
+            target = batch["pose"][has_pose]
             pose = logits[:, n_cls + 2:].reshape(-1, 25, 2)
-            loss = loss + tc.pose_weight * F.smooth_l1_loss(pose[has_pose], batch["pose"][has_pose], beta=0.05) * 10
+            loss = loss + tc.pose_weight * F.smooth_l1_loss(pose[has_pose], target, beta=0.05) * 10
+            if joints is not None:  # the heatmap branch's joints
+                loss = loss + tc.pose_weight * F.smooth_l1_loss(joints[has_pose], target, beta=0.02) * 10
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -287,6 +291,8 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
         classes = sorted({c["action"] for c in train_clips})
         cfg = VSTConfig(classes=classes, fps=cache.index["conversion"]["fps"], **{**SIZES[tc.size], **(overrides or {})})
         cfg.aux_side = any(c.get("attributes") for c in train_clips)
+        if cfg.pose_joints and not any(cache.has_skeleton(c) for c in train_clips):
+            cfg.pose_joints, cfg.appearance = 0, True  # no 2D skeletons to teach the pose branch (e.g. NTU videos alone)
         seed_everything(tc.seed)
         model = VST(cfg)
     check_cache(cache, model.cfg)

@@ -20,6 +20,8 @@ def test_tiny_training_lowers_the_loss(tiny_run, cache32):
     history = [json.loads(line) for line in open(os.path.join(run, "history.jsonl"))]
     frames, tokens = history[0], history[1:]
     assert frames["stage"] == "frames" and frames["step"] == 150
+    cfg = load_checkpoint(run).cfg  # the default: the feature is the heatmap branch's 25 joints
+    assert cfg.pose_joints == 25 and not cfg.appearance and cfg.feature_size == 50
     assert frames["loss"] < 0.5 * frames["first_loss"]  # stage 1
     assert [h["step"] for h in tokens] == [100, 200]
     # stage 2: the same windows, scored by the trained token engine and by a fresh one on the same features
@@ -40,6 +42,20 @@ def test_tiny_training_lowers_the_loss(tiny_run, cache32):
     assert {"config.json", "model.safetensors", "last.safetensors", "last_state.pt", "train_config.json"} <= set(os.listdir(run))
     model = load_checkpoint(run)
     assert model.cfg.classes == [8, 9, 23] and model.cfg.R == 32
+
+
+def test_without_2d_skeletons_the_encoder_keeps_appearance_features(cache32, tmp_path):
+    """Videos without 2D skeletons (NTU RGB videos alone) cannot teach the pose branch: it is off."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink(os.path.join(cache32, "frames.u8"), cache / "frames.u8")
+    index = json.load(open(os.path.join(cache32, "index.json")))
+    index["data"] = str(tmp_path / "videos-only")  # no skeletons/ folder there
+    json.dump(index, open(cache / "index.json", "w"))
+    out = str(tmp_path / "run")
+    train(str(cache), out, TrainConfig(**{**FAST, "minutes": 0.0}), progress=False, overrides=TINY_VST)
+    cfg = load_checkpoint(out, "last").cfg
+    assert cfg.pose_joints == 0 and cfg.appearance and cfg.feature_size == TINY_VST["D"]
 
 
 @pytest.mark.slow
