@@ -2,7 +2,9 @@
 
 1. frames: the FrameEncoder learns from single augmented frames taken inside the action
    (cross-entropy on the action; on synthetic data also the limb side and the frame's 2D
-   skeleton, a dense target that makes the features about the body rather than the clothes). A frame costs one
+   skeleton, a dense target that makes the features about the body rather than the clothes,
+   regressed from the appearance features and located by the heatmap branch whose joints are
+   the default run-time feature). A frame costs one
    encoder pass here, against W passes inside a window: the encoder sees ~30x more clips
    for the same CPU time.
 2. tokens: every training clip is encoded once per augmented view and its features cached (as
