@@ -185,7 +185,7 @@ class TemporalTokenizer(nn.Module):
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """[B, W, feature_size] -> [B, T, code_dim]."""
         diff = torch.cat([torch.zeros_like(feats[:, :1]), feats[:, 1:] - feats[:, :-1]], dim=1)
-        x = torch.cat([feats, diff], dim=2).transpose(1, 2)  # B, 2D, W
+        x = torch.cat([feats, diff], dim=2).transpose(1, 2)  # B, 2F, W
         h = F.gelu(self.patch(x))  # B, H, T
         h = h + self.causal(F.pad(h, (1, 0)))
         return self.mlp(h).transpose(1, 2)
