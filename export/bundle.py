@@ -148,7 +148,7 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
                                                  "logits": ["batch", len(cfg.classes)]}}},
         "lvlm": {"file": gguf_name, "quantization": quant, "token_id_base": meta["token_id_base"], "codes": meta["codes"],
                  "vocab_size": meta["token_id_base"] + meta["codes"] + 2, "prompt_format_version": meta["prompt_format_version"],
-                 "base": meta.get("base"), "adapter": os.path.abspath(adapter)},
+                 "label_temperature": meta.get("label_temperature", 1.0), "base": meta.get("base"), "adapter": os.path.abspath(adapter)},
         "calibration": {"file": "calibration.npy", "frames": int(sum(len(f) for f in frames))},
         "parity": {"onnx": onnx, "gguf_f16_logits": logits, f"gguf_{quant.lower()}_labels": labels},
         "export_seconds": {"onnx": onnx["seconds"], "gguf": round(gguf_seconds, 1),

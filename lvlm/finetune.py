@@ -31,9 +31,9 @@ class FinetuneConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lr: float = 2e-4
+    lr: float = 1e-3
     batch: int = 8
-    steps: int = 150
+    steps: int = 300
     seed: int = 0
     checkpoint_every: int = 25  # steps between resumable checkpoints (OUT/finetune_state.pt)
 
@@ -109,7 +109,9 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = _batches(encoded, cfg.batch, pad, np.random.default_rng(cfg.seed))
     trainable = {n: q for n, q in peft_model.named_parameters() if q.requires_grad}
-    opt = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr)
+    rows = [q for n, q in trainable.items() if "trainable_tokens" in n]
+    rest = [q for n, q in trainable.items() if "trainable_tokens" not in n]
+    opt = torch.optim.AdamW([{"params": rest}, {"params": rows, "weight_decay": 0.0}], lr=cfg.lr)  # rows: no decay to 0
     peft_model.train()
     losses, start = [], 0
     os.makedirs(out, exist_ok=True)
@@ -146,10 +148,10 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     return {"model": peft_model, **meta}
 
 
-def merge(peft_model, tokenizer, out: str, meta: dict | None = None) -> str:
-    """Fold the LoRA weights and the trained token rows into the base weights; save a plain
-    Hugging Face model directory (what the GGUF export reads)."""
-    merged = peft_model.merge_and_unload()
+def merge(model, tokenizer, out: str, meta: dict | None = None) -> str:
+    """Fold the LoRA weights and the trained token rows into the base weights (a peft model, or
+    one already merged); save a plain Hugging Face model directory (what the GGUF export reads)."""
+    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     os.makedirs(out, exist_ok=True)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -157,6 +159,29 @@ def merge(peft_model, tokenizer, out: str, meta: dict | None = None) -> str:
         with open(os.path.join(out, "lvlm.json"), "w") as f:
             json.dump(meta, f, indent=1)
     return out
+
+
+def hold_out(examples: list[dict], share: float = 0.15) -> tuple[list[dict], list[dict]]:
+    """(training, held-out) examples: the held-out windows come from whole performers (every
+    1/share-th training performer, by the NTU clip name), so they are as new to the language model
+    as the test performers; clips without a performer id are split by name."""
+    import re
+    import zlib
+
+    if share <= 0:
+        return examples, []
+
+    def who(ex):
+        m = re.search(r"P(\d{3})", ex["clip"])
+        return m.group(1) if m else ex["clip"]
+
+    people = sorted({who(ex) for ex in examples})
+    every = max(2, round(1 / share))
+    if len(people) >= every:
+        held = set(people[every // 2::every])
+    else:
+        held = {p for p in people if zlib.crc32(p.encode()) % every == 0}
+    return [ex for ex in examples if who(ex) not in held], [ex for ex in examples if who(ex) in held]
 
 
 def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol: str | None = None,

@@ -32,6 +32,17 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - (m + np.log(np.exp(x - m).sum()))
 
 
+def tempered(nodes, temperature: float):
+    """The trie's logprobs function at a temperature, from full next-token log-probabilities."""
+    def logprobs(prefix, allowed):
+        lp = nodes(prefix, allowed)
+        if temperature != 1.0:
+            lp = log_softmax(lp / temperature)  # log-probabilities / T differ from logits / T by a constant
+        return {a: float(lp[a]) for a in allowed}
+
+    return logprobs
+
+
 @dataclass(frozen=True)
 class Reading:
     label: str
@@ -43,9 +54,16 @@ class Reading:
 
 
 class Reader:
-    def __init__(self, backend, labels: Sequence[str], base: int, codes: int, explanation_tokens: int = 48):
+    """temperature: the label's log-probabilities are those of logits / temperature (fitted after
+    fine-tuning on held-out windows, `lvlm.evaluate.fit_temperature`, so that the probability
+    means what it says); the label and explanation tokens themselves are the model's."""
+
+    def __init__(self, backend, labels: Sequence[str], base: int, codes: int, explanation_tokens: int = 48,
+                 temperature: float = 1.0):
+        if not temperature > 0:
+            raise ValueError(f"label temperature must be > 0, not {temperature}")
         self.backend, self.labels, self.base, self.codes = backend, list(labels), base, codes
-        self.explanation_tokens = explanation_tokens
+        self.explanation_tokens, self.temperature = explanation_tokens, float(temperature)
         p = prompt.build(self.labels)
         tok = backend.tokenize
         self.prefix, self.suffix = tok(p.prefix), tok(p.suffix)
@@ -79,6 +97,13 @@ class Reader:
     def label(self, tokens: Sequence[int], exhaustive: bool = True):
         """(LabelResult, context length) for a window. Each trie node costs the tokens that differ
         from the path already in the cache (usually one)."""
+        nodes, n_ctx = self.label_nodes(tokens)
+        return decode_label(self.trie, tempered(nodes, self.temperature), exhaustive), n_ctx
+
+    def label_nodes(self, tokens: Sequence[int]):
+        """(logprobs(prefix, allowed) -> the full next-token log-probabilities after a trie node,
+        context length): the window's context is evaluated now, each node when first asked for
+        (then kept, so the trie can be decoded again at other temperatures for free)."""
         b = self.backend
         root = self._context(tokens)
         n_ctx = b.n
@@ -94,10 +119,9 @@ class Reader:
                 b.rewind(n_ctx + common)
                 cache[key] = b.feed(list(key[common:]))
                 path[:] = key
-            lp = cache[key]
-            return {a: float(lp[a]) for a in allowed}
+            return cache[key]
 
-        return decode_label(self.trie, logprobs, exhaustive), n_ctx
+        return logprobs, n_ctx
 
     def read(self, tokens: Sequence[int], explain: bool = True, exhaustive: bool = True) -> Reading:
         """exhaustive=False (the worker's way): best-first label search, exact label and probability,

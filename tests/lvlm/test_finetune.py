@@ -101,6 +101,42 @@ def test_constrained_decoding_reads_the_learned_labels(tuned):
 
 
 @pytest.mark.slow
+def test_label_temperature_is_fitted_on_held_out_windows(tuned):
+    """The fitted temperature lowers the held-out NLL, and a model whose log-probabilities are
+    three times sharper gets a temperature three times higher (to the grid's 7 % steps)."""
+    from lvlm.evaluate import TEMPERATURES, fit_temperature
+    from lvlm.reader import Reader, TransformersBackend, log_softmax
+
+    tok, base, _, result = tuned
+    model = result["model"].eval()
+
+    class Sharper(TransformersBackend):
+        def feed(self, ids):
+            return log_softmax(3.0 * super().feed(ids))
+
+    held = examples(24, 16, seed=5)
+    for ex in held[::3]:
+        ex["label"] = LABELS[(LABELS.index(ex["label"]) + 1) % 3]  # some wrong labels: a confident model is overconfident
+    fits = [fit_temperature(Reader(cls(model, tok), LABELS, base, 16), held, progress=False)
+            for cls in (TransformersBackend, Sharper)]
+    for fit in fits:
+        assert fit["temperature"] in TEMPERATURES.round(4) and fit["windows"] == 24
+        assert fit["nll"] <= fit["nll_t1"] and 0 <= fit["ece"] <= 1
+    assert fits[0]["ece"] < fits[0]["ece_t1"]
+    assert 3 / 1.08 <= fits[1]["temperature"] / fits[0]["temperature"] <= 3 * 1.08, fits
+
+
+def test_held_out_windows_are_whole_performers():
+    from lvlm.finetune import hold_out
+
+    exs = [{"clip": f"S001C00{c}P{p:03d}R001A001", "label": "x"} for p in range(1, 21) for c in (1, 2, 3)]
+    train, held = hold_out(exs, 0.15)
+    people = lambda xs: {x["clip"][8:12] for x in xs}  # noqa: E731
+    assert len(train) + len(held) == 60 and len(people(held)) == 3 and not people(train) & people(held)
+    assert hold_out(exs, 0.0) == (exs, [])
+
+
+@pytest.mark.slow
 def test_merge_round_trip_keeps_the_logits(tuned, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -173,6 +209,8 @@ def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run,
     meta = json.load(open(ad / "merged" / "lvlm.json"))
     assert meta["codes"] == 32 and meta["token_id_base"] == len(pristine_tokenizer) and len(meta["labels"]) == 3
     assert (ad / "merged" / "model.safetensors").exists()
+    assert meta["label_temperature"] > 0 and meta["calibration"]["windows"] > 0
+    assert meta == json.load(open(ad / "lvlm.json"))
     r = run_cli("finetune", "--vst", tiny_run[0], "--data", cache32, "--base", "no-such-model", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown base model" in r.stderr and "Traceback" not in r.stderr
 

@@ -50,6 +50,14 @@ def test_reader_with_a_reused_prefix_cache_equals_full_forwards(tokenizer):
     assert no_text.explanation is None and no_text.distribution == first.distribution
     with pytest.raises(ValueError, match="outside the codebook"):
         reader.read([16])
+    # at a label temperature T, every label's probability is that of logits / T
+    hot = Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, temperature=2.5).read([1, 2, 3, 4], explain=False)
+    for label, ids in reader.label_ids.items():
+        lp = sum(torch.tensor(full(ctx + ids[:i]) / 2.5).log_softmax(-1)[t].item() for i, t in enumerate(ids))
+        assert math.isclose(hot.distribution[label], math.exp(lp), rel_tol=1e-3), label
+    assert hot.label == max(hot.distribution, key=hot.distribution.get) and hot.distribution != first.distribution
+    with pytest.raises(ValueError, match="temperature"):
+        Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, temperature=0)
 
 
 def test_every_reference_explanation_is_faithful_and_wrong_details_are_not():
