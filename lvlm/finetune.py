@@ -181,7 +181,10 @@ def hold_out(examples: list[dict], share: float = 0.15) -> tuple[list[dict], lis
         held = set(people[every // 2::every])
     else:
         held = {p for p in people if zlib.crc32(p.encode()) % every == 0}
-    return [ex for ex in examples if who(ex) not in held], [ex for ex in examples if who(ex) in held]
+    train = [ex for ex in examples if who(ex) not in held]
+    if not train:  # one performer, or one clip: nothing to spare
+        return examples, []
+    return train, [ex for ex in examples if who(ex) in held]
 
 
 def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol: str | None = None,

@@ -134,6 +134,8 @@ def test_held_out_windows_are_whole_performers():
     people = lambda xs: {x["clip"][8:12] for x in xs}  # noqa: E731
     assert len(train) + len(held) == 60 and len(people(held)) == 3 and not people(train) & people(held)
     assert hold_out(exs, 0.0) == (exs, [])
+    one = [{"clip": "door_cam", "label": "x"}]  # a name the hash would hold out
+    assert hold_out(one * 3, 0.5) == (one * 3, [])  # never holds out everything
 
 
 @pytest.mark.slow
