@@ -29,7 +29,7 @@ class StreamConfig(_Model):
                     pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     uri: str = Field(description="file path, file://, rtsp://, /dev/videoN or v4l2://, csi://N, test://, pipeline://", min_length=1)
     realtime: bool = Field(False, description="pace a file at its own frame rate (as a camera would)")
-    max_reconnects: int | None = Field(None, ge=0, description="give up after this many reconnects (None: never)")
+    max_reconnects: int | None = Field(None, ge=0, description="give up after this many reconnects (None: never; 0: a stream that ends stays ended)")
     explain: bool | None = Field(None, description="explanations for this stream (None: llm.explain)")
     explain_interval_s: float | None = Field(None, ge=0, le=3600,
                                              description="at most one explanation this often (None: llm.explain_interval_s)")

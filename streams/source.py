@@ -130,6 +130,9 @@ class Source:
                     break
                 if outcome == "eos" and not self.spec.live:
                     break
+                if outcome == "eos" and self.max_reconnects == 0:  # ended, and no reconnects were asked for
+                    log.info("[%s] the stream ended (EOS); max_reconnects is 0, so it stays ended", self.stream_id)
+                    break
                 if outcome == "fatal":
                     self.health.to(State.FAILED)
                     return

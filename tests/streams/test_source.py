@@ -187,3 +187,22 @@ def test_missing_plugin_names_the_package():
     assert "nvarguscamerasrc" in str(err.value) and "nvidia-l4t-gstreamer" in str(err.value)
     with pytest.raises(SourceError, match="no_such_element_xyz"):
         Source("pipeline://no_such_element_xyz ! fakesink").start()
+
+
+def test_rtsp_stream_that_ends_with_no_reconnects_asked_for_ends_cleanly(caplog):
+    """A live source with max_reconnects=0 whose server sends EOS stops: every frame delivered,
+    no SourceError, no error logged (it used to end FAILED, 'gave up after 0 reconnects')."""
+    caplog.set_level(logging.INFO)
+    server = RtspServer()
+    server.add_launch("/short", "( videotestsrc is-live=true num-buffers=30 ! video/x-raw,width=64,height=48,framerate=15/1 "
+                                "! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 threads=1 "
+                                "! rtph264pay name=pay0 pt=96 config-interval=1 )")
+    server.start()
+    try:
+        src = Source(server.url("/short"), Conversion(32, 32, 15), max_reconnects=0, connect_timeout_s=5)
+        with src:
+            frames = list(src.frames())
+    finally:
+        server.stop()
+    assert len(frames) == 30 and src.state == State.STOPPED and src.stats().reconnects == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR] and "stays ended" in caplog.text
