@@ -165,15 +165,18 @@ def hold_out(examples: list[dict], share: float = 0.15) -> tuple[list[dict], lis
     """(training, held-out) examples: the held-out windows come from whole performers (every
     1/share-th training performer, by the NTU clip name), so they are as new to the language model
     as the test performers; clips without a performer id are split by name."""
-    import re
     import zlib
+
+    from vst.ntu import ClipName, DatasetError
 
     if share <= 0:
         return examples, []
 
     def who(ex):
-        m = re.search(r"P(\d{3})", ex["clip"])
-        return m.group(1) if m else ex["clip"]
+        try:
+            return f"P{ClipName.parse(ex['clip']).performer:03d}"
+        except DatasetError:
+            return ex["clip"]
 
     people = sorted({who(ex) for ex in examples})
     every = max(2, round(1 / share))
