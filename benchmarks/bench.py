@@ -167,7 +167,7 @@ def _reader(bundle: str, manifest: dict, gguf: str | None = None, threads: int |
 
     lv = manifest["lvlm"]
     backend = LlamaCppBackend.open(gguf or os.path.join(bundle, lv["file"]), threads=threads or os.cpu_count())
-    return Reader(backend, manifest["labels"], lv["token_id_base"], lv["codes"], temperature=lv.get("label_temperature", 1.0))
+    return Reader.for_bundle(backend, manifest)
 
 
 def bench_llm(bundle: str, manifest: dict, windows: list[list[int]]) -> dict:

@@ -122,8 +122,7 @@ class LLMWorker:
         lv, llm = self.manifest["lvlm"], self.cfg.llm
         backend = LlamaCppBackend.open(os.path.join(self.bundle, lv["file"]), threads=llm.threads, n_ctx=llm.n_ctx,
                                        n_gpu_layers=llm.n_gpu_layers)
-        reader = Reader(backend, self.manifest["labels"], lv["token_id_base"], lv["codes"], llm.explanation_tokens,
-                        temperature=lv.get("label_temperature", 1.0))
+        reader = Reader.for_bundle(backend, self.manifest, llm.explanation_tokens)
         reader.read([0] * self.manifest["vst"]["T"], explain=False)  # evaluates the instruction prefix once
         return reader
 

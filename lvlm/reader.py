@@ -33,12 +33,16 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def tempered(nodes, temperature: float):
-    """The trie's logprobs function at a temperature, from full next-token log-probabilities."""
+    """The trie's logprobs function at a temperature, from full next-token log-probabilities
+    (each node's tempered vector computed once)."""
+    done: dict[tuple, np.ndarray] = {}
+
     def logprobs(prefix, allowed):
-        lp = nodes(prefix, allowed)
-        if temperature != 1.0:
-            lp = log_softmax(lp / temperature)  # log-probabilities / T differ from logits / T by a constant
-        return {a: float(lp[a]) for a in allowed}
+        key = tuple(prefix)
+        if key not in done:
+            lp = nodes(prefix, allowed)
+            done[key] = lp if temperature == 1.0 else log_softmax(lp / temperature)  # lp / T and logits / T differ by a constant
+        return {a: float(done[key][a]) for a in allowed}
 
     return logprobs
 
@@ -75,6 +79,13 @@ class Reader:
             raise ValueError(f"{prompt.END_OF_TURN!r} is not one token for this model; its tokenizer lacks the chat tokens")
         self.stop = stop[0]
         self._prefix_ready = False
+
+    @classmethod
+    def for_bundle(cls, backend, manifest: dict, explanation_tokens: int = 48) -> "Reader":
+        """The reader of a bundle's language model: labels, token ids and label temperature from its manifest."""
+        lv = manifest["lvlm"]
+        return cls(backend, manifest["labels"], lv["token_id_base"], lv["codes"], explanation_tokens,
+                   lv.get("label_temperature", 1.0))
 
     def forget_prefix(self) -> None:
         """Make the next read evaluate the instruction prefix again (benchmarks compare with this)."""

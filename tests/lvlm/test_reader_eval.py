@@ -56,6 +56,9 @@ def test_reader_with_a_reused_prefix_cache_equals_full_forwards(tokenizer):
         lp = sum(torch.tensor(full(ctx + ids[:i]) / 2.5).log_softmax(-1)[t].item() for i, t in enumerate(ids))
         assert math.isclose(hot.distribution[label], math.exp(lp), rel_tol=1e-3), label
     assert hot.label == max(hot.distribution, key=hot.distribution.get) and hot.distribution != first.distribution
+    manifest = {"labels": LABELS, "lvlm": {"token_id_base": base, "codes": 16, "label_temperature": 2.5}}
+    from_bundle = Reader.for_bundle(TransformersBackend(model, tokenizer), manifest).read([1, 2, 3, 4], explain=False)
+    assert from_bundle.distribution == hot.distribution
     with pytest.raises(ValueError, match="temperature"):
         Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, temperature=0)
 
