@@ -28,7 +28,8 @@ def register(cli) -> None:
     f.add_argument("--views", type=int, default=1,
                    help="views per training clip: 1 = as recorded; more adds the VST's augmentations (flip swaps the side)")
     f.add_argument("--calibration-windows", type=int, default=150,
-                   help="windows of held-out training performers (not trained on) that fit the label temperature; 0: none")
+                   help="augmented windows of held-out training performers (not trained on) that fit the label "
+                        "temperature; 0: none")
     f.add_argument("--resume", action="store_true", help="continue from OUT/finetune_state.pt (checkpointed every 25 steps)")
     f.set_defaults(func=cmd_finetune)
 
@@ -50,7 +51,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from lvlm.base import load
     from lvlm.evaluate import fit_temperature
-    from lvlm.finetune import FinetuneConfig, build_examples, finetune, hold_out, merge
+    from lvlm.finetune import FinetuneConfig, build_examples, calibration_split, finetune, merge
     from lvlm.reader import Reader, TransformersBackend
     from lvlm.vocab import add_action_tokens
     from vst.cache import spread
@@ -58,9 +59,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(os.cpu_count() or 1)
     codes = load_checkpoint(args.vst).cfg.K
+    calibrate = args.calibration_windows > 0  # then one more view: the held-out performers' augmented windows
     labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip,
-                                      views=args.views)
-    examples, held = hold_out(examples, 0.15 if args.calibration_windows > 0 else 0.0)
+                                      views=max(args.views, 2) if calibrate else args.views)
+    examples, held = calibration_split(examples, args.views, 0.15 if calibrate else 0.0)
     glossary = None
     gpath = os.path.join(args.vst, "glossary.json")
     if os.path.exists(gpath):

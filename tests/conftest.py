@@ -68,7 +68,7 @@ def rtsp_server():
     server.stop()
 
 
-TINY_VST = dict(R=32, widths=(8, 16, 16, 32), D=32, hidden=48, code_dim=16, spatial_channels=8, K=32)
+TINY_VST = dict(R=32, widths=(8, 16, 16, 32), D=32, hidden=48, code_dim=16, spatial_channels=8, K=32, W=32, T=8)
 
 
 @pytest.fixture(scope="session")

@@ -157,13 +157,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vst.evaluate import run_eval
+    from vst.evaluate import run_eval, stability_text
 
     m = run_eval(args.run, args.data, args.protocol, args.out)
     print(f"{m['protocol']} test: {m['clips']} clips, top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, "
           f"window top-1 {m['window_top1']:.1%}")
     print(f"codebook: {m['codes_used']:.0%} of codes used, perplexity {m['perplexity']:.1f}; "
-          f"token stability {m['token_stability']:.1%}; {m['tokens_per_window']} tokens per window, "
+          f"token stability {stability_text(m['token_stability'])}; {m['tokens_per_window']} tokens per window, "
           f"{m['tokens_per_second']:.1f} tokens per second of video")
     print(f"wrote {m['out']}/metrics.json and {m['out']}/confusion.png")
     return 0

@@ -14,6 +14,11 @@ from vst.cache import Cache
 from vst.windows import clip_windows, feature_windows
 
 
+def stability_text(value: float | None) -> str:
+    """Token stability for people: a share, or why there is none."""
+    return "n/a (no clip is long enough for two overlapping windows)" if value is None else f"{value:.1%}"
+
+
 def token_stability(ids: torch.Tensor, shift: int) -> tuple[int, int]:
     """(equal, compared) tokens on the overlap of consecutive windows: window k's tokens from
     `shift` on describe the same frames as window k+1's first T - shift tokens."""

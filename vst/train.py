@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from vst.cache import Cache, spread
-from vst.evaluate import check_cache, evaluate
+from vst.evaluate import check_cache, evaluate, stability_text
 from vst.model import SIZES, VST, VSTConfig, load_checkpoint, save_checkpoint
 from vst.ntu import DatasetError
 from vst.windows import Augment, FeatureWindowSampler, FrameSampler, augment_frames, encode_clip
@@ -257,7 +257,7 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
                       **{k: m[k] for k in ("top1", "window_top1", "codes_used", "perplexity", "token_stability")}}
             run.log(record)
             bar.write(f"step {step} epoch {epoch:.0f}: test top-1 {m['top1']:.3f} (windows {m['window_top1']:.3f}), "
-                      f"codes {m['codes_used']:.0%}, stability {m['token_stability']:.3f}")
+                      f"codes {m['codes_used']:.0%}, stability {stability_text(m['token_stability'])}")
             if m["top1"] >= best:
                 best, best_record = m["top1"], record
                 save_checkpoint(model, run.out, "model", {"step": step, "top1_subset": best})

@@ -45,10 +45,14 @@ def pad_to(frames: np.ndarray, length: int) -> np.ndarray:
 
 
 def clip_targets(clip: dict, cfg: VSTConfig) -> tuple[int, int, int]:
-    """(class index, side index or -1, repetitions index or -1) of a cached clip."""
+    """(class index, side index or -1, repetitions index or -1) of a cached clip. The side is a
+    target only where the action's limb has one ("right hand", "left leg"): synthetic clips of
+    two-sided or whole-body actions still record the performer's chosen side, which the motion
+    does not show."""
     label = cfg.classes.index(clip["action"])
     attrs = clip.get("attributes") or {}
-    side = SIDES.index(attrs["side"]) if attrs.get("side") in SIDES else -1
+    sided = attrs.get("side") in SIDES and str(attrs.get("limb", "")).split(" ")[0] == attrs["side"]
+    side = SIDES.index(attrs["side"]) if sided else -1
     reps = int(attrs["repetitions"]) - 1 if attrs.get("repetitions") else -1
     return label, side, min(reps, cfg.max_reps - 1)
 

@@ -2,7 +2,7 @@ import numpy as np
 
 from vst.model import VSTConfig
 from vst.skeleton import J
-from vst.windows import MIRROR, Augment, augment_frames, pad_to, sliding_starts, speed_indices
+from vst.windows import MIRROR, Augment, augment_frames, clip_targets, pad_to, sliding_starts, speed_indices
 
 
 def test_sliding_windows_match_the_runtime_rule():
@@ -11,6 +11,20 @@ def test_sliding_windows_match_the_runtime_rule():
     assert sliding_starts(32, cfg) == [0]
     assert sliding_starts(50, cfg) == [0, 8, 16]
     assert pad_to(np.zeros((20, 2, 2, 3), np.uint8), 32).shape[0] == 32
+
+
+def test_side_is_a_target_only_for_one_sided_limbs():
+    cfg = VSTConfig(classes=[10, 23, 43], max_reps=6)
+
+    def clip(action, side, limb, reps):
+        return {"action": action, "attributes": {"side": side, "limb": limb, "repetitions": reps}}
+
+    assert clip_targets(clip(23, "left", "left hand", 4), cfg) == (1, 0, 3)
+    assert clip_targets(clip(23, "right", "right hand", 3), cfg) == (1, 1, 2)
+    # the performer's chosen side is recorded for every clip, but clapping or falling do not show it
+    assert clip_targets(clip(10, "right", "both hands", 5), cfg) == (0, -1, 4)
+    assert clip_targets(clip(43, "left", "whole body", 1), cfg) == (2, -1, 0)
+    assert clip_targets({"action": 43}, cfg) == (2, -1, -1)  # real NTU clips carry no attributes
 
 
 def test_speed_indices_stay_inside_the_clip():
