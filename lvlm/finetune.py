@@ -195,9 +195,9 @@ def calibration_split(examples: list[dict], views: int, share: float = 0.15) -> 
     views. Training: views 0..views-1 of the training performers. Calibration: the augmented
     views (view > 0) of the performers `hold_out` keeps back. The VST was trained on every training
     performer, so their plain windows read better than an unseen performer's and a temperature
-    fitted on them comes out too sharp (default fine-tune: 92.7 % label top-1 on them, 83.0 % on
-    test windows, fitted T 0.71, test ECE 0.10); the VST's augmentations (crop, colour, flip) make
-    them read more like new performers' windows (86.7 %, T 1.0, test ECE 0.067)."""
+    fitted on them comes out too sharp (default fine-tune: 90.0 % label top-1 on them against
+    83.8 % on test windows); the VST's augmentations (crop, colour, flip) make them read like new
+    performers' windows (83.3 %). README, Performance, has the temperatures and ECEs."""
     train, held = hold_out(examples, share)
     return [ex for ex in train if ex["view"] < views], [ex for ex in held if ex["view"] > 0]
 

@@ -28,9 +28,9 @@ from vst.quantizer import VectorQuantizer
 @dataclass
 class VSTConfig:
     classes: list[int] = field(default_factory=list)  # NTU action ids, index = class index
-    W: int = 48  # frames per window (3.2 s at 15 fps)
+    W: int = 32  # frames per window (2.1 s at 15 fps)
     S: int = 8  # window stride (frames)
-    T: int = 12  # tokens per window (one per 4 frames)
+    T: int = 8  # tokens per window (one per 4 frames)
     K: int = 256  # codebook size
     D: int = 256  # frame feature size
     R: int = 112  # input resolution (square)
