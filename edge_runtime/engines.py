@@ -19,6 +19,30 @@ log = logging.getLogger(__name__)
 
 
 ORT_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+NVINFER = ("libnvinfer.so.10", "libnvinfer.so.11")  # what ONNX Runtime's TensorRT provider loads
+
+
+def tensorrt_libraries() -> bool:
+    """Whether the TensorRT runtime library can be loaded in this process."""
+    import ctypes
+
+    for name in NVINFER:
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def ort_providers(available: list[str]) -> list[str]:
+    """The providers to ask ONNX Runtime for, best first. onnxruntime-gpu lists its TensorRT provider
+    even without the TensorRT libraries; asking for it then fails loudly (an "EP Error" block on
+    stderr per session, seen on an H100 without TensorRT) before ONNX Runtime falls back to CUDA."""
+    out = [p for p in ORT_PREFERENCE if p in available]
+    if "TensorrtExecutionProvider" in out and not tensorrt_libraries():
+        out.remove("TensorrtExecutionProvider")
+    return out
 
 
 class OrtEngine:
@@ -31,7 +55,7 @@ class OrtEngine:
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
-        providers = providers or [p for p in ORT_PREFERENCE if p in ort.get_available_providers()]
+        providers = providers or ort_providers(ort.get_available_providers())
         self.session = ort.InferenceSession(path, opts, providers=providers)
         self.providers = self.session.get_providers()
         self.outputs = [o.name for o in self.session.get_outputs()]

@@ -36,7 +36,7 @@ from vst.cache import Cache, spread
 from vst.evaluate import check_cache, evaluate, stability_text
 from vst.model import SIZES, VST, VSTConfig, load_checkpoint, save_checkpoint
 from vst.ntu import DatasetError
-from vst.windows import Augment, FeatureWindowSampler, FrameSampler, augment_frames, encode_clip
+from vst.windows import Augment, FeatureWindowSampler, augment_frames, encode_clip, frame_batches
 
 
 @dataclass
@@ -60,6 +60,7 @@ class TrainConfig:
     feature_dropout: float = 0.1
     eval_every_epochs: int = 25
     eval_clips: int = 400  # test clips used by the periodic evaluation
+    loader_workers: int = -1  # stage-1 sampling processes; -1: none on the CPU, up to 8 beside a GPU
     minutes: float | None = None  # stop after this much time (resume later with --resume)
     seed: int = 0
 
@@ -148,14 +149,18 @@ def _stage_frames(run: _Run, cache: Cache, clips: list[dict], state: dict | None
         sched.load_state_dict(state["scheduler"])
         step = state["step"]
         head.load_state_dict(state["frame_head"])
-    sampler = FrameSampler(cache, clips, model.cfg, Augment(), seed=tc.seed * 1000 + step)
+    workers = tc.loader_workers
+    if workers < 0:
+        workers = 0 if run.device.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
+    batches = frame_batches(cache, clips, model.cfg, tc.frame_batch, tc.seed * 1000 + step, workers,
+                            pin=run.device.type == "cuda")
     model.train()
     n_cls = len(model.cfg.classes)
     bar = tqdm(total=tc.frame_steps, initial=step, desc="stage 1/2 frames", unit="step", disable=not progress)
     running: dict[str, float] = {}
     first: dict[str, float] = {}
     while step < tc.frame_steps:
-        batch = {k: v.to(run.device) for k, v in sampler.sample(tc.frame_batch).items()}
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in next(batches).items()}
         appearance, joints = model.encoder.parts(batch["frames"])
         logits = head(appearance)
         loss = F.cross_entropy(logits[:, :n_cls], batch["label"], label_smoothing=0.05)

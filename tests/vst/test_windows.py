@@ -50,3 +50,33 @@ def test_augmentation_moves_pose_targets_with_the_pixels():
         px, py = moved[J["hand_right"]] * r
         assert abs(px - (xx + 0.5)) <= 1.5 and abs(py - (yy + 0.5)) <= 1.5, (seed, px, py, xx, yy)
     assert sorted(MIRROR) == list(range(25)) and MIRROR[J["knee_left"]] == J["knee_right"] and MIRROR[J["head"]] == J["head"]
+
+
+def test_gpu_batches_are_padded_to_a_fixed_multiple():
+    import torch
+
+    from vst.windows import _gpu_shape
+
+    x = torch.arange(5 * 2, dtype=torch.float32).reshape(5, 2)
+    y = _gpu_shape(x, 4)
+    assert y.shape == (8, 2) and torch.equal(y[:5], x) and torch.equal(y[5:], x[-1:].expand(3, 2))
+    assert torch.equal(_gpu_shape(x[:4], 4), x[:4])
+
+
+def test_loader_processes_draw_the_same_kind_of_batches(cache32):
+    from itertools import islice
+
+    import torch
+
+    from vst.cache import Cache
+    from vst.windows import frame_batches
+
+    cache = Cache.open(cache32)
+    clips = cache.split("train")
+    cfg = VSTConfig(classes=sorted({c["action"] for c in clips}), R=32, W=32, T=8)
+    here = next(frame_batches(cache, clips, cfg, 6, seed=1))
+    loaded = list(islice(frame_batches(cache, clips, cfg, 6, seed=1, workers=2), 4))
+    assert len(loaded) == 4
+    for b in loaded:
+        assert {k: (v.shape, v.dtype) for k, v in b.items()} == {k: (v.shape, v.dtype) for k, v in here.items()}
+    assert not torch.equal(loaded[0]["frames"], loaded[1]["frames"])  # the two processes draw different frames

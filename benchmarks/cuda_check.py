@@ -1,0 +1,214 @@
+"""The CUDA paths, measured on a GPU machine that need not hold the whole stack (no GStreamer,
+no llama.cpp): each comparison is made against the CPU in the same run.
+
+  python -m benchmarks.cuda_check env                 what this machine has (GPU, torch, ONNX Runtime, TensorRT)
+  python -m benchmarks.cuda_check train CACHE OUT     VST training (both stages, a few steps) on CUDA and on
+                                                      the CPU from the same seed: first losses, steps/s, ratio
+  python -m benchmarks.cuda_check ort BUNDLE CACHE OUT  the bundle's ONNX engines in ONNX Runtime CUDA against
+                                                      CPU on the cache's test clips: feature error, token
+                                                      agreement, frames/s at batch 1 / 8 / 64
+
+Each command prints a short table and writes OUT/cuda_<command>.json. Without a CUDA device the
+CUDA columns say why they are missing and the CPU ones are still measured.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def _write(out: str, name: str, result: dict) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"cuda_{name}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
+
+
+def env() -> dict:
+    """GPU, driver and the versions of what the CUDA paths need; None where a thing is absent."""
+    out = {"gpu": None, "torch": None, "torch_cuda": None, "onnxruntime": None, "ort_providers": None,
+           "tensorrt": None, "libnvinfer": None}
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=20)
+        out["gpu"] = r.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+        out["torch_cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+    except ImportError:
+        pass
+    try:
+        import onnxruntime as ort
+
+        out["onnxruntime"] = ort.__version__
+        out["ort_providers"] = ort.get_available_providers()
+    except ImportError:
+        pass
+    try:
+        import tensorrt
+
+        out["tensorrt"] = tensorrt.__version__
+    except ImportError as exc:
+        out["tensorrt"] = f"not importable: {exc}"
+    try:
+        r = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=20)
+        out["libnvinfer"] = [line.split()[0] for line in r.stdout.splitlines() if "libnvinfer" in line] or None
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return out
+
+
+def _train_once(cache: str, out: str, device: str, tc_fields: dict, overrides: dict | None) -> dict:
+    """One short training run in a child process (so CUDA_VISIBLE_DEVICES decides the device)."""
+    code = ("import json,sys; from vst.train import TrainConfig, train; "
+            f"r = train({cache!r}, {out!r}, TrainConfig(**json.loads(sys.argv[1])), progress=False, "
+            f"overrides={overrides!r}); print('RESULT', json.dumps(r))")
+    envs = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "0")}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(tc_fields)], capture_output=True, text=True, env=envs)
+    wall = time.monotonic() - t0
+    if r.returncode != 0:
+        return {"device": device, "error": (r.stderr.strip().splitlines() or ["?"])[-1]}
+    result = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    history = [json.loads(line) for line in open(os.path.join(out, "history.jsonl"))]
+    frames = next(h for h in history if h["stage"] == "frames")
+    tokens = [h for h in history if h["stage"] == "tokens"]
+    return {"device": device, "wall_s": round(wall, 1), "train_s": result["seconds"],
+            "frame_stage_s": frames["elapsed_s"], "frame_first_loss": frames["first_loss"], "frame_loss": frames["loss"],
+            "token_stage_s": round(tokens[-1]["elapsed_s"] - frames["elapsed_s"], 1) if tokens else None,
+            "token_first_ce": tokens[-1]["first_ce"] if tokens else None, "token_ce": tokens[-1]["ce"] if tokens else None,
+            "top1": tokens[-1].get("top1") if tokens else None}
+
+
+def _sampling_s(cache_dir: str, overrides: dict | None = None, batch: int = 64) -> float:
+    """Median seconds to draw one stage-1 batch (decode, augment, pose targets): the CPU side of a step."""
+    from vst.cache import Cache
+    from vst.model import SIZES, VSTConfig
+    from vst.windows import Augment, FrameSampler
+
+    cache = Cache.open(cache_dir)
+    clips = cache.split("train")
+    cfg = VSTConfig(classes=sorted({c["action"] for c in clips}), **{**SIZES["small"], **(overrides or {})})
+    sampler = FrameSampler(cache, clips, cfg, Augment())
+    return _median_s(lambda: sampler.sample(batch), 1.0)
+
+
+def train_check(cache: str, out: str, frame_steps: int = 300, epochs: int = 10, overrides: dict | None = None) -> dict:
+    """The default-size VST (or `overrides` of it) trained for a few steps on CUDA and on all CPU
+    cores, same seed and data."""
+    import torch
+
+    tc = {"frame_steps": frame_steps, "epochs": epochs, "eval_every_epochs": epochs, "eval_clips": 8}
+    result = {"config": tc, "cpu_threads": os.cpu_count(), "runs": {}}
+    devices = (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
+    for device in devices:
+        result["runs"][device] = _train_once(cache, os.path.join(out, f"train_{device}"), device, tc, overrides)
+    if "cuda" not in result["runs"]:
+        result["runs"]["cuda"] = {"error": "no CUDA device"}
+    result["stage1_batch_sampling_ms"] = round(1e3 * _sampling_s(cache, overrides), 1)
+    ok = [result["runs"][d] for d in ("cuda", "cpu") if "error" not in result["runs"][d]]
+    if len(ok) == 2:
+        result["frame_stage_speedup"] = round(ok[1]["frame_stage_s"] / ok[0]["frame_stage_s"], 2)
+        result["token_stage_speedup"] = round(ok[1]["token_stage_s"] / ok[0]["token_stage_s"], 2)
+        result["first_loss_rel_diff"] = abs(ok[0]["frame_first_loss"] - ok[1]["frame_first_loss"]) / ok[1]["frame_first_loss"]
+    return result
+
+
+def _windows(cache_dir: str, W: int, S: int, clips: int = 8) -> list[np.ndarray]:
+    from vst.cache import Cache, spread
+
+    cache = Cache.open(cache_dir)
+    return [np.asarray(cache.clip_frames(c)) for c in spread(cache.split("test"), clips) if c["frames"] >= W]
+
+
+def _median_s(fn, seconds: float = 2.0) -> float:
+    fn()
+    times, t_end = [], time.perf_counter() + seconds
+    while len(times) < 5 or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ort_check(bundle: str, cache_dir: str, seconds: float = 2.0) -> dict:
+    """The bundle's engines in ONNX Runtime: CUDA vs CPU parity and throughput; what `Engines` picks."""
+    import onnxruntime as ort
+
+    from edge_runtime.engines import Engines, OrtEngine
+
+    with open(os.path.join(bundle, "manifest.json")) as f:
+        manifest = json.load(f)
+    v, e = manifest["vst"], manifest["engines"]
+    enc_path, tok_path = (os.path.join(bundle, e[k]["file"]) for k in ("frame_encoder", "token_engine"))
+    result = {"onnxruntime": ort.__version__, "available": ort.get_available_providers()}
+    t0 = time.monotonic()
+    auto = Engines(bundle, manifest, "auto")
+    result["auto_backend"], result["auto_s"] = auto.backend, round(time.monotonic() - t0, 2)
+    engines = {"cpu": (OrtEngine(enc_path, providers=["CPUExecutionProvider"]),
+                       OrtEngine(tok_path, providers=["CPUExecutionProvider"]))}
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pair = (OrtEngine(enc_path, providers=["CUDAExecutionProvider"]), OrtEngine(tok_path, providers=["CUDAExecutionProvider"]))
+        if pair[0].providers[0] == "CUDAExecutionProvider":
+            engines["cuda"] = pair
+        else:
+            result["cuda_error"] = f"the CUDA provider did not load (session providers: {pair[0].providers})"
+    else:
+        result["cuda_error"] = "this ONNX Runtime has no CUDA provider"
+    clips = _windows(cache_dir, v["W"], v["S"])
+    feats, ids = {}, {}
+    for name, (enc, tok) in engines.items():
+        feats[name] = [enc.run({"frames": c})["features"] for c in clips]
+        wins = np.stack([f[s:s + v["W"]] for f in feats[name] for s in range(0, len(f) - v["W"] + 1, v["S"])])
+        ids[name] = tok.run({"features": wins.astype(np.float32)})["ids"]  # frames -> tokens, end to end on one provider
+    result["clips"], result["windows"] = len(clips), int(len(ids["cpu"]))
+    if "cuda" in engines:
+        result["max_abs_feature_error"] = float(max(np.abs(a - b).max() for a, b in zip(feats["cuda"], feats["cpu"])))
+        result["token_agreement"] = float((ids["cuda"] == ids["cpu"]).mean())
+    r = v["resolution"]
+    rng = np.random.default_rng(0)
+    result["encoder_fps"] = {}
+    for name, (enc, _) in engines.items():
+        for b in (1, 8, 64):
+            x = rng.integers(0, 255, (b, r, r, 3), dtype=np.uint8)
+            result["encoder_fps"][f"{name} batch {b}"] = round(b / _median_s(lambda x=x, enc=enc: enc.run({"frames": x}), seconds), 1)
+    win = rng.standard_normal((1, v["W"], v["D"]), dtype=np.float32)
+    result["token_engine_ms"] = {name: round(1e3 * _median_s(lambda tok=tok: tok.run({"features": win}), seconds), 3)
+                                 for name, (_, tok) in engines.items()}
+    if "cuda" in engines:
+        for b in (1, 8, 64):
+            result[f"cuda_vs_cpu_batch{b}"] = round(result["encoder_fps"][f"cuda batch {b}"] / result["encoder_fps"][f"cpu batch {b}"], 2)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["env"] and len(argv) in (1, 2):
+        result = env()
+        if len(argv) == 2:
+            _write(argv[1], "env", result)
+        else:
+            print(json.dumps(result, indent=1))
+        return 0
+    if argv[:1] == ["train"] and len(argv) == 3:
+        _write(argv[2], "train", train_check(argv[1], argv[2]))
+        return 0
+    if argv[:1] == ["ort"] and len(argv) == 4:
+        _write(argv[3], "ort", ort_check(argv[1], argv[2]))
+        return 0
+    print("usage: python -m benchmarks.cuda_check env [OUT] | train CACHE OUT | ort BUNDLE CACHE OUT", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
