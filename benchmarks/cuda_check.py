@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from benchmarks.bench import timeit
+
 
 def _write(out: str, name: str, result: dict) -> None:
     os.makedirs(out, exist_ok=True)
@@ -132,13 +134,7 @@ def _windows(cache_dir: str, W: int, S: int, clips: int = 8) -> list[np.ndarray]
 
 
 def _median_s(fn, seconds: float = 2.0) -> float:
-    fn()
-    times, t_end = [], time.perf_counter() + seconds
-    while len(times) < 5 or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timeit(fn, seconds, min_runs=5))
 
 
 def ort_check(bundle: str, cache_dir: str, seconds: float = 2.0) -> dict:
