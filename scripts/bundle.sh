@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bundle`: the default bundle end to end from nothing, reusing every step already done.
-#   synthetic data -> cache (R=96, X-Sub) -> VST (small) -> glossary -> LoRA fine-tune of
+#   synthetic data -> cache (R=112, X-Sub) -> VST (small) -> glossary -> LoRA fine-tune of
 #   SmolLM2-135M -> export (ONNX + Q8_0 GGUF) -> check
 # Each step leaves a stamp in BUILD/.done/ when it succeeds; an interrupted step resumes
 # (synth and training continue where they stopped). On 2 CPU cores the whole run takes about an hour.
@@ -29,7 +29,7 @@ resume_lm=()
 [ -f "$BUILD/lvlm/finetune_state.pt" ] && resume_lm=(--resume)
 
 step synth "1/6 synthetic dataset" "$LV" data synth --out "$BUILD/data"
-step prepare "2/6 frame cache (96 px, X-Sub)" "$LV" data prepare --data "$BUILD/data" --protocol xsub --size 96 --out "$BUILD/cache"
+step prepare "2/6 frame cache (112 px, X-Sub)" "$LV" data prepare --data "$BUILD/data" --protocol xsub --size 112 --out "$BUILD/cache"
 step vst "3/6 VST training" "$LV" train vst --data "$BUILD/cache" --protocol xsub --out "$BUILD/vst" "${resume[@]}"
 step glossary "4/6 codebook glossary" "$LV" vst glossary --run "$BUILD/vst" --data "$BUILD/cache"
 step finetune "5/6 language-model fine-tune" "$LV" finetune --vst "$BUILD/vst" --data "$BUILD/cache" --out "$BUILD/lvlm" "${resume_lm[@]}"

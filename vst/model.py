@@ -84,7 +84,7 @@ class VSTConfig:
 
 
 SIZES = {
-    "small": dict(R=96, widths=(16, 32, 64, 128), D=192, hidden=192, code_dim=48, spatial_channels=24, pose_joints=25,
+    "small": dict(R=112, widths=(16, 32, 64, 128), D=192, hidden=192, code_dim=48, spatial_channels=24, pose_joints=25,
                   appearance=False),
     "base": dict(R=112, widths=(24, 48, 96, 160), D=256, hidden=256, code_dim=64, spatial_channels=32, pose_joints=25,
                  appearance=False),
