@@ -126,7 +126,8 @@ def train_check(cache: str, out: str, frame_steps: int = 300, epochs: int = 10, 
     return result
 
 
-def _windows(cache_dir: str, W: int, S: int, clips: int = 8) -> list[np.ndarray]:
+def _test_clips(cache_dir: str, W: int, clips: int = 8) -> list[np.ndarray]:
+    """The frames of up to `clips` test clips that hold at least one whole window."""
     from vst.cache import Cache, spread
 
     cache = Cache.open(cache_dir)
@@ -161,10 +162,11 @@ def ort_check(bundle: str, cache_dir: str, seconds: float = 2.0) -> dict:
             result["cuda_error"] = f"the CUDA provider did not load (session providers: {pair[0].providers})"
     else:
         result["cuda_error"] = "this ONNX Runtime has no CUDA provider"
-    clips = _windows(cache_dir, v["W"], v["S"])
+    clips = _test_clips(cache_dir, v["W"])
     feats, ids = {}, {}
     for name, (enc, tok) in engines.items():
         feats[name] = [enc.run({"frames": c})["features"] for c in clips]
+        # the runtime's windows (vst.windows.sliding_starts, written out: that module needs torch, an edge box may not)
         wins = np.stack([f[s:s + v["W"]] for f in feats[name] for s in range(0, len(f) - v["W"] + 1, v["S"])])
         ids[name] = tok.run({"features": wins.astype(np.float32)})["ids"]  # frames -> tokens, end to end on one provider
     result["clips"], result["windows"] = len(clips), int(len(ids["cpu"]))
