@@ -7,7 +7,7 @@ import os
 
 from lvlm.base import BaseModelError
 from lvlm.evaluate import EvalError
-from lvlm.finetune import FinetuneError
+from lvlm.finetune import FinetuneConfig, FinetuneError
 
 USER_ERRORS = (BaseModelError, EvalError, FinetuneError)
 
@@ -19,11 +19,14 @@ def register(cli) -> None:
     f.add_argument("--protocol", default=None, help="protocol whose training split to use (default: the cache's)")
     f.add_argument("--base", default="smollm2-135m", help="smollm2-135m (default) or a local Hugging Face model directory")
     f.add_argument("--out", required=True, help="adapter folder; the merged model goes to OUT/merged")
-    f.add_argument("--lora-r", type=int, default=16)
-    f.add_argument("--lora-alpha", type=int, default=32)
-    f.add_argument("--lr", type=float, default=1e-3)
-    f.add_argument("--batch", type=int, default=8)
-    f.add_argument("--steps", type=int, default=300, help="default 300: ~22 min for SmolLM2-135M at batch 8 on 2 CPU cores")
+    d = FinetuneConfig()
+    f.add_argument("--lora-r", type=int, default=d.lora_r)
+    f.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
+    f.add_argument("--lr", type=float, default=d.lr)
+    f.add_argument("--batch", type=int, default=d.batch)
+    f.add_argument("--steps", type=int, default=d.steps,
+                   help=f"default {d.steps}: ~23 min of steps for SmolLM2-135M at batch {d.batch} on 2 CPU cores, "
+                        "~28 min for the whole command")
     f.add_argument("--windows-per-clip", type=int, default=3)
     f.add_argument("--views", type=int, default=1,
                    help="views per training clip: 1 = as recorded; more adds the VST's augmentations (flip swaps the side)")

@@ -23,6 +23,11 @@ class EvalError(RuntimeError):
     """An adapter or model that cannot be evaluated: one clear line."""
 
 
+def _mean_or_none(values) -> float | None:
+    """The mean, or None (JSON null, not NaN) when there is nothing to average."""
+    return float(np.mean(values)) if len(values) else None
+
+
 def expected_calibration_error(confidence, correct, bins: int = 10) -> float:
     conf = np.asarray(confidence, float)
     ok = np.asarray(correct, float)
@@ -163,11 +168,11 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
         "ece_renormalised": expected_calibration_error([r["renormalised"] for r in readings], correct),
         "mean_probability": float(np.mean([r["probability"] for r in readings])) if n else None,
         "explained": len(explained),
-        "rouge_l": float(np.mean([r["rouge_l"] for r in explained])) if explained else None,
+        "rouge_l": _mean_or_none([r["rouge_l"] for r in explained]),
         "faithfulness": {k: float(np.mean([c[k] for c in checked])) for k in ("faithful", "limb", "motion", "repetitions")}
         if checked else None,
-        "faithfulness_when_label_correct": float(np.mean([r["check"]["faithful"] for r in explained
-                                                          if "check" in r and r["predicted"] == r["label"]] or [np.nan])),
+        "faithfulness_when_label_correct": _mean_or_none([r["check"]["faithful"] for r in explained
+                                                          if "check" in r and r["predicted"] == r["label"]]),
         "label_latency_ms_p50": 1000 * statistics.median(r["label_s"] for r in readings) if n else None,
         "explanation_latency_ms_p50": 1000 * statistics.median(r["explanation_s"] for r in explained) if explained else None,
         "per_class": {lab: float(np.mean([r["predicted"] == lab for r in readings if r["label"] == lab])) for lab in labels},

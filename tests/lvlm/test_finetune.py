@@ -250,6 +250,13 @@ def test_eval_command_reports_labels_calibration_and_explanations(cli_adapter, t
     assert len(rows) == 8 and all(row["predicted"] in labels and 0 < row["probability"] <= 1 for row in rows)
     assert m["llm_top1"] == np.mean([row["predicted"] == row["label"] for row in rows])
     assert "LLM label top-1" in r.stdout and "VST head" in r.stdout
+    # labels only: the explanation metrics are null, and the file is strict JSON (no NaN)
+    r = run_cli("eval", "lvlm", "--adapter", str(ad), "--vst", run, "--data", cache32, "--max-windows", "4",
+                "--explain", "0", "--out", str(tmp_path / "labels"), timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((tmp_path / "labels" / "metrics.json").read_text(),
+                   parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert m["explained"] == 0 and m["faithfulness"] is None and m["faithfulness_when_label_correct"] is None
     r = run_cli("eval", "lvlm", "--adapter", str(tmp_path / "nothing"), "--vst", run, "--data", cache32)
     assert r.returncode == 2 and "no lvlm.json" in r.stderr and "Traceback" not in r.stderr
 
