@@ -161,12 +161,12 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
     labels = sorted({r["label"] for r in readings})
     metrics = {
         "windows": n,
-        "llm_top1": float(np.mean(correct)) if n else None,
-        "vst_head_top1": float(np.mean(head)) if head else None,
+        "llm_top1": _mean_or_none(correct),
+        "vst_head_top1": _mean_or_none(head),
         "llm_head_agreement": float(np.mean([r["predicted"] == r["head_label"] for r in readings])) if head else None,
         "ece": expected_calibration_error([r["probability"] for r in readings], correct),
         "ece_renormalised": expected_calibration_error([r["renormalised"] for r in readings], correct),
-        "mean_probability": float(np.mean([r["probability"] for r in readings])) if n else None,
+        "mean_probability": _mean_or_none([r["probability"] for r in readings]),
         "explained": len(explained),
         "rouge_l": _mean_or_none([r["rouge_l"] for r in explained]),
         "faithfulness": {k: float(np.mean([c[k] for c in checked])) for k in ("faithful", "limb", "motion", "repetitions")}
