@@ -152,6 +152,8 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
             attrs = ex.get("attributes") or {}
             if {"limb", "motion", "repetitions"} <= set(attrs):
                 row["check"] = check(r.explanation, attrs)
+                if "clip_repetitions" in attrs:  # the count the whole clip has, beyond the window
+                    row["check"]["clip_repetitions"] = check(r.explanation, {**attrs, "repetitions": attrs["clip_repetitions"]})["repetitions"]
         readings.append(row)
     n = len(readings)
     correct = [r["predicted"] == r["label"] for r in readings]
@@ -171,6 +173,7 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
         "rouge_l": _mean_or_none([r["rouge_l"] for r in explained]),
         "faithfulness": {k: float(np.mean([c[k] for c in checked])) for k in ("faithful", "limb", "motion", "repetitions")}
         if checked else None,
+        "repetitions_clip_count": _mean_or_none([c["clip_repetitions"] for c in checked if "clip_repetitions" in c]),
         "faithfulness_when_label_correct": _mean_or_none([r["check"]["faithful"] for r in explained
                                                           if "check" in r and r["predicted"] == r["label"]]),
         "label_latency_ms_p50": 1000 * statistics.median(r["label_s"] for r in readings) if n else None,

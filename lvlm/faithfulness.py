@@ -5,8 +5,10 @@ Faithfulness, precisely (lower-cased text, phrases matched on word boundaries):
                appears, and no other limb phrase of the action table does;
   motion       the clip's motion phrase from the action table ("to the mouth", "side to side
                above the shoulder", ...) appears;
-  repetitions  the clip's count word ("once", "twice", "three times", ...) appears, and no other
-               count word does.
+  repetitions  the count word ("once", "twice", "three times", ...) of the repetitions the window
+               holds appears, and no other count word does (`vst.actions.window_attributes`: a
+               repetition counts where its defining instant lies inside the window; evaluation
+               reports agreement with the whole clip's count beside it).
 An explanation is faithful when all three hold. Every reference explanation passes (tested), so
 the check measures what the model says, not how the references are phrased.
 """

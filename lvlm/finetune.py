@@ -1,7 +1,7 @@
 """LoRA fine-tuning of the language model on action tokens, and the merge back into one model.
 
 Training examples pair a window's action tokens (from a trained VST, run the runtime's way) with
-the clip's label and reference explanation. peft LoRA adapts the attention and MLP projections;
+the clip's label and the reference explanation of what the window shows. peft LoRA adapts the attention and MLP projections;
 the new token rows (<video>, </video>, <act_i>) are trainable through `trainable_token_indices`;
 the loss covers the answer only (label line, explanation, end of turn). The prompt comes from
 `lvlm.prompt`, the same text the llama.cpp worker feeds.
@@ -205,14 +205,15 @@ def calibration_split(examples: list[dict], views: int, share: float = 0.15) -> 
 def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol: str | None = None,
                    windows_per_clip: int = 3, progress: bool = True, views: int = 1, seed: int = 0) -> tuple[list[str], list[dict]]:
     """(labels, examples): the VST's tokens for up to `windows_per_clip` sliding windows per clip
-    (those covering most of the action first), with the clip's label and reference explanation,
+    (those covering most of the action first), with the clip's label and the reference
+    explanation of what the window shows (`vst.actions.window_attributes`: its repetitions),
     and the VST head's own prediction for the window (its provisional label). `views` > 1 adds
     views of every clip through the VST's training augmentations (crop, colour, flip; a flipped
     view gets the mirrored side in its attributes and reference explanation)."""
     import numpy as np
     from tqdm import tqdm
 
-    from vst.actions import mirror_attributes
+    from vst.actions import mirror_attributes, window_attributes
     from vst.cache import Cache
     from vst.model import load_checkpoint
     from vst.windows import Augment, action_frames, augment_frames, clip_windows
@@ -236,11 +237,12 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
             overlap = [min(hi, s + model.cfg.W) - max(lo, s) for s in w["starts"]]
             best = sorted(range(len(overlap)), key=lambda i: -overlap[i])[:windows_per_clip]
             label = labels[model.cfg.classes.index(clip["action"])]
-            explanation = attrs.get("explanation") or f"The person performs the action '{label}'."
             for i in sorted(best):
                 probs = w["logits"][i].softmax(-1)
                 head = int(probs.argmax())
+                seen = window_attributes(attrs, w["starts"][i], w["starts"][i] + model.cfg.W, len(frames))
+                explanation = seen.get("explanation") or f"The person performs the action '{label}'."
                 out.append({"clip": clip["name"], "view": view, "start": w["starts"][i], "tokens": w["ids"][i].tolist(),
-                            "label": label, "explanation": explanation, "attributes": attrs,
+                            "label": label, "explanation": explanation, "attributes": seen,
                             "head_label": labels[head], "head_score": float(probs[head])})
     return labels, out

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vst.skeleton import repetition_phases
+
 
 @dataclass(frozen=True)
 class ActionClass:
@@ -91,6 +93,23 @@ def mirror_attributes(attrs: dict) -> dict:
     side = "left" if attrs["side"] == "right" else "right"
     return {**attrs, "side": side, "limb": limb_phrase(action, side),
             "explanation": explain(action, side, int(attrs["repetitions"]))}
+
+
+def window_attributes(attrs: dict, start: int, stop: int, frames: int) -> dict:
+    """A clip's motion attributes as the window of frames [start, stop) sees them (`frames`: the
+    clip's length as read, which may run at another fps than it was rendered at): the repetitions
+    whose instant (`vst.skeleton.repetition_phases`) lies inside the window, at least one, with the
+    reference explanation rebuilt for that count; the clip's own count stays as
+    `clip_repetitions`. A 2.1 s window cannot show all five waves of a 3.7 s action, so its
+    explanation states what it shows. Attributes without the action's timing come back unchanged."""
+    action = BY_ID.get(attrs.get("action_id"))
+    if action is None or not attrs.get("frames") or not {"action_start_frame", "repetitions", "side"} <= set(attrs):
+        return dict(attrs)
+    reps = int(attrs.get("clip_repetitions", attrs["repetitions"]))
+    ratio = frames / attrs["frames"]
+    lo, hi = attrs["action_start_frame"] * ratio, attrs["action_end_frame"] * ratio
+    seen = max(1, sum(start <= lo + u * (hi - lo) < stop for u in repetition_phases(action.slug, reps)))
+    return {**attrs, "repetitions": seen, "clip_repetitions": reps, "explanation": explain(action, attrs["side"], seen)}
 
 
 def select(spec: str | None) -> tuple[ActionClass, ...]:

@@ -458,3 +458,32 @@ DURATIONS = {
 def active_seconds(slug: str, reps: int, tempo: float) -> float:
     fixed, per = DURATIONS[slug]
     return (fixed + per * reps) / tempo
+
+
+def _smooth_inverse(y: float) -> float:
+    """x in [0, 1] with smooth(x) == y (smooth rises monotonically there)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if smooth(mid) < y else (lo, mid)
+    return (lo + hi) / 2
+
+
+def repetition_phases(slug: str, reps: int) -> list[float]:
+    """The motion phase u (0..1 over the active motion) of each repetition's defining instant, read
+    from the motion programs above: the hands meet (clap), the fist or foot is furthest out (punch,
+    kick), the deepest point (bow, squat), the top of the jump, the middle of each side-to-side
+    swing (wave). A single-repetition action has one instant, the middle of its motion. The
+    explanation of a window counts the repetitions whose instant it holds (`vst.actions`)."""
+    cycles = [(i + 0.5) / reps for i in range(reps)]
+    if slug in ("bow", "squat"):
+        return cycles
+    if slug == "jump":
+        return [(i + 0.51) / reps for i in range(reps)]
+    if slug == "kick":
+        return [(i + 0.6) / reps for i in range(reps)]
+    if slug == "punch":
+        return [0.12 + 0.76 * (i + 0.35) / reps for i in range(reps)]
+    if slug in ("wave", "clap"):
+        return [0.15 + 0.7 * _smooth_inverse(c) for c in cycles]
+    return [0.5] * reps

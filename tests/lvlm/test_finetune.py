@@ -177,6 +177,8 @@ def test_merge_round_trip_keeps_the_logits(tuned, tmp_path):
 @pytest.mark.slow
 def test_examples_come_from_the_vst_windows(tiny_run, cache32):
     from lvlm.finetune import build_examples
+    from vst.actions import window_attributes
+    from vst.cache import Cache
     from vst.model import load_checkpoint
 
     run, _ = tiny_run
@@ -187,9 +189,16 @@ def test_examples_come_from_the_vst_windows(tiny_run, cache32):
         per_clip[ex["clip"]] = per_clip.get(ex["clip"], 0) + 1
     assert len(per_clip) == 36 and max(per_clip.values()) <= 2  # every training clip, at most 2 windows
     cfg = load_checkpoint(run).cfg
+    cache = Cache.open(cache32)
+    clips = {c["name"]: c for c in cache.split("train")}
     for ex in exs:
         assert len(ex["tokens"]) == cfg.T and all(0 <= t < cfg.K for t in ex["tokens"])
         assert ex["label"] in labels and ex["explanation"] == ex["attributes"]["explanation"]
+        # the reference states the repetitions the window holds (the clip's own count kept beside it)
+        clip = clips[ex["clip"]]
+        assert ex["attributes"] == window_attributes(clip["attributes"], ex["start"], ex["start"] + cfg.W, clip["frames"])
+    waves = [ex["attributes"] for ex in exs if ex["label"] == "hand waving"]
+    assert waves and all(1 <= a["repetitions"] <= a["clip_repetitions"] for a in waves)
     _, two = build_examples(run, cache32, "train", windows_per_clip=2, progress=False, views=2)
     assert two[: len(exs)] == exs and len(two) == 2 * len(exs)  # view 0 as recorded, then an augmented view
     augmented = two[len(exs):]
@@ -244,6 +253,7 @@ def test_eval_command_reports_labels_calibration_and_explanations(cli_adapter, t
     assert m["windows"] == 8 and m["explained"] == 3 and m["protocol"] == "xsub"
     assert 0 <= m["llm_top1"] <= 1 and 0 <= m["vst_head_top1"] <= 1 and 0 <= m["ece"] <= 1
     assert set(m["faithfulness"]) == {"faithful", "limb", "motion", "repetitions"} and 0 <= m["rouge_l"] <= 1
+    assert 0 <= m["repetitions_clip_count"] <= 1
     assert (ad / "eval" / "merged" / "reliability.png").stat().st_size > 5000
     rows = [json.loads(line) for line in open(ad / "eval" / "merged" / "readings.jsonl")]
     labels = json.load(open(ad / "lvlm.json"))["labels"]

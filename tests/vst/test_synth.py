@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY
-from vst.actions import ACTIONS, BY_SLUG, explain, limb_phrase, mirror_attributes, select
+from vst.actions import ACTIONS, BY_SLUG, explain, limb_phrase, mirror_attributes, select, window_attributes
 from vst.ntu import ClipName
-from vst.skeleton import J, SIDES, Body, MotionContext, MOTIONS, joints
+from vst.skeleton import J, SIDES, Body, MotionContext, MOTIONS, joints, repetition_phases
 from vst.synth import SynthConfig, generate, render_clip
 
 
@@ -122,3 +122,48 @@ def test_generation_resumes_and_refuses_other_settings(tiny_dataset, tmp_path):
     assert before == after  # complete clips are not rendered again
     with pytest.raises(ValueError, match="other settings"):
         generate(SynthConfig(**{**TINY.__dict__, "seed": 99}), tiny_dataset, workers=1, progress=False)
+
+
+def _signal(slug, ctx, u):
+    """The scalar that peaks at each repetition's defining instant."""
+    pose = MOTIONS[slug](u, ctx)
+    p = joints(ctx.body, pose, 0.0)
+    side = ctx.side
+    signals = {"clap": lambda: -np.linalg.norm(pose.hands["left"] - pose.hands["right"]),
+               "punch": lambda: p[J[f"hand_{side}"], 2], "kick": lambda: p[J[f"ankle_{side}"], 2],
+               "bow": lambda: pose.bend, "squat": lambda: -p[J["spine_base"], 1], "jump": lambda: p[J["spine_base"], 1]}
+    return signals[slug]()
+
+
+@pytest.mark.parametrize("slug", ["clap", "punch", "kick", "bow", "squat", "jump"])
+def test_repetition_phases_are_the_motions_peaks(slug):
+    ctx = MotionContext(Body(), "right", 3, 1.0)
+    phases = repetition_phases(slug, 3)
+    assert len(phases) == 3 and phases == sorted(phases) and 0 < phases[0] and phases[-1] < 1
+    u = np.linspace(0, 1, 1201)
+    s = np.array([_signal(slug, ctx, float(x)) for x in u])
+    high = np.flatnonzero(s > s.min() + 0.9 * np.ptp(s))  # near each peak (or plateau): take the middle
+    runs = np.split(high, np.flatnonzero(np.diff(high) > 1) + 1)
+    peaks = [u[r].mean() for r in runs]
+    assert len(peaks) == 3, peaks
+    assert np.allclose(peaks, phases, atol=0.03), (peaks, phases)
+
+
+def test_window_attributes_count_the_repetitions_the_window_holds():
+    clip = render_clip(TINY, ClipName(1, 1, 2, 1, BY_SLUG["clap"].ntu_id))
+    a = clip.attributes
+    n, lo, hi = a["frames"], a["action_start_frame"], a["action_end_frame"]
+    whole = window_attributes(a, 0, n, n)
+    assert whole["repetitions"] == whole["clip_repetitions"] == a["repetitions"] >= 3
+    assert whole["explanation"] == a["explanation"]
+    half = window_attributes(a, 0, (lo + hi) // 2, n)
+    assert 1 <= half["repetitions"] < a["repetitions"] and half["clip_repetitions"] == a["repetitions"]
+    assert half["explanation"] == explain(BY_SLUG["clap"], a["side"], half["repetitions"])
+    rest = window_attributes(half, (lo + hi) // 2, n, n)  # windowing a window's attributes counts from the clip's
+    assert half["repetitions"] + rest["repetitions"] == a["repetitions"]
+    # the same windows of the clip read at twice the frame rate
+    assert window_attributes(a, 0, lo + hi, 2 * n)["repetitions"] == half["repetitions"]
+    assert window_attributes(a, n, n + 10, n)["repetitions"] == 1  # outside the action: at least once
+    drink = render_clip(TINY, ClipName(1, 1, 2, 1, BY_SLUG["drink"].ntu_id)).attributes
+    assert window_attributes(drink, 0, 5, drink["frames"])["explanation"] == drink["explanation"]
+    assert window_attributes({"explanation": "x"}, 0, 32, 64) == {"explanation": "x"}  # not synthetic: unchanged
