@@ -1,10 +1,10 @@
 """LoRA fine-tuning of the language model on action tokens, and the merge back into one model.
 
 Training examples pair a window's action tokens (from a trained VST, run the runtime's way) with
-the clip's label and the reference explanation of what the window shows. peft LoRA adapts the attention and MLP projections;
-the new token rows (<video>, </video>, <act_i>) are trainable through `trainable_token_indices`;
-the loss covers the answer only (label line, explanation, end of turn). The prompt comes from
-`lvlm.prompt`, the same text the llama.cpp worker feeds.
+the clip's label and the reference explanation of what the window shows. peft LoRA adapts the
+attention and MLP projections; the new token rows (<video>, </video>, <act_i>) are trainable
+through `trainable_token_indices`; the loss covers the answer only (label line, explanation, end
+of turn). The prompt comes from `lvlm.prompt`, the same text the llama.cpp worker feeds.
 
 Every example starts with the same instruction prefix (~75 % of its tokens for SmolLM2), so a
 training step runs the prefix once and shares its KV cache across the batch (gradients flow
