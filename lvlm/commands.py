@@ -33,6 +33,8 @@ def register(cli) -> None:
     f.add_argument("--calibration-windows", type=int, default=150,
                    help="augmented windows of held-out training performers (not trained on) that fit the label "
                         "temperature; 0: none")
+    f.add_argument("--no-code-tie", dest="code_tie", action="store_false",
+                   help="train each action token's embedding row alone, not tied to its VST code vector")
     f.add_argument("--resume", action="store_true", help="continue from OUT/finetune_state.pt (checkpointed every 25 steps)")
     f.set_defaults(func=cmd_finetune)
 
@@ -61,7 +63,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from vst.model import load_checkpoint
 
     torch.set_num_threads(os.cpu_count() or 1)
-    codes = load_checkpoint(args.vst).cfg.K
+    vst_model = load_checkpoint(args.vst)
+    codes = vst_model.cfg.K
     calibrate = args.calibration_windows > 0  # then one more view: the held-out performers' augmented windows
     labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip,
                                       views=max(args.views, 2) if calibrate else args.views)
@@ -73,8 +76,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             glossary = json.load(fh)
     model, tokenizer = load(args.base)
     base = add_action_tokens(model, tokenizer, codes, glossary)
-    cfg = FinetuneConfig(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lr=args.lr, batch=args.batch, steps=args.steps)
-    result = finetune(model, tokenizer, base, codes, labels, examples, args.out, cfg, resume=args.resume)
+    cfg = FinetuneConfig(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lr=args.lr, batch=args.batch, steps=args.steps,
+                         code_tie=args.code_tie)
+    result = finetune(model, tokenizer, base, codes, labels, examples, args.out, cfg, resume=args.resume,
+                      codebook=vst_model.quantizer.codebook)
     meta = {k: v for k, v in result.items() if k != "model"}
     meta.update({"base": args.base, "vst": os.path.abspath(args.vst), "examples": len(examples)})
     merged_model = result["model"].merge_and_unload()

@@ -3,8 +3,9 @@
 Training examples pair a window's action tokens (from a trained VST, run the runtime's way) with
 the clip's label and the reference explanation of what the window shows. peft LoRA adapts the
 attention and MLP projections; the new token rows (<video>, </video>, <act_i>) are trainable
-through `trainable_token_indices`; the loss covers the answer only (label line, explanation, end
-of turn). The prompt comes from `lvlm.prompt`, the same text the llama.cpp worker feeds.
+through `trainable_token_indices`, and each action token's row is tied to its VST code vector
+through a learned map (`_code_tie`); the loss covers the answer only (label line, explanation,
+end of turn). The prompt comes from `lvlm.prompt`, the same text the llama.cpp worker feeds.
 
 Every example starts with the same instruction prefix (~75 % of its tokens for SmolLM2), so a
 training step runs the prefix once and shares its KV cache across the batch (gradients flow
@@ -36,6 +37,7 @@ class FinetuneConfig:
     steps: int = 450  # ~3 s each on 2 CPU cores: the whole command stays inside the 30-minute budget
     seed: int = 0
     checkpoint_every: int = 25  # steps between resumable checkpoints (OUT/finetune_state.pt)
+    code_tie: bool = True  # with a VST codebook: each action token's row + a learned map of its code vector
 
 
 def encode(tokenizer, p: prompt.Prompt, base: int, codes: int, example: dict) -> tuple[list[int], list[int]]:
@@ -83,8 +85,29 @@ def _batches(encoded, batch: int, pad: int, rng):
 STATE = "finetune_state.pt"
 
 
+def _code_tie(codebook, hidden: int):
+    """A parametrisation of the trainable token rows (<video>, </video>, <act_0>, ...): each action
+    token's row is its own free row plus a learned linear map of its VST code vector (zero at the
+    start, so training starts from the word initialisation). Every example trains the map for all
+    codes at once, and a code seen rarely in training still reads like the codes near it in the
+    VST's code space, as it does for the VST's own head. The map is folded into the rows before
+    the adapter is saved: the rows, the merged model and the GGUF stay plain."""
+    import torch
+
+    class CodeTie(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("codebook", codebook.detach().float().clone())
+            self.map = torch.nn.Parameter(torch.zeros(hidden, codebook.shape[1]))
+
+        def forward(self, rows):
+            return torch.cat([rows[:2], rows[2:] + self.codebook.to(rows) @ self.map.t().to(rows)])
+
+    return CodeTie()
+
+
 def finetune(model, tokenizer, base: int, codes: int, labels: list[str], examples: list[dict], out: str,
-             cfg: FinetuneConfig, progress: bool = True, resume: bool = False) -> dict:
+             cfg: FinetuneConfig, progress: bool = True, resume: bool = False, codebook=None) -> dict:
     """Train a LoRA adapter on `examples`; saves it (adapter + tokenizer + lvlm.json) to `out`.
     Every `checkpoint_every` steps the trainable weights, the optimizer and the step go to
     OUT/finetune_state.pt; `resume` continues from there (the batch order is replayed, so a
@@ -92,6 +115,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
+    from torch.nn.utils import parametrize
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
@@ -99,6 +123,12 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
                       target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM",
                       trainable_token_indices=list(range(base, base + codes + 2)))
     peft_model = get_peft_model(model, lora)
+    tied_rows = None
+    if codebook is not None and cfg.code_tie:
+        if tuple(codebook.shape[:1]) != (codes,):
+            raise FinetuneError(f"the VST codebook has {codebook.shape[0]} codes, not {codes}")
+        tied_rows = next(m for n, m in peft_model.named_modules() if n.endswith("trainable_tokens_delta"))
+        parametrize.register_parametrization(tied_rows, "default", _code_tie(codebook, tied_rows["default"].shape[1]))
     p = prompt.build(labels)
     prefix = tokenizer.encode(p.prefix, add_special_tokens=False)
     encoded = [encode(tokenizer, p, base, codes, ex) for ex in examples]
@@ -118,7 +148,8 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     state_path = os.path.join(out, STATE)
     if resume and os.path.exists(state_path):
         state = torch.load(state_path, weights_only=False)
-        if state["examples"] != len(examples) or state["config"]["seed"] != cfg.seed or state["config"]["batch"] != cfg.batch:
+        if (state["examples"] != len(examples) or state["config"]["seed"] != cfg.seed or state["config"]["batch"] != cfg.batch
+                or set(state["trainable"]) != set(trainable)):
             raise FinetuneError(f"{state_path} was made with other examples or settings; start without --resume")
         with torch.no_grad():
             for n, q in trainable.items():
@@ -139,10 +170,15 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
                         "opt": opt.state_dict(), "losses": losses, "examples": len(examples), "config": asdict(cfg)},
                        state_path + ".part")
             os.replace(state_path + ".part", state_path)
+    code_map_norm = None
+    if tied_rows is not None:  # fold the map into the rows: the adapter and the merged model are plain again
+        code_map_norm = float(tied_rows.parametrizations["default"][0].map.norm())
+        parametrize.remove_parametrizations(tied_rows, "default", leave_parametrized=True)
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     meta = {"prompt_format_version": prompt.PROMPT_FORMAT_VERSION, "token_id_base": base, "codes": codes,
-            "labels": labels, "config": asdict(cfg), "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:]))}
+            "labels": labels, "config": asdict(cfg), "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
+            "code_map_norm": code_map_norm}
     with open(os.path.join(out, "lvlm.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return {"model": peft_model, **meta}

@@ -15,6 +15,9 @@ from tests.tiny_models import tiny_llama
 LABELS = ["drink water", "hand waving", "sitting down"]
 
 
+CODEBOOK = torch.nn.functional.normalize(torch.randn(16, 6, generator=torch.Generator().manual_seed(0)), dim=-1)
+
+
 def examples(n, codes, seed=0):
     rng = np.random.default_rng(seed)
     out = []
@@ -56,6 +59,32 @@ def test_shared_prefix_loss_equals_the_full_rows_loss(pristine_tokenizer):
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-6, rtol=1e-4)
 
 
+def test_code_tie_moves_the_action_rows_in_and_out_and_folds_into_them(pristine_tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from torch.nn.utils import parametrize
+
+    from lvlm.finetune import _code_tie
+
+    tok = copy.deepcopy(pristine_tokenizer)
+    model = tiny_llama(len(tok))
+    base = add_action_tokens(model, tok, 16)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=list(range(base, base + 18))))
+    rows = next(m for n, m in peft_model.named_modules() if n.endswith("trainable_tokens_delta"))
+    x = torch.tensor([[1, 2, base, base + 2, base + 9]])  # two words, <video>, <act_000>, <act_007>
+    with torch.no_grad():
+        before = peft_model(input_ids=x).logits
+        parametrize.register_parametrization(rows, "default", _code_tie(CODEBOOK, rows["default"].shape[1]))
+        assert torch.equal(peft_model(input_ids=x).logits, before)  # the map starts at zero
+        rows.parametrizations["default"][0].map.normal_()
+        tied = peft_model(input_ids=x).logits
+        # before the first action token the inputs are unchanged: so are the logits of the other tokens
+        assert torch.equal(tied[0, :3, : base + 2], before[0, :3, : base + 2])
+        assert not torch.allclose(tied[0, 0, base + 2:], before[0, 0, base + 2:])  # the tied output rows moved
+        assert not torch.allclose(tied[0, 3:, : base + 2], before[0, 3:, : base + 2])  # the action inputs moved
+        parametrize.remove_parametrizations(rows, "default", leave_parametrized=True)
+        assert torch.allclose(peft_model(input_ids=x).logits, tied, atol=1e-5)  # folded in: the same model
+
+
 @pytest.fixture(scope="module")
 def tuned(pristine_tokenizer, tmp_path_factory):
     tok = copy.deepcopy(pristine_tokenizer)
@@ -63,7 +92,7 @@ def tuned(pristine_tokenizer, tmp_path_factory):
     base = add_action_tokens(model, tok, 16)
     out = str(tmp_path_factory.mktemp("adapter"))
     result = finetune(model, tok, base, 16, LABELS, examples(48, 16), out, FinetuneConfig(steps=120, batch=8, lr=1e-2),
-                      progress=False)
+                      progress=False, codebook=CODEBOOK)
     return tok, base, out, result
 
 
@@ -73,6 +102,8 @@ def test_tiny_llama_lora_finetune_lowers_the_loss(tuned):
     assert result["last_loss"] < 0.6 * result["first_loss"]
     trainable = [n for n, q in result["model"].named_parameters() if q.requires_grad]
     assert any("lora_A" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
+    # the code map was trained, then folded into the rows: no parametrisation is left in the model
+    assert result["code_map_norm"] > 0 and not any("parametrizations" in n for n in trainable)
     assert {"adapter_config.json", "lvlm.json"} <= set(os.listdir(out))
 
 
@@ -303,7 +334,8 @@ def test_resumed_finetune_equals_an_uninterrupted_one(pristine_tokenizer, tmp_pa
         model = tiny_llama(len(tok))
         base = add_action_tokens(model, tok, 16)
         cfg = FinetuneConfig(steps=steps, batch=4, lr=1e-2, lora_dropout=0.0, checkpoint_every=3)
-        r = finetune(model, tok, base, 16, LABELS, examples(16, 16), str(out), cfg, progress=False, resume=resume)
+        r = finetune(model, tok, base, 16, LABELS, examples(16, 16), str(out), cfg, progress=False, resume=resume,
+                     codebook=CODEBOOK)
         return {n: q.detach().clone() for n, q in r["model"].named_parameters() if q.requires_grad}, r
 
     whole, _ = run(tmp_path / "a", 6, False)
@@ -313,6 +345,11 @@ def test_resumed_finetune_equals_an_uninterrupted_one(pristine_tokenizer, tmp_pa
     for n in whole:
         assert torch.allclose(whole[n], resumed[n], atol=1e-6), n
     assert len(json.load(open(tmp_path / "b" / "lvlm.json"))["config"]) and r["first_loss"] > 0
+    with pytest.raises(FinetuneError, match="other examples or settings"):  # the checkpoint has a code map
+        tok = copy.deepcopy(pristine_tokenizer)
+        model = tiny_llama(len(tok))
+        finetune(model, tok, add_action_tokens(model, tok, 16), 16, LABELS, examples(16, 16), str(tmp_path / "b"),
+                 FinetuneConfig(steps=6, batch=4, checkpoint_every=3), progress=False, resume=True)
     with pytest.raises(FinetuneError, match="other examples or settings"):
         tok = copy.deepcopy(pristine_tokenizer)
         model = tiny_llama(len(tok))
