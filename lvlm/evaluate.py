@@ -153,7 +153,8 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
             if {"limb", "motion", "repetitions"} <= set(attrs):
                 row["check"] = check(r.explanation, attrs)
                 if "clip_repetitions" in attrs:  # the count the whole clip has, beyond the window
-                    row["check"]["clip_repetitions"] = check(r.explanation, {**attrs, "repetitions": attrs["clip_repetitions"]})["repetitions"]
+                    whole_clip = {**attrs, "repetitions": attrs["clip_repetitions"]}
+                    row["check"]["clip_repetitions"] = check(r.explanation, whole_clip)["repetitions"]
         readings.append(row)
     n = len(readings)
     correct = [r["predicted"] == r["label"] for r in readings]

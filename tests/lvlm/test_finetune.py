@@ -68,7 +68,8 @@ def test_code_tie_moves_the_action_rows_in_and_out_and_folds_into_them(pristine_
     tok = copy.deepcopy(pristine_tokenizer)
     model = tiny_llama(len(tok))
     base = add_action_tokens(model, tok, 16)
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=list(range(base, base + 18))))
+    lora = LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=list(range(base, base + 18)))
+    peft_model = get_peft_model(model, lora)
     rows = next(m for n, m in peft_model.named_modules() if n.endswith("trainable_tokens_delta"))
     x = torch.tensor([[1, 2, base, base + 2, base + 9]])  # two words, <video>, <act_000>, <act_007>
     with torch.no_grad():
