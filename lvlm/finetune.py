@@ -125,7 +125,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     peft_model = get_peft_model(model, lora)
     tied_rows = None
     if codebook is not None and cfg.code_tie:
-        if tuple(codebook.shape[:1]) != (codes,):
+        if codebook.shape[0] != codes:
             raise FinetuneError(f"the VST codebook has {codebook.shape[0]} codes, not {codes}")
         tied_rows = next(m for n, m in peft_model.named_modules() if n.endswith("trainable_tokens_delta"))
         parametrize.register_parametrization(tied_rows, "default", _code_tie(codebook, tied_rows["default"].shape[1]))

@@ -95,6 +95,13 @@ def mirror_attributes(attrs: dict) -> dict:
             "explanation": explain(action, side, int(attrs["repetitions"]))}
 
 
+def action_span(attrs: dict, frames: int) -> tuple[float, float]:
+    """The action's first and end frame (attributes `action_start_frame`, `action_end_frame`) in a
+    reading of the clip that has `frames` frames: the cache may run at another fps than the clip."""
+    ratio = frames / max(attrs["frames"], 1)
+    return attrs["action_start_frame"] * ratio, attrs["action_end_frame"] * ratio
+
+
 def window_attributes(attrs: dict, start: int, stop: int, frames: int) -> dict:
     """A clip's motion attributes as the window of frames [start, stop) sees them (`frames`: the
     clip's length as read, which may run at another fps than it was rendered at): the repetitions
@@ -106,8 +113,7 @@ def window_attributes(attrs: dict, start: int, stop: int, frames: int) -> dict:
     if action is None or not attrs.get("frames") or not {"action_start_frame", "repetitions", "side"} <= set(attrs):
         return dict(attrs)
     reps = int(attrs.get("clip_repetitions", attrs["repetitions"]))
-    ratio = frames / attrs["frames"]
-    lo, hi = attrs["action_start_frame"] * ratio, attrs["action_end_frame"] * ratio
+    lo, hi = action_span(attrs, frames)
     seen = max(1, sum(start <= lo + u * (hi - lo) < stop for u in repetition_phases(action.slug, reps)))
     return {**attrs, "repetitions": seen, "clip_repetitions": reps, "explanation": explain(action, attrs["side"], seen)}
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vst.actions import action_span
 from vst.cache import Cache
 from vst.model import VSTConfig
 from vst.skeleton import J, JOINT_NAMES
@@ -102,8 +103,7 @@ def action_frames(clip: dict) -> tuple[int, int]:
     attrs = clip.get("attributes") or {}
     n = clip["frames"]
     if "action_start_frame" in attrs and attrs.get("fps"):
-        ratio = n / max(attrs["frames"], 1)  # the cache may run at another fps than the clip
-        lo, hi = int(attrs["action_start_frame"] * ratio), int(attrs["action_end_frame"] * ratio)
+        lo, hi = (int(f) for f in action_span(attrs, n))
         if hi > lo:
             return lo, min(hi, n)
     return int(n * 0.2), max(int(n * 0.8), int(n * 0.2) + 1)
