@@ -31,8 +31,9 @@ def register(cli) -> None:
     f.add_argument("--views", type=int, default=1,
                    help="views per training clip: 1 = as recorded; more adds the VST's augmentations (flip swaps the side)")
     f.add_argument("--calibration-windows", type=int, default=150,
-                   help="augmented windows of held-out training performers (not trained on) that fit the label "
-                        "temperature; 0: none")
+                   help="windows of held-out training performers that fit the label temperature: those the "
+                        "VST was not trained on either (train vst --hold-out), else augmented windows of 15 %% "
+                        "of the performers; 0: none")
     f.add_argument("--no-code-tie", dest="code_tie", action="store_false",
                    help="train each action token's embedding row alone, not tied to its VST code vector")
     f.add_argument("--resume", action="store_true", help="continue from OUT/finetune_state.pt (checkpointed every 25 steps)")
@@ -61,14 +62,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from lvlm.vocab import add_action_tokens
     from vst.cache import spread
     from vst.model import load_checkpoint
+    from vst.ntu import performer_of
+    from vst.train import held_out
 
     torch.set_num_threads(os.cpu_count() or 1)
     vst_model = load_checkpoint(args.vst)
     codes = vst_model.cfg.K
-    calibrate = args.calibration_windows > 0  # then one more view: the held-out performers' augmented windows
-    labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip,
-                                      views=max(args.views, 2) if calibrate else args.views)
-    examples, held = calibration_split(examples, args.views, 0.15 if calibrate else 0.0)
+    calibrate = args.calibration_windows > 0
+    vst_held = held_out(args.vst) if calibrate else set()
+    # calibration on performers the VST saw needs one more view: their augmented windows
+    views = max(args.views, 2) if calibrate and not vst_held else args.views
+    labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip, views=views)
+    examples, held = calibration_split(examples, args.views, 0.15 if calibrate else 0.0, vst_held)
     glossary = None
     gpath = os.path.join(args.vst, "glossary.json")
     if os.path.exists(gpath):
@@ -86,8 +91,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if held:
         reader = Reader(TransformersBackend(merged_model, tokenizer), labels, base, codes)
         cal = fit_temperature(reader, spread(held, args.calibration_windows))
+        cal.update(performers=sorted({performer_of(ex["clip"]) for ex in held}), unseen_by_vst=bool(vst_held))
         meta.update({"label_temperature": cal["temperature"], "calibration": cal})
-        print(f"label temperature {cal['temperature']:.3f} on {cal['windows']} held-out windows "
+        print(f"label temperature {cal['temperature']:.3f} on {cal['windows']} windows of held-out performers "
+              f"{', '.join(cal['performers'])}{'' if vst_held else ' (augmented; the VST trained on them)'} "
               f"(ECE {cal['ece_t1']:.3f} -> {cal['ece']:.3f}, label top-1 {cal['top1']:.1%})")
     merged = merge(merged_model, tokenizer, os.path.join(args.out, "merged"), meta)
     with open(os.path.join(args.out, "lvlm.json"), "w") as fh:

@@ -172,7 +172,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
             os.replace(state_path + ".part", state_path)
     code_map_norm = None
     if tied_rows is not None:  # fold the map into the rows: the adapter and the merged model are plain again
-        code_map_norm = float(tied_rows.parametrizations["default"][0].map.norm())
+        code_map_norm = float(tied_rows.parametrizations["default"][0].map.detach().norm())
         parametrize.remove_parametrizations(tied_rows, "default", leave_parametrized=True)
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -197,43 +197,33 @@ def merge(model, tokenizer, out: str, meta: dict | None = None) -> str:
     return out
 
 
-def hold_out(examples: list[dict], share: float = 0.15) -> tuple[list[dict], list[dict]]:
-    """(training, held-out) examples: the held-out windows come from whole performers (every
-    1/share-th training performer, by the NTU clip name), so they are as new to the language model
-    as the test performers; clips without a performer id are split by name."""
-    import zlib
+def hold_out(examples: list[dict], share: float = 0.15, held: set[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(training, held-out) examples: the held-out windows come from whole performers
+    (`vst.ntu.held_out_performers` of `share`, or the performers named in `held`), so they are as
+    new to the language model as the test performers; clips without a performer id are split by name."""
+    from vst.ntu import held_out_performers, performer_of
 
-    from vst.ntu import ClipName, DatasetError
-
-    if share <= 0:
-        return examples, []
-
-    def who(ex):
-        try:
-            return f"P{ClipName.parse(ex['clip']).performer:03d}"
-        except DatasetError:
-            return ex["clip"]
-
-    people = sorted({who(ex) for ex in examples})
-    every = max(2, round(1 / share))
-    if len(people) >= every:
-        held = set(people[every // 2::every])
-    else:
-        held = {p for p in people if zlib.crc32(p.encode()) % every == 0}
-    train = [ex for ex in examples if who(ex) not in held]
+    if held is None:
+        held = held_out_performers([ex["clip"] for ex in examples], share)
+    train = [ex for ex in examples if performer_of(ex["clip"]) not in held]
     if not train:  # one performer, or one clip: nothing to spare
         return examples, []
-    return train, [ex for ex in examples if who(ex) in held]
+    return train, [ex for ex in examples if performer_of(ex["clip"]) in held]
 
 
-def calibration_split(examples: list[dict], views: int, share: float = 0.15) -> tuple[list[dict], list[dict]]:
-    """(training, calibration) windows from `build_examples` output made with more than `views`
-    views. Training: views 0..views-1 of the training performers. Calibration: the augmented
-    views (view > 0) of the performers `hold_out` keeps back. The VST was trained on every training
-    performer, so their plain windows read better than an unseen performer's and a temperature
-    fitted on them comes out too sharp (default fine-tune: 90.0 % label top-1 on them against
-    83.8 % on test windows); the VST's augmentations (crop, colour, flip) make them read like new
-    performers' windows (83.3 %). README, Performance, has the temperatures and ECEs."""
+def calibration_split(examples: list[dict], views: int, share: float = 0.15,
+                      vst_held: set[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """(training, calibration) windows from `build_examples` output. Training: views 0..views-1
+    of the performers not held out. Calibration, when the VST was not trained on some performers
+    (`vst_held`, from `train vst --hold-out`): their windows as recorded (view 0), new to both
+    models like a test performer's. Otherwise (a VST trained on every performer; the examples
+    then need more than `views` views): the augmented views (view > 0) of the performers
+    `hold_out` keeps back, since their plain windows read better than a new performer's and a
+    temperature fitted on them comes out too sharp (README, Performance: 94.0 % label top-1 on
+    them against 84.5 % on test windows)."""
+    if vst_held:
+        train, held = hold_out(examples, held=vst_held)
+        return [ex for ex in train if ex["view"] < views], [ex for ex in held if ex["view"] == 0]
     train, held = hold_out(examples, share)
     return [ex for ex in train if ex["view"] < views], [ex for ex in held if ex["view"] > 0]
 

@@ -49,7 +49,7 @@ def register(cli) -> None:
     t.add_argument("--protocol", required=True, choices=tuple(PROTOCOLS))
     t.add_argument("--out", required=True, help="run folder")
     t.add_argument("--size", choices=("small", "base"), default="small",
-                   help="small: R=64, trains on a 2-core CPU in ~9 min; base: R=112")
+                   help="both R=112; small (the default) trains on a 2-core CPU in ~17 min, base is wider")
     t.add_argument("--frame-steps", type=int, default=None, help="stage 1 steps (single frames; default 6000)")
     t.add_argument("--epochs", type=int, default=None, help="stage 2 epochs over cached features (default 100)")
     t.add_argument("--views", type=int, default=None, help="augmented feature views per training clip (default 6)")
@@ -57,6 +57,9 @@ def register(cli) -> None:
     t.add_argument("--lr", type=float, default=None, help="stage 2 learning rate (default 3e-3)")
     t.add_argument("--minutes", type=float, default=None, help="stop after this long; continue later with --resume")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--hold-out", type=float, default=None,
+                   help="share of training performers the VST does not train on, for the language model's "
+                        "calibration (default 0: train on every performer)")
     t.add_argument("--resume", action="store_true", help="continue from RUN/last_state.pt")
     t.set_defaults(func=cmd_train)
 
@@ -143,7 +146,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from vst.train import TrainConfig, train
 
-    given = {"frame_steps": args.frame_steps, "epochs": args.epochs, "views": args.views, "batch": args.batch, "lr": args.lr}
+    if args.hold_out is not None:
+        _check_range("hold-out", args.hold_out, 0.0, 0.5)
+    given = {"frame_steps": args.frame_steps, "epochs": args.epochs, "views": args.views, "batch": args.batch, "lr": args.lr,
+             "hold_out": args.hold_out}
     tc = TrainConfig(protocol=args.protocol, size=args.size, minutes=args.minutes, seed=args.seed,
                      **{k: v for k, v in given.items() if v is not None})
     result = train(args.data, args.out, tc, resume=args.resume)

@@ -74,6 +74,32 @@ def split_of(name: ClipName, protocol: str) -> str:
     raise DatasetError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
 
+def performer_of(clip: str) -> str:
+    """The group a clip belongs to in a performer hold-out: its performer ('P004') by the NTU clip
+    name; a clip without one is a group of its own."""
+    try:
+        return f"P{ClipName.parse(clip).performer:03d}"
+    except DatasetError:
+        return clip
+
+
+def held_out_performers(clips, share: float) -> set[str]:
+    """The performers (`performer_of` groups) a hold-out of `share` keeps back from the clips
+    named: every 1/share-th of them in id order, starting halfway into the first stride (20
+    training performers, 0.15: the 4th, 11th and 18th); with fewer groups than that, a stable
+    hash picks them. Whole performers, so that what is held back is as new as a test performer.
+    The VST's training (`train vst --hold-out`) and the language model's calibration use it."""
+    import zlib
+
+    if share <= 0:
+        return set()
+    people = sorted({performer_of(c) for c in clips})
+    every = max(2, round(1 / share))
+    if len(people) >= every:
+        return set(people[every // 2::every])
+    return {p for p in people if zlib.crc32(p.encode()) % every == 0}
+
+
 @dataclass(frozen=True)
 class ClipRecord:
     name: ClipName

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from vst.cache import Cache, spread
 from vst.evaluate import check_cache, evaluate, stability_text
 from vst.model import SIZES, VST, VSTConfig, load_checkpoint, save_checkpoint
-from vst.ntu import DatasetError
+from vst.ntu import DatasetError, held_out_performers, performer_of
 from vst.windows import Augment, FeatureWindowSampler, augment_frames, encode_clip, frame_batches
 
 
@@ -63,6 +63,7 @@ class TrainConfig:
     loader_workers: int = -1  # stage-1 sampling processes; -1: none on the CPU, up to 8 beside a GPU
     minutes: float | None = None  # stop after this much time (resume later with --resume)
     seed: int = 0
+    hold_out: float = 0.0  # share of training performers kept out (the language model then calibrates on them)
 
 
 def seed_everything(seed: int) -> None:
@@ -290,7 +291,8 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
     if resume and os.path.exists(state_path):
         model = load_checkpoint(out, "last")
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        tc = TrainConfig(**{**state["train_config"], "minutes": tc.minutes})  # the time limit is this call's
+        # the time limit is this call's; a run from before --hold-out trained on every performer
+        tc = TrainConfig(**{"hold_out": 0.0, **state["train_config"], "minutes": tc.minutes})
         torch.set_rng_state(state["torch_rng"])
     else:
         if tc.size not in SIZES:
@@ -303,12 +305,18 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
         seed_everything(tc.seed)
         model = VST(cfg)
     check_cache(cache, model.cfg)
+    held = held_out_performers([c["name"] for c in train_clips], tc.hold_out)
+    kept = [c for c in train_clips if performer_of(c["name"]) not in held]
+    if not kept:  # a single performer: nothing to spare
+        held, kept = set(), train_clips
+    train_clips = kept
     test_clips = [c for c in test_clips if c["action"] in model.cfg.classes]
     eval_clips = spread(test_clips, tc.eval_clips, tc.seed)
     model.to(device)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w") as f:
-        json.dump({**asdict(tc), "cache": os.path.abspath(cache_dir), "classes": model.cfg.classes}, f, indent=1)
+        json.dump({**asdict(tc), "cache": os.path.abspath(cache_dir), "classes": model.cfg.classes,
+                   "held_out": sorted(held)}, f, indent=1)
     run = _Run(out, model, tc, device)
     done = True
     best = state["best_record"] if state else None
@@ -322,12 +330,23 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
     return {"steps": steps, "seconds": round(time.monotonic() - run.t0, 1), "best": best, "stopped_early": not done}
 
 
+def _training_record(run: str) -> dict:
+    """RUN/train_config.json ({} when it is missing or unreadable)."""
+    try:
+        with open(os.path.join(run, "train_config.json")) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def training_cache(run: str) -> str | None:
     """The prepared cache a VST run was trained on (recorded in RUN/train_config.json), if it is
     still there; None otherwise."""
-    try:
-        with open(os.path.join(run, "train_config.json")) as f:
-            cache = json.load(f).get("cache")
-    except (OSError, ValueError, TypeError):
-        return None
-    return cache if cache and os.path.exists(os.path.join(cache, "index.json")) else None
+    cache = _training_record(run).get("cache")
+    return cache if isinstance(cache, str) and os.path.exists(os.path.join(cache, "index.json")) else None
+
+
+def held_out(run: str) -> set[str]:
+    """The training performers ('P004') a VST run was not trained on (`train vst --hold-out`)."""
+    return set(_training_record(run).get("held_out") or [])

@@ -21,7 +21,9 @@ MIRROR = [J[n.replace("left", "@").replace("right", "left").replace("@", "right"
 
 @dataclass
 class Augment:
-    crop_scale: tuple[float, float] = (0.85, 1.0)  # share of the frame side kept
+    # side of the square window taken, as a share of the frame side: below 1 zooms in, above 1 zooms
+    # out (the frame padded with its edge pixels), so people appear larger and smaller than recorded
+    crop_scale: tuple[float, float] = (0.85, 1.2)
     speed: tuple[float, float] = (0.8, 1.25)  # temporal speed jitter
     brightness: float = 0.25
     contrast: float = 0.25
@@ -65,8 +67,12 @@ def augment_frames(frames: np.ndarray, rng: np.random.Generator, a: Augment, poi
     x = torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float()  # L, 3, R, R
     r = x.shape[-1]
     side = int(round(r * rng.uniform(*a.crop_scale)))
-    top, left = rng.integers(0, r - side + 1, 2)
-    x = x[:, :, top:top + side, left:left + side]
+    if side <= r:
+        top, left = rng.integers(0, r - side + 1, 2)
+        x = x[:, :, top:top + side, left:left + side]
+    else:  # zoom out: the window reaches past the frame, whose edge pixels fill the rest
+        top, left = -rng.integers(0, side - r + 1, 2)
+        x = F.pad(x, (-left, side - r + left, -top, side - r + top), mode="replicate")
     if side != r:
         x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
     gain = torch.tensor(1 + rng.uniform(-a.channel_gain, a.channel_gain, 3), dtype=torch.float32).view(1, 3, 1, 1)

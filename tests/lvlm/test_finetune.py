@@ -182,6 +182,12 @@ def test_calibration_uses_augmented_windows_of_held_out_performers():
         assert {x["view"] for x in train} == set(range(views)) and not held_people & {x["clip"] for x in train}
         assert {x["view"] for x in cal} == {1, 2} and {x["clip"] for x in cal} == held_people
     assert calibration_split(exs, 1, 0.0) == ([x for x in exs if x["view"] == 0], [])
+    # performers the VST did not train on: their windows as recorded, whatever the share
+    for views in (1, 2):
+        train, cal = calibration_split(exs, views, 0.0, {"P007", "P011"})
+        assert {x["view"] for x in train} == set(range(views)) and {x["view"] for x in cal} == {0}
+        assert {x["clip"][8:12] for x in cal} == {"P007", "P011"} and len(cal) == 2
+        assert not {"P007", "P011"} & {x["clip"][8:12] for x in train}
 
 
 @pytest.mark.slow
@@ -267,9 +273,34 @@ def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run,
     assert meta["codes"] == 32 and meta["token_id_base"] == len(pristine_tokenizer) and len(meta["labels"]) == 3
     assert (ad / "merged" / "model.safetensors").exists()
     assert meta["label_temperature"] > 0 and meta["calibration"]["windows"] > 0
+    # the VST trained on every performer: augmented windows of one held back from the fine-tune
+    assert meta["calibration"]["performers"] == ["P001"] and not meta["calibration"]["unseen_by_vst"]
     assert meta == json.load(open(ad / "lvlm.json"))
     r = run_cli("finetune", "--vst", tiny_run[0], "--data", cache32, "--base", "no-such-model", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown base model" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_finetune_calibrates_on_the_performers_the_vst_did_not_train_on(tiny_run, cache32, cli_adapter, tmp_path):
+    """A VST run that records held-out performers (`train vst --hold-out`): the fine-tune neither
+    trains on them nor augments them; it fits the temperature on their windows as recorded."""
+    import shutil
+
+    from tests.helpers import run_cli
+
+    run = tmp_path / "vst"
+    shutil.copytree(tiny_run[0], run)
+    record = json.load(open(run / "train_config.json"))
+    json.dump({**record, "held_out": ["P002"]}, open(run / "train_config.json", "w"))
+    base = cli_adapter[0].parent / "tiny-llama"
+    r = run_cli("finetune", "--vst", str(run), "--data", cache32, "--base", str(base), "--out", str(tmp_path / "ad"),
+                "--steps", "2", "--batch", "4", "--calibration-windows", "6", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.load(open(tmp_path / "ad" / "lvlm.json"))
+    assert meta["calibration"]["performers"] == ["P002"] and meta["calibration"]["unseen_by_vst"]
+    # trained on P001's windows alone: its 18 clips give 27 (up to 3 each; the short ones fewer)
+    assert meta["calibration"]["windows"] == 6 and meta["examples"] == 27
+    assert "held-out performers P002" in r.stdout
 
 
 @pytest.mark.slow

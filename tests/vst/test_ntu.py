@@ -70,3 +70,13 @@ def test_scan_missing_or_empty_folder(tmp_path):
     with pytest.raises(DatasetError, match="no NTU RGB"):
         scan(str(tmp_path))
     assert os.path.isdir(tmp_path)
+
+
+def test_held_out_performers_are_whole_and_stable():
+    from vst.ntu import held_out_performers, performer_of
+
+    names = [f"S001C00{c}P{p:03d}R001A001" for p in sorted(XSUB60_TRAIN) for c in (1, 2, 3)]
+    held = held_out_performers(names, 0.15)
+    assert held == {"P005", "P017", "P034"}  # the 4th, 11th and 18th of the 20 training performers
+    assert held_out_performers(reversed(names), 0.15) == held and held_out_performers(names, 0.0) == set()
+    assert performer_of("S001C002P003R002A013_rgb.avi") == "P003" and performer_of("door_cam") == "door_cam"

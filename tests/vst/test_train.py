@@ -58,6 +58,19 @@ def test_without_2d_skeletons_the_encoder_keeps_appearance_features(cache32, tmp
     assert cfg.pose_joints == 0 and cfg.appearance and cfg.feature_size == TINY_VST["D"]
 
 
+def test_held_out_performers_are_not_trained_on(cache32, tmp_path):
+    """--hold-out keeps whole training performers out of the VST (the language model calibrates on
+    them) and records them in the run: 18 of the 36 training clips remain, 3 steps of 8 an epoch."""
+    from vst.train import held_out
+
+    out = str(tmp_path / "run")
+    tc = TrainConfig(**{**FAST, "hold_out": 0.5, "frame_steps": 4, "epochs": 2, "eval_every_epochs": 2})
+    result = train(cache32, out, tc, progress=False, overrides=TINY_VST)
+    assert result["steps"] == 2 * 3
+    assert json.load(open(os.path.join(out, "train_config.json")))["held_out"] == ["P002"] == sorted(held_out(out))
+    assert held_out(str(tmp_path / "nothing")) == set()
+
+
 @pytest.mark.slow
 def test_resume_continues_where_it_stopped(cache32, tmp_path):
     out = str(tmp_path / "run")

@@ -40,15 +40,19 @@ def test_augmentation_moves_pose_targets_with_the_pixels():
     pts = np.zeros((25, 2), np.float32)
     pts[:] = 0.5
     x, y = 20, 30
-    frame[0, y, x] = 255
+    frame[0, y - 1:y + 2, x - 1:x + 2] = 255  # a 3x3 spot centred on (x, y)
     pts[J["hand_left"]] = ((x + 0.5) / r, (y + 0.5) / r)
-    for seed in range(5):
-        out, flipped, moved = augment_frames(frame, np.random.default_rng(seed), Augment(crop_scale=(0.7, 0.9), flip=1.0), pts)
-        assert flipped
-        yy, xx = np.unravel_index(out[0].numpy().astype(int).sum(-1).argmax(), (r, r))
-        # after a flip the left hand's point is the right hand's target
-        px, py = moved[J["hand_right"]] * r
-        assert abs(px - (xx + 0.5)) <= 1.5 and abs(py - (yy + 0.5)) <= 1.5, (seed, px, py, xx, yy)
+    for scale in ((0.7, 0.9), (1.1, 1.4)):  # zoom in, zoom out (the frame padded with its edge)
+        for seed in range(5):
+            aug = Augment(crop_scale=scale, flip=1.0, brightness=0, contrast=0, channel_gain=0)
+            out, flipped, moved = augment_frames(frame, np.random.default_rng(seed), aug, pts)
+            assert flipped and out.shape == frame.shape
+            yy, xx = np.unravel_index(out[0].numpy().astype(int).sum(-1).argmax(), (r, r))
+            # after a flip the left hand's point is the right hand's target
+            px, py = moved[J["hand_right"]] * r
+            assert abs(px - (xx + 0.5)) <= 1.5 and abs(py - (yy + 0.5)) <= 1.5, (scale, seed, px, py, xx, yy)
+            mass = out[0].numpy()[..., 0].astype(float).sum() / 255  # the spot's area: 9 pixels, scaled by the zoom
+            assert (mass > 9 / 0.9 ** 2 * 0.9) if scale[0] < 1 else (mass < 9 / 1.1 ** 2 * 1.1), (scale, seed, mass)
     assert sorted(MIRROR) == list(range(25)) and MIRROR[J["knee_left"]] == J["knee_right"] and MIRROR[J["head"]] == J["head"]
 
 
