@@ -128,7 +128,7 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     if quant != "F16":
         os.remove(f16)
     _log(progress, f"GGUF {quant}: F16 top-1 agreement with transformers {logits['top1_agreement']:.2%} over "
-                   f"{logits['positions']} positions; label agreement {quant} vs transformers {labels['label_agreement']:.2%} "
+                   f"{logits['positions']} positions ({logits['top1_agreement_outside_ties']:.2%} outside near-ties); label agreement {quant} vs transformers {labels['label_agreement']:.2%} "
                    f"on {labels['windows']} test windows")
 
     files = ["frame_encoder.onnx", "frame_encoder.fp16.onnx", "token_engine.onnx", gguf_name, "glossary.json", "calibration.npy"]

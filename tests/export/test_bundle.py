@@ -31,7 +31,10 @@ def test_bundle_holds_verified_engines_and_model(tiny_bundle, tiny_run):
     p = m["parity"]
     assert p["onnx"]["max_abs_feature_error"] < 1e-4 and p["onnx"]["token_agreement"] >= 0.995
     assert p["onnx"]["label_agreement"] == 1.0
-    assert p["gguf_f16_logits"]["top1_agreement"] >= 0.99 and p["gguf_f16_logits"]["positions"] > 500
+    f16 = p["gguf_f16_logits"]
+    assert f16["positions"] > 500 and f16["max_probability_difference"] < 0.01
+    # the tiny model has near-ties that F16 rounding may flip; outside them llama.cpp agrees
+    assert f16["top1_agreement_outside_ties"] >= 0.995 and f16["top1_agreement"] >= 0.95
     assert 0 <= p["gguf_q4_k_m_labels"]["label_agreement"] <= 1 and p["gguf_q4_k_m_labels"]["windows"] == 12
     calib = np.load(os.path.join(out, "calibration.npy"))
     assert calib.dtype == np.uint8 and calib.shape[1:] == (32, 32, 3) and len(calib) == m["calibration"]["frames"]
