@@ -87,8 +87,9 @@ def held_out_performers(clips, share: float) -> set[str]:
     """The performers (`performer_of` groups) a hold-out of `share` keeps back from the clips
     named: every 1/share-th of them in id order, starting halfway into the first stride (20
     training performers, 0.15: the 4th, 11th and 18th); with fewer groups than that, a stable
-    hash picks them. Whole performers, so that what is held back is as new as a test performer.
-    The VST's training (`train vst --hold-out`) and the language model's calibration use it."""
+    hash picks them, and never all of them (one performer: nothing to spare). Whole performers, so
+    that what is held back is as new as a test performer. The VST's training (`train vst
+    --hold-out`) and the language model's calibration use it."""
     import zlib
 
     if share <= 0:
@@ -97,7 +98,8 @@ def held_out_performers(clips, share: float) -> set[str]:
     every = max(2, round(1 / share))
     if len(people) >= every:
         return set(people[every // 2::every])
-    return {p for p in people if zlib.crc32(p.encode()) % every == 0}
+    held = {p for p in people if zlib.crc32(p.encode()) % every == 0}
+    return held if len(held) < len(people) else set()
 
 
 @dataclass(frozen=True)

@@ -306,10 +306,7 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
         model = VST(cfg)
     check_cache(cache, model.cfg)
     held = held_out_performers([c["name"] for c in train_clips], tc.hold_out)
-    kept = [c for c in train_clips if performer_of(c["name"]) not in held]
-    if not kept:  # a single performer: nothing to spare
-        held, kept = set(), train_clips
-    train_clips = kept
+    train_clips = [c for c in train_clips if performer_of(c["name"]) not in held]
     test_clips = [c for c in test_clips if c["action"] in model.cfg.classes]
     eval_clips = spread(test_clips, tc.eval_clips, tc.seed)
     model.to(device)

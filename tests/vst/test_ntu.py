@@ -80,3 +80,4 @@ def test_held_out_performers_are_whole_and_stable():
     assert held == {"P005", "P017", "P034"}  # the 4th, 11th and 18th of the 20 training performers
     assert held_out_performers(reversed(names), 0.15) == held and held_out_performers(names, 0.0) == set()
     assert performer_of("S001C002P003R002A013_rgb.avi") == "P003" and performer_of("door_cam") == "door_cam"
+    assert held_out_performers(["door_cam"], 0.5) == set()  # the hash would pick it: never everyone
