@@ -171,6 +171,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"codebook: {m['codes_used']:.0%} of codes used, perplexity {m['perplexity']:.1f}; "
           f"token stability {stability_text(m['token_stability'])}; {m['tokens_per_window']} tokens per window, "
           f"{m['tokens_per_second']:.1f} tokens per second of video")
+    known = {k: v for k, v in m["attributes"].items() if v is not None}
+    if known:
+        print("attribute heads on the tokens, per window: "
+              + ", ".join(f"{k} {v:.1%}" for k, v in known.items()))
     print(f"wrote {m['out']}/metrics.json and {m['out']}/confusion.png")
     return 0
 

@@ -1,7 +1,8 @@
 """VST evaluation on a protocol's test split: semantic-head top-1/top-5 (per clip: mean of the
 window probabilities; and per window), per-class accuracy, a confusion-matrix PNG, codebook health
-(codes used, perplexity), token stability between consecutive overlapping windows, and tokens
-per second of video."""
+(codes used, perplexity), token stability between consecutive overlapping windows, tokens per
+second of video and, on synthetic data, how well the tokens carry the motion attributes the
+explanations state (the attribute heads' limb side and the repetitions each window holds)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from vst.cache import Cache
-from vst.windows import clip_windows, feature_windows
+from vst.windows import clip_targets, clip_windows, feature_windows
 
 
 def stability_text(value: float | None) -> str:
@@ -38,6 +39,7 @@ def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, fea
     n_cls = len(cfg.classes)
     confusion = np.zeros((n_cls, n_cls), np.int64)
     top5 = win_correct = win_total = equal = compared = 0
+    attr = {"side": [0, 0], "repetitions": [0, 0]}  # [right, windows with a target]
     all_ids = []
     for i, clip in enumerate(tqdm(clips, desc="eval", unit="clip", disable=not progress)):
         out = feature_windows(model, features[i]) if features is not None else clip_windows(model, cache.clip_frames(clip))
@@ -51,6 +53,16 @@ def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, fea
         e, c = token_stability(out["ids"], cfg.shift)
         equal, compared = equal + e, compared + c
         all_ids.append(out["ids"].reshape(-1))
+        if "aux" in out:
+            _, side, clip_reps = clip_targets(clip, cfg)
+            # counting is only asked of repeated actions: a one-off action's window holds it once
+            reps = torch.tensor([clip_targets(clip, cfg, (s, s + cfg.W))[2] if clip_reps > 0 else -1
+                                 for s in out["starts"]])
+            for key, pred, target in (("side", out["aux"][:, :2].argmax(-1), torch.full_like(reps, side)),
+                                      ("repetitions", out["aux"][:, 2:].argmax(-1), reps)):
+                known = target >= 0
+                attr[key][0] += int((pred[known] == target[known]).sum())
+                attr[key][1] += int(known.sum())
     ids = torch.cat(all_ids)
     used, perplexity = model.quantizer.usage(ids)
     total = int(confusion.sum())
@@ -69,6 +81,9 @@ def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, fea
         "tokens_per_window": cfg.T,
         "tokens_per_second": cfg.T * cfg.fps / cfg.S,
         "confusion": confusion.tolist(),
+        # window accuracy of the attribute heads on the quantized tokens (side: one-sided actions;
+        # repetitions: the count each window holds, clips of more than one); None without targets
+        "attributes": {k: (right / n if n else None) for k, (right, n) in attr.items()},
     }
 
 

@@ -100,7 +100,7 @@ def token_losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0
     stats = {"ce": ce.item(), "commit": out["commit"].item(), "consistency": consistency.item(),
              "acc": (out["logits"].argmax(-1) == labels).float().mean().item()}
     if model.aux is not None:
-        side, reps = batch["side"].repeat(2), batch["reps"].repeat(2)
+        side, reps = batch["side"].repeat(2), batch["reps"].t().reshape(-1)  # [first windows, second windows]
         aux = out["aux"]
         aux_loss = torch.zeros((), device=loss.device)
         if (side >= 0).any():

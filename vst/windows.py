@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vst.actions import action_span
+from vst.actions import action_span, window_attributes
 from vst.cache import Cache
 from vst.model import VSTConfig
 from vst.skeleton import J, JOINT_NAMES
@@ -47,15 +47,18 @@ def pad_to(frames: np.ndarray, length: int) -> np.ndarray:
     return np.concatenate([frames, np.repeat(frames[-1:], length - len(frames), axis=0)])
 
 
-def clip_targets(clip: dict, cfg: VSTConfig) -> tuple[int, int, int]:
+def clip_targets(clip: dict, cfg: VSTConfig, window: tuple[int, int] | None = None) -> tuple[int, int, int]:
     """(class index, side index or -1, repetitions index or -1) of a cached clip. The side is a
     target only where the action's limb has one ("right hand", "left leg"): synthetic clips of
     two-sided or whole-body actions still record the performer's chosen side, which the motion
-    does not show."""
+    does not show. With `window` (first and end frame of the clip as cached) the repetitions are
+    those the window holds (`vst.actions.window_attributes`), the count its explanation states."""
     label = cfg.classes.index(clip["action"])
     attrs = clip.get("attributes") or {}
     sided = attrs.get("side") in SIDES and str(attrs.get("limb", "")).split(" ")[0] == attrs["side"]
     side = SIDES.index(attrs["side"]) if sided else -1
+    if window is not None and attrs:
+        attrs = window_attributes(attrs, window[0], window[1], clip["frames"])
     reps = int(attrs["repetitions"]) - 1 if attrs.get("repetitions") else -1
     return label, side, min(reps, cfg.max_reps - 1)
 
@@ -167,10 +170,12 @@ class FeatureWindowSampler:
             f = self.views[v][i]
             idx = speed_indices(len(f), self.span, self.rng, self.aug.speed)
             feats.append(f[torch.from_numpy(idx)])
-            label, side, rep = clip_targets(self.clips[i], self.cfg)
+            label, side, _ = clip_targets(self.clips[i], self.cfg)
             labels.append(label)
             sides.append(1 - side if self.flipped[v][i] and side >= 0 else side)
-            reps.append(rep)
+            # each of the pair's two windows has its own count of the repetitions it holds
+            reps.append([clip_targets(self.clips[i], self.cfg, (int(idx[k]), int(idx[k + self.cfg.W - 1]) + 1))[2]
+                         for k in (0, self.cfg.S)])
         return {"feats": torch.stack(feats), "label": torch.tensor(labels), "side": torch.tensor(sides),
                 "reps": torch.tensor(reps)}
 
@@ -237,11 +242,13 @@ def feature_windows(model, feats: torch.Tensor) -> dict:
     n = len(windows)
     if windows.device.type == "cuda":
         windows = _gpu_shape(windows, 8)
-    ids, dist, logits = (x[:n].cpu() for x in model.tokenize(windows))
-    return {"ids": ids, "dist": dist, "logits": logits, "starts": starts}
+    out = model.tokenize_train(windows)
+    keep = ("ids", "dist", "logits") + (("aux",) if "aux" in out else ())
+    return {**{k: out[k][:n].cpu() for k in keep}, "starts": starts}
 
 
 def clip_windows(model, frames: np.ndarray) -> dict:
     """Run the two engines over one clip as the runtime would: every frame encoded once, a window
-    every S frames. Returns ids [n_win, T], dist [n_win, T], logits [n_win, C], starts."""
+    every S frames. Returns ids [n_win, T], dist [n_win, T], logits [n_win, C], starts, and the
+    attribute heads' logits `aux` [n_win, 2 + max_reps] where the model has them."""
     return feature_windows(model, encode_clip(model, frames))

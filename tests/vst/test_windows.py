@@ -1,8 +1,14 @@
 import numpy as np
+import torch
 
+from tests.conftest import TINY
+from vst.actions import BY_SLUG, window_attributes
 from vst.model import VSTConfig
+from vst.ntu import ClipName
 from vst.skeleton import J
-from vst.windows import MIRROR, Augment, augment_frames, clip_targets, pad_to, sliding_starts, speed_indices
+from vst.synth import render_clip
+from vst.windows import (MIRROR, Augment, FeatureWindowSampler, augment_frames, clip_targets, pad_to, sliding_starts,
+                         speed_indices)
 
 
 def test_sliding_windows_match_the_runtime_rule():
@@ -25,6 +31,20 @@ def test_side_is_a_target_only_for_one_sided_limbs():
     assert clip_targets(clip(10, "right", "both hands", 5), cfg) == (0, -1, 4)
     assert clip_targets(clip(43, "left", "whole body", 1), cfg) == (2, -1, 0)
     assert clip_targets({"action": 43}, cfg) == (2, -1, -1)  # real NTU clips carry no attributes
+
+
+def test_repetition_targets_count_what_each_training_window_holds():
+    wave = BY_SLUG["wave"].ntu_id
+    attrs = render_clip(TINY, ClipName(1, 1, 2, 1, wave)).attributes
+    n = attrs["frames"]
+    clip = {"action": wave, "frames": n, "attributes": attrs}
+    cfg = VSTConfig(classes=[wave], W=n // 2, S=n // 2, T=4, max_reps=6)
+    assert clip_targets(clip, cfg)[2] == attrs["repetitions"] - 1  # no window: the clip's count
+    first, second = (window_attributes(attrs, a, a + n // 2, n)["repetitions"] - 1 for a in (0, n // 2))
+    assert first + second + 2 == attrs["repetitions"] and min(first, second) < attrs["repetitions"] - 1
+    # a span of exactly W + S frames at speed 1 starts at 0: the pair's windows are the clip's halves
+    sampler = FeatureWindowSampler([[torch.zeros(n, 4)]], [clip], [[False]], cfg, Augment(speed=(1.0, 1.0)))
+    assert sampler.sample(3)["reps"].tolist() == [[first, second]] * 3
 
 
 def test_speed_indices_stay_inside_the_clip():
