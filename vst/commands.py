@@ -53,6 +53,9 @@ def register(cli) -> None:
     t.add_argument("--frame-steps", type=int, default=None, help="stage 1 steps (single frames; default 6000)")
     t.add_argument("--epochs", type=int, default=None, help="stage 2 epochs over cached features (default 100)")
     t.add_argument("--views", type=int, default=None, help="augmented feature views per training clip (default 6)")
+    t.add_argument("--skeleton-views", type=int, default=None,
+                   help="stage 2 views per training clip made from its 3D skeleton seen from other azimuths "
+                        "(synthetic data, pose-only features; default 0)")
     t.add_argument("--batch", type=int, default=None, help="stage 2 batch (default 64)")
     t.add_argument("--lr", type=float, default=None, help="stage 2 learning rate (default 3e-3)")
     t.add_argument("--minutes", type=float, default=None, help="stop after this long; continue later with --resume")
@@ -148,8 +151,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.hold_out is not None:
         _check_range("hold-out", args.hold_out, 0.0, 0.5)
+    if args.skeleton_views is not None:
+        _check_range("skeleton-views", args.skeleton_views, 0, 12)
     given = {"frame_steps": args.frame_steps, "epochs": args.epochs, "views": args.views, "batch": args.batch, "lr": args.lr,
-             "hold_out": args.hold_out}
+             "hold_out": args.hold_out, "skeleton_views": args.skeleton_views}
     tc = TrainConfig(protocol=args.protocol, size=args.size, minutes=args.minutes, seed=args.seed,
                      **{k: v for k, v in given.items() if v is not None})
     result = train(args.data, args.out, tc, resume=args.resume)

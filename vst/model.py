@@ -109,6 +109,12 @@ class DSBlock(nn.Module):
         return F.relu6(x + y) if self.residual else F.relu6(y)
 
 
+def joint_features(joints):
+    """Joints [N, J, 2] in normalised image coordinates -> the frame feature [N, 2J], centred and
+    scaled to about unit range (a tensor or an array)."""
+    return (joints.reshape(joints.shape[0], -1) - 0.5) * 4
+
+
 class FrameEncoder(nn.Module):
     def __init__(self, cfg: VSTConfig):
         super().__init__()
@@ -144,7 +150,7 @@ class FrameEncoder(nn.Module):
         appearance, joints = self.parts(frames_u8, self.appearance)
         if joints is None:
             return appearance
-        joints = (joints.flatten(1) - 0.5) * 4
+        joints = joint_features(joints)
         return joints if appearance is None else torch.cat([appearance, joints], 1)
 
 

@@ -45,6 +45,21 @@ class Camera:
         return uv, z
 
 
+def joints_seen_from(attrs: dict, joints_world: np.ndarray, joints2d: np.ndarray, azimuth_offset: float) -> np.ndarray:
+    """A synthetic take's 2D joints [N, 25, 2] in normalised image coordinates, as the clip's camera
+    would see them moved `azimuth_offset` degrees around the room (same height, distance and zoom;
+    the zoom, which the attributes do not record, is read back from the clip's own 2D joints)."""
+    size = attrs["size"]
+    pts = np.asarray(joints_world, np.float64).reshape(-1, 3)
+    seen = Camera(attrs["camera_azimuth_deg"], attrs["camera_height_m"], attrs["camera_distance_m"], size)
+    uv = seen.project(pts)[0] - size / 2
+    ref = np.asarray(joints2d, np.float64).reshape(-1, 2) - size / 2
+    zoom = float((uv * ref).sum() / max((uv * uv).sum(), 1e-9))
+    moved = Camera(attrs["camera_azimuth_deg"] + azimuth_offset, attrs["camera_height_m"], attrs["camera_distance_m"],
+                   size, zoom)
+    return (moved.project(pts)[0] / size).reshape(*np.shape(joints2d)).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Look:
     """A performer's appearance (colours are RGB 0..255)."""

@@ -36,7 +36,7 @@ from vst.cache import Cache, spread
 from vst.evaluate import check_cache, evaluate, stability_text
 from vst.model import SIZES, VST, VSTConfig, load_checkpoint, save_checkpoint
 from vst.ntu import DatasetError, held_out_performers, performer_of
-from vst.windows import Augment, FeatureWindowSampler, augment_frames, encode_clip, frame_batches
+from vst.windows import Augment, FeatureWindowSampler, augment_frames, encode_clip, frame_batches, skeleton_view
 
 
 @dataclass
@@ -48,6 +48,10 @@ class TrainConfig:
     frame_lr: float = 2e-3
     pose_weight: float = 1.0  # stage 1: regress the frame's 2D skeleton (synthetic data)
     views: int = 6  # augmented feature views per training clip for stage 2 (view 0 is unaugmented)
+    # stage-2 views made from synthetic clips' 3D skeletons seen from other azimuths (pose-only features)
+    skeleton_views: int = 0
+    skeleton_azimuth: float = 60.0  # largest camera move around the room, degrees either way
+    skeleton_noise: float = 0.01  # joint noise of those views, normalised image units
     epochs: int = 100  # stage 2, over the training clips
     batch: int = 64
     lr: float = 3e-3
@@ -216,11 +220,33 @@ def _features(model: VST, cache: Cache, clips: list[dict], views: int, seed: int
     return out, flips
 
 
+def _skeleton_views(cache: Cache, clips: list[dict], cfg: VSTConfig, tc: TrainConfig, plain: list, progress: bool):
+    """tc.skeleton_views views per clip from its 3D skeleton (`skeleton_view`); a clip without one
+    keeps its unaugmented encoder features."""
+    from tqdm import tqdm
+
+    out, flips = [], []
+    for v in range(tc.skeleton_views):
+        feats, flipped = [], []
+        for i, clip in enumerate(tqdm(clips, desc=f"skeleton view {v + 1}/{tc.skeleton_views}", unit="clip",
+                                      disable=not progress)):
+            got = skeleton_view(cache, clip, cfg, np.random.default_rng((tc.seed, 1000 + v, i)), Augment(),
+                                tc.skeleton_azimuth, tc.skeleton_noise)
+            feats.append(got[0] if got else plain[i])
+            flipped.append(got[1] if got else False)
+        out.append(feats)
+        flips.append(flipped)
+    return out, flips
+
+
 def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict | None, progress: bool) -> tuple[bool, dict | None]:
     from tqdm import tqdm
 
     model, tc = run.model, run.tc
     views, flips = _features(model, cache, train_clips, tc.views, tc.seed, progress, "encode train")
+    if tc.skeleton_views and model.cfg.pose_joints and not model.cfg.appearance:
+        more, more_flips = _skeleton_views(cache, train_clips, model.cfg, tc, views[0], progress)
+        views, flips = views + more, flips + more_flips
     eval_feats = _features(model, cache, eval_clips, 1, tc.seed, progress, "encode test")[0][0]
     params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     steps_per_epoch = max(1, math.ceil(len(train_clips) / tc.batch))

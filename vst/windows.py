@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from vst.actions import action_span, window_attributes
 from vst.cache import Cache
-from vst.model import VSTConfig
+from vst.model import VSTConfig, joint_features
 from vst.skeleton import J, JOINT_NAMES
 
 SIDES = ("left", "right")
@@ -69,12 +69,10 @@ def augment_frames(frames: np.ndarray, rng: np.random.Generator, a: Augment, poi
     points moved by the same crop and flip (left and right joints swapped on a flip)."""
     x = torch.from_numpy(np.array(frames)).permute(0, 3, 1, 2).float()  # L, 3, R, R
     r = x.shape[-1]
-    side = int(round(r * rng.uniform(*a.crop_scale)))
+    side, top, left = crop_box(r, rng, a)
     if side <= r:
-        top, left = rng.integers(0, r - side + 1, 2)
         x = x[:, :, top:top + side, left:left + side]
     else:  # zoom out: the window reaches past the frame, whose edge pixels fill the rest
-        top, left = -rng.integers(0, side - r + 1, 2)
         x = F.pad(x, (-left, side - r + left, -top, side - r + top), mode="replicate")
     if side != r:
         x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False)
@@ -92,11 +90,49 @@ def augment_frames(frames: np.ndarray, rng: np.random.Generator, a: Augment, poi
     x = x.clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
     if points is None:
         return x, flipped
+    return x, flipped, move_points(points, r, (side, top, left), flipped)
+
+
+def crop_box(r: int, rng: np.random.Generator, a: Augment) -> tuple[int, int, int]:
+    """(side, top, left) in pixels of a random crop square of an r x r frame; a side above r (zoom
+    out) reaches past the frame, and top/left are then negative."""
+    side = int(round(r * rng.uniform(*a.crop_scale)))
+    if side <= r:
+        top, left = rng.integers(0, r - side + 1, 2)
+    else:
+        top, left = -rng.integers(0, side - r + 1, 2)
+    return side, int(top), int(left)
+
+
+def move_points(points: np.ndarray, r: int, box: tuple[int, int, int], flipped: bool) -> np.ndarray:
+    """Normalised (x, y) points [..., 25, 2] moved by a crop box of an r x r frame and a flip
+    (left and right joints swapped)."""
+    side, top, left = box
     p = (points * r - np.array([left, top])) / side
     if flipped:
         p = p[..., MIRROR, :]
         p[..., 0] = 1.0 - p[..., 0]
-    return x, flipped, p.astype(np.float32)
+    return p.astype(np.float32)
+
+
+def skeleton_view(cache: Cache, clip: dict, cfg: VSTConfig, rng: np.random.Generator, a: Augment,
+                  max_azimuth: float, noise: float) -> tuple[torch.Tensor, bool] | None:
+    """Stage-2 features [n, 50] of a synthetic clip without the encoder: the take's own 3D skeleton
+    seen by its camera moved up to `max_azimuth` degrees around the room (`vst.render.joints_seen_from`),
+    under the crop and flip augmentations, with Gaussian noise of `noise` (normalised image units)
+    standing in for the encoder's joint error; for a pose-only feature (`joint_features`). The
+    training split's takes then show the tokenizer views between and beyond its cameras'. Returns
+    (features, flipped), or None for a clip without skeletons."""
+    from vst.render import joints_seen_from
+
+    world, flat = cache.skeleton(clip, "joints_world"), cache.skeleton(clip, "joints2d")
+    if world is None or flat is None:
+        return None
+    uv = joints_seen_from(clip["attributes"], world, flat, float(rng.uniform(-max_azimuth, max_azimuth)))
+    uv = uv[cache.source_index(clip, np.arange(clip["frames"]), len(uv))]
+    flipped = bool(rng.random() < a.flip)
+    uv = move_points(uv, cfg.R, crop_box(cfg.R, rng, a), flipped) + rng.normal(0, noise, uv.shape).astype(np.float32)
+    return torch.from_numpy(joint_features(uv)), flipped
 
 
 def speed_indices(n: int, span: int, rng: np.random.Generator, speed: tuple[float, float]) -> np.ndarray:

@@ -9,6 +9,7 @@ from tests.conftest import TINY
 from vst.actions import ACTIONS, BY_SLUG, explain, limb_phrase, mirror_attributes, select, window_attributes
 from vst.ntu import ClipName
 from vst.skeleton import J, SIDES, Body, MotionContext, MOTIONS, joints, repetition_phases
+from vst.render import joints_seen_from
 from vst.synth import SynthConfig, generate, render_clip
 
 
@@ -167,3 +168,15 @@ def test_window_attributes_count_the_repetitions_the_window_holds():
     drink = render_clip(TINY, ClipName(1, 1, 2, 1, BY_SLUG["drink"].ntu_id)).attributes
     assert window_attributes(drink, 0, 5, drink["frames"])["explanation"] == drink["explanation"]
     assert window_attributes({"explanation": "x"}, 0, 32, 64) == {"explanation": "x"}  # not synthetic: unchanged
+
+
+def test_joints_seen_from_a_moved_camera_are_what_that_camera_renders():
+    """Camera 1 and camera 2 film the same take: camera 1's skeleton seen from camera 2's azimuth is
+    camera 2's own 2D skeleton (same setup: same height, distance and zoom)."""
+    one, two = (render_clip(TINY, ClipName(1, c, 2, 1, BY_SLUG["wave"].ntu_id)) for c in (1, 2))
+    assert np.allclose(one.joints_world, two.joints_world)
+    a, size = one.attributes, TINY.size
+    assert np.abs(joints_seen_from(a, one.joints_world, one.joints2d, 0.0) - one.joints2d / size).max() < 1e-4
+    moved = joints_seen_from(a, one.joints_world, one.joints2d, two.attributes["camera_azimuth_deg"] - a["camera_azimuth_deg"])
+    assert np.abs(moved - two.joints2d / size).max() < 1e-4
+    assert np.abs(moved - one.joints2d / size).max() > 0.05  # 45 degrees apart: a different picture

@@ -71,6 +71,24 @@ def test_held_out_performers_are_not_trained_on(cache32, tmp_path):
     assert held_out(str(tmp_path / "nothing")) == set()
 
 
+def test_skeleton_views_join_the_encoder_views_in_stage_two(cache32, tiny_run, tmp_path):
+    from vst.train import _skeleton_views
+
+    run, _ = tiny_run
+    model = load_checkpoint(run)
+    cache = Cache.open(cache32)
+    clips = cache.split("train")
+    plain = _features(model, cache, clips[:3], 1, 0, False, "")[0][0]
+    tc = TrainConfig(**{**FAST, "skeleton_views": 2})
+    views, flips = _skeleton_views(cache, clips[:3], model.cfg, tc, plain, False)
+    assert len(views) == len(flips) == 2 and all(len(v) == 3 for v in views)
+    assert all(f.shape == p.shape for v in views for f, p in zip(v, plain))
+    out = str(tmp_path / "run")
+    tc = TrainConfig(**{**FAST, "frame_steps": 4, "epochs": 2, "eval_every_epochs": 2, "skeleton_views": 1})
+    assert train(cache32, out, tc, progress=False, overrides=TINY_VST)["steps"] == 2 * 5
+    assert json.load(open(os.path.join(out, "train_config.json")))["skeleton_views"] == 1
+
+
 @pytest.mark.slow
 def test_resume_continues_where_it_stopped(cache32, tmp_path):
     out = str(tmp_path / "run")

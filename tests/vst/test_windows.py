@@ -7,8 +7,10 @@ from vst.model import VSTConfig
 from vst.ntu import ClipName
 from vst.skeleton import J
 from vst.synth import render_clip
-from vst.windows import (MIRROR, Augment, FeatureWindowSampler, augment_frames, clip_targets, pad_to, sliding_starts,
-                         speed_indices)
+from vst.cache import Cache
+from vst.model import joint_features
+from vst.windows import (MIRROR, Augment, FeatureWindowSampler, augment_frames, clip_targets, pad_to, skeleton_view,
+                         sliding_starts, speed_indices)
 
 
 def test_sliding_windows_match_the_runtime_rule():
@@ -104,3 +106,21 @@ def test_loader_processes_draw_the_same_kind_of_batches(cache32):
     for b in loaded:
         assert {k: (v.shape, v.dtype) for k, v in b.items()} == {k: (v.shape, v.dtype) for k, v in here.items()}
     assert not torch.equal(loaded[0]["frames"], loaded[1]["frames"])  # the two processes draw different frames
+
+
+def test_skeleton_views_are_the_clips_own_joints_in_the_encoders_feature_format(cache32):
+    cache = Cache.open(cache32)
+    clip = cache.split("train")[0]
+    cfg = VSTConfig(classes=[clip["action"]], R=32)
+    j2 = cache.skeleton(clip, "joints2d") / clip["attributes"]["size"]
+    plain = joint_features(j2[cache.source_index(clip, np.arange(clip["frames"]), len(j2))])
+    still = Augment(crop_scale=(1.0, 1.0), flip=0.0)
+    feats, flipped = skeleton_view(cache, clip, cfg, np.random.default_rng(0), still, 0.0, 0.0)
+    assert feats.shape == (clip["frames"], 50) and not flipped
+    assert np.abs(feats.numpy() - plain).max() < 1e-4
+    mirrored, flipped = skeleton_view(cache, clip, cfg, np.random.default_rng(0), Augment(crop_scale=(1.0, 1.0), flip=1.0),
+                                      0.0, 0.0)
+    x = mirrored.numpy().reshape(-1, 25, 2)
+    assert flipped and np.abs(x[:, MIRROR, 0] + plain.reshape(-1, 25, 2)[:, :, 0]).max() < 1e-4  # x -> -x, sides swapped
+    turned, _ = skeleton_view(cache, clip, cfg, np.random.default_rng(0), still, 60.0, 0.0)
+    assert np.abs(turned.numpy() - plain).max() > 0.05  # the camera moved
