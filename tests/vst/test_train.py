@@ -84,8 +84,8 @@ def test_skeleton_views_join_the_encoder_views_in_stage_two(cache32, tiny_run, t
     assert len(views) == len(flips) == 2 and all(len(v) == 3 for v in views)
     assert all(f.shape == p.shape for v in views for f, p in zip(v, plain))
     out = str(tmp_path / "run")
-    tc = TrainConfig(**{**FAST, "frame_steps": 4, "epochs": 2, "eval_every_epochs": 2, "skeleton_views": 1})
-    assert train(cache32, out, tc, progress=False, overrides=TINY_VST)["steps"] == 2 * 5
+    tc = TrainConfig(**{**FAST, "frame_steps": 4, "epochs": 3, "eval_every_epochs": 3, "skeleton_views": 1})
+    assert train(cache32, out, tc, progress=False, overrides=TINY_VST)["steps"] == 3 * 5
     assert json.load(open(os.path.join(out, "train_config.json")))["skeleton_views"] == 1
 
 
