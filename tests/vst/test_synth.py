@@ -8,8 +8,8 @@ import pytest
 from tests.conftest import TINY
 from vst.actions import ACTIONS, BY_SLUG, explain, limb_phrase, mirror_attributes, select, window_attributes
 from vst.ntu import ClipName
-from vst.skeleton import J, SIDES, Body, MotionContext, MOTIONS, joints, repetition_phases
 from vst.render import joints_seen_from
+from vst.skeleton import J, SIDES, Body, MotionContext, MOTIONS, joints, repetition_phases
 from vst.synth import SynthConfig, generate, render_clip
 
 

@@ -3,12 +3,11 @@ import torch
 
 from tests.conftest import TINY
 from vst.actions import BY_SLUG, window_attributes
-from vst.model import VSTConfig
+from vst.cache import Cache
+from vst.model import VSTConfig, joint_features
 from vst.ntu import ClipName
 from vst.skeleton import J
 from vst.synth import render_clip
-from vst.cache import Cache
-from vst.model import joint_features
 from vst.windows import (MIRROR, Augment, FeatureWindowSampler, augment_frames, clip_targets, pad_to, skeleton_view,
                          sliding_starts, speed_indices)
 
