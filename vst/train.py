@@ -138,6 +138,13 @@ class _Run:
         self.history.flush()
 
 
+def one_cycle(opt, max_lr: float, total: int):
+    """The one-cycle schedule of both stages: 10 % warm-up. torch's OneCycleLR divides by zero
+    when the warm-up is exactly one step (10 steps in all), so that run warms up over 1.5."""
+    pct = 0.1 if 0.1 * total != 1 else 0.15
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=total, pct_start=pct)
+
+
 def _stage_frames(run: _Run, cache: Cache, clips: list[dict], state: dict | None, progress: bool) -> bool:
     """Stage 1; returns False when stopped by the time limit."""
     from tqdm import tqdm
@@ -147,7 +154,7 @@ def _stage_frames(run: _Run, cache: Cache, clips: list[dict], state: dict | None
     head = torch.nn.Linear(model.cfg.D, len(model.cfg.classes) + 2 + 50).to(run.device)
     params = list(model.encoder.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=tc.frame_lr, weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.frame_lr, total_steps=tc.frame_steps, pct_start=0.1)
+    sched = one_cycle(opt, tc.frame_lr, tc.frame_steps)
     step = 0
     if state is not None and state["stage"] == "frames":
         opt.load_state_dict(state["optimizer"])
@@ -244,7 +251,7 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
 
     model, tc = run.model, run.tc
     views, flips = _features(model, cache, train_clips, tc.views, tc.seed, progress, "encode train")
-    if tc.skeleton_views and model.cfg.pose_joints and not model.cfg.appearance:
+    if tc.skeleton_views:  # `train` refuses them unless the feature is the joints alone
         more, more_flips = _skeleton_views(cache, train_clips, model.cfg, tc, views[0], progress)
         views, flips = views + more, flips + more_flips
     eval_feats = _features(model, cache, eval_clips, 1, tc.seed, progress, "encode test")[0][0]
@@ -252,7 +259,7 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
     steps_per_epoch = max(1, math.ceil(len(train_clips) / tc.batch))
     total = steps_per_epoch * tc.epochs
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=total, pct_start=0.1)
+    sched = one_cycle(opt, tc.lr, total)
     step, best, best_record = 0, -1.0, None
     if state is not None and state["stage"] == "tokens" and state["step"] > 0:
         opt.load_state_dict(state["optimizer"])
@@ -330,6 +337,9 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
             cfg.pose_joints, cfg.appearance = 0, True  # no 2D skeletons to teach the pose branch (e.g. NTU videos alone)
         seed_everything(tc.seed)
         model = VST(cfg)
+    if tc.skeleton_views and not (model.cfg.pose_joints and not model.cfg.appearance):
+        raise ValueError("--skeleton-views needs a VST whose feature is the joints alone: "
+                         + (f"{cache_dir} has no 2D skeletons" if not model.cfg.pose_joints else "this one has appearance features"))
     check_cache(cache, model.cfg)
     held = held_out_performers([c["name"] for c in train_clips], tc.hold_out)
     train_clips = [c for c in train_clips if performer_of(c["name"]) not in held]
