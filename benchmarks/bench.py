@@ -166,7 +166,7 @@ def _reader(bundle: str, manifest: dict, gguf: str | None = None, threads: int |
     from lvlm.reader import LlamaCppBackend, Reader
 
     lv = manifest["lvlm"]
-    backend = LlamaCppBackend.open(gguf or os.path.join(bundle, lv["file"]), threads=threads or os.cpu_count())
+    backend = LlamaCppBackend.open(gguf or os.path.join(bundle, lv["file"]), threads=threads)
     return Reader.for_bundle(backend, manifest)
 
 

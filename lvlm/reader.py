@@ -16,6 +16,7 @@ video block, the short suffix and the label/explanation tokens are evaluated per
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -205,8 +206,10 @@ class LlamaCppBackend:
 
     @classmethod
     def open(cls, gguf: str, threads: int | None = None, n_ctx: int = 1024, n_gpu_layers: int = 0) -> "LlamaCppBackend":
+        """threads: None uses every core (llama-cpp-python's own default is half of them)."""
         from llama_cpp import Llama
 
+        threads = threads or os.cpu_count()
         return cls(Llama(model_path=gguf, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
                          n_gpu_layers=n_gpu_layers, logits_all=False, verbose=False))
 

@@ -137,7 +137,7 @@ def test_label_temperature_is_fitted_on_held_out_windows(tuned):
     """The fitted temperature lowers the held-out NLL, and a model whose log-probabilities are
     three times sharper gets a temperature three times higher (to the grid's 7 % steps)."""
     from lvlm.evaluate import TEMPERATURES, fit_temperature
-    from lvlm.reader import Reader, TransformersBackend, log_softmax
+    from lvlm.reader import Reader, TransformersBackend, log_softmax, tempered
 
     tok, base, _, result = tuned
     model = result["model"].eval()
@@ -157,6 +157,14 @@ def test_label_temperature_is_fitted_on_held_out_windows(tuned):
     # the 3x sharper model is overconfident: its fitted temperature lowers both NLL and ECE
     assert fits[1]["nll"] < fits[1]["nll_t1"] and fits[1]["ece"] < fits[1]["ece_t1"], fits
     assert 3 / 1.08 <= fits[1]["temperature"] / fits[0]["temperature"] <= 3 * 1.08, fits
+    # the closed-form NLL is the tempered label path's own
+    reader = Reader(Sharper(model, tok), LABELS, base, 16)
+    direct = 0.0
+    for ex in held:
+        lp = tempered(reader.label_nodes(ex["tokens"])[0], fits[1]["temperature"])
+        path = reader.label_ids[ex["label"]]
+        direct -= sum(lp(path[:k], [t])[t] for k, t in enumerate(path)) / len(held)
+    assert direct == pytest.approx(fits[1]["nll"], rel=1e-3)
 
 
 def test_held_out_windows_are_whole_performers():
@@ -275,9 +283,34 @@ def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run,
     assert meta["label_temperature"] > 0 and meta["calibration"]["windows"] > 0
     # the VST trained on every performer: augmented windows of one held back from the fine-tune
     assert meta["calibration"]["performers"] == ["P001"] and not meta["calibration"]["unseen_by_vst"]
+    assert meta["calibration"]["backend"] == "llama.cpp (F16)" and not list((ad / "merged").glob("*.gguf"))
     assert meta == json.load(open(ad / "lvlm.json"))
     r = run_cli("finetune", "--vst", tiny_run[0], "--data", cache32, "--base", "no-such-model", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown base model" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_temperature_fit_through_llama_cpp_matches_transformers(cli_adapter):
+    """The fine-tune fits the label temperature through llama.cpp on an F16 GGUF of the merged
+    model; the same windows through transformers give the same fit."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lvlm.commands import _fit_temperature
+    from lvlm.evaluate import fit_temperature
+    from lvlm.reader import Reader, TransformersBackend
+
+    ad, _ = cli_adapter
+    meta = json.load(open(ad / "lvlm.json"))
+    rng = np.random.default_rng(3)
+    windows = [{"tokens": [int(t) for t in rng.integers(0, meta["codes"], 8)], "label": meta["labels"][i % 3]}
+               for i in range(9)]
+    model, tok = AutoModelForCausalLM.from_pretrained(ad / "merged"), AutoTokenizer.from_pretrained(ad / "merged")
+    fast = _fit_temperature(model, tok, str(ad / "merged"), meta["labels"], meta["token_id_base"], meta["codes"], windows)
+    slow = fit_temperature(Reader(TransformersBackend(model.eval(), tok), meta["labels"], meta["token_id_base"],
+                                  meta["codes"]), windows, progress=False)
+    assert fast["backend"] == "llama.cpp (F16)" and fast["windows"] == 9
+    assert fast["nll_t1"] == pytest.approx(slow["nll_t1"], abs=2e-3) and fast["temperature"] == slow["temperature"]
+    assert not list((ad / "merged").glob("*.gguf"))
 
 
 @pytest.mark.slow
