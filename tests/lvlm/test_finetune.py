@@ -309,7 +309,9 @@ def test_temperature_fit_through_llama_cpp_matches_transformers(cli_adapter):
     slow = fit_temperature(Reader(TransformersBackend(model.eval(), tok), meta["labels"], meta["token_id_base"],
                                   meta["codes"]), windows, progress=False)
     assert fast["backend"] == "llama.cpp (F16)" and fast["windows"] == 9
-    assert fast["nll_t1"] == pytest.approx(slow["nll_t1"], abs=2e-3) and fast["temperature"] == slow["temperature"]
+    # F16 weights against float32: the NLL to 1 %, the temperature to one step of the grid (7 %)
+    assert fast["nll_t1"] == pytest.approx(slow["nll_t1"], rel=1e-2)
+    assert 1 / 1.08 <= fast["temperature"] / slow["temperature"] <= 1.08, (fast, slow)
     assert not list((ad / "merged").glob("*.gguf"))
 
 
