@@ -183,7 +183,7 @@ def logit_parity(hf_model, gguf: str, sequences: list[list[int]]) -> dict:
     for ids in sequences:
         llm.reset()
         llm.eval(ids)
-        ours = np.stack([log_softmax(row) for row in llm.scores[: len(ids)]])
+        ours = log_softmax(llm.scores[: len(ids)])
         with torch.no_grad():
             ref = hf_model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1).numpy()
         same += int((ours.argmax(-1) == ref.argmax(-1)).sum())

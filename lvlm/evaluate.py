@@ -87,7 +87,7 @@ def fit_temperature(reader, examples: list[dict], progress: bool = True) -> dict
     probability at T = 1. A second read decodes at the fitted temperature, unless that is 1."""
     from tqdm import tqdm
 
-    from lvlm.reader import tempered
+    from lvlm.reader import log_softmax, tempered
     from lvlm.trie import decode_label
 
     if not examples:
@@ -104,9 +104,7 @@ def fit_temperature(reader, examples: list[dict], progress: bool = True) -> dict
         nodes, _ = reader.label_nodes(ex["tokens"])
         path = reader.label_ids[ex["label"]]
         for k, tok in enumerate(path):
-            scaled = nodes(path[:k], [tok])[None, :] / TEMPERATURES[:, None]
-            top = scaled.max(axis=1)
-            nll -= scaled[:, tok] - top - np.log(np.exp(scaled - top[:, None]).sum(axis=1))
+            nll -= log_softmax(nodes(path[:k], [tok])[None, :] / TEMPERATURES[:, None])[:, tok]
         at_one.append(decode(ex, nodes, 1.0))
     best = int(np.argmin(nll))
     at_best = at_one

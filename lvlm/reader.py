@@ -28,9 +28,10 @@ from lvlm.trie import LabelTrie, decode_label
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-softmax over the last axis (each row of a 2-D array), in float64."""
     x = np.asarray(logits, dtype=np.float64)
-    m = x.max()
-    return x - (m + np.log(np.exp(x - m).sum()))
+    m = x.max(axis=-1, keepdims=True)
+    return x - (m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True)))
 
 
 def tempered(nodes, temperature: float):
