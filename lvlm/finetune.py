@@ -32,7 +32,8 @@ class FinetuneConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lr: float = 1e-3
+    lr: float = 2e-3  # the peak of the one-cycle schedule (session 14; constant 1e-3 before)
+    schedule: str = "one-cycle"  # `vst.train.one_cycle`: 10 % warm-up to lr, cosine down to ~0; or "constant"
     batch: int = 8
     steps: int = 450  # ~3 s each on 2 CPU cores: the whole command stays inside the 30-minute budget
     seed: int = 0
@@ -110,8 +111,9 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
              cfg: FinetuneConfig, progress: bool = True, resume: bool = False, codebook=None) -> dict:
     """Train a LoRA adapter on `examples`; saves it (adapter + tokenizer + lvlm.json) to `out`.
     Every `checkpoint_every` steps the trainable weights, the optimizer and the step go to
-    OUT/finetune_state.pt; `resume` continues from there (the batch order is replayed, so a
-    resumed run equals an uninterrupted one)."""
+    OUT/finetune_state.pt; `resume` continues from there (the batch order is replayed and the
+    one-cycle schedule restored, so a resumed run equals an uninterrupted one; a one-cycle run
+    cannot be resumed with other --steps or --lr, as the schedule depends on both)."""
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
@@ -142,19 +144,30 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     rows = [q for n, q in trainable.items() if "trainable_tokens" in n]
     rest = [q for n, q in trainable.items() if "trainable_tokens" not in n]
     opt = torch.optim.AdamW([{"params": rest}, {"params": rows, "weight_decay": 0.0}], lr=cfg.lr)  # rows: no decay to 0
+    sched = None
+    if cfg.schedule == "one-cycle":
+        from vst.train import one_cycle
+        sched = one_cycle(opt, cfg.lr, cfg.steps)
+    elif cfg.schedule != "constant":
+        raise FinetuneError(f"unknown learning-rate schedule {cfg.schedule!r}: constant or one-cycle")
     peft_model.train()
     losses, start = [], 0
     os.makedirs(out, exist_ok=True)
     state_path = os.path.join(out, STATE)
     if resume and os.path.exists(state_path):
         state = torch.load(state_path, weights_only=False)
-        if (state["examples"] != len(examples) or state["config"]["seed"] != cfg.seed or state["config"]["batch"] != cfg.batch
+        old = state["config"]
+        if (state["examples"] != len(examples) or old["seed"] != cfg.seed or old["batch"] != cfg.batch
+                or old.get("schedule", "constant") != cfg.schedule
+                or (cfg.schedule != "constant" and (old["steps"], old["lr"]) != (cfg.steps, cfg.lr))
                 or set(state["trainable"]) != set(trainable)):
             raise FinetuneError(f"{state_path} was made with other examples or settings; start without --resume")
         with torch.no_grad():
             for n, q in trainable.items():
                 q.copy_(state["trainable"][n])
         opt.load_state_dict(state["opt"])
+        if sched is not None:
+            sched.load_state_dict(state["sched"])
         losses, start = state["losses"], state["step"]
         for _ in range(start):
             next(batches)
@@ -164,10 +177,13 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sched is not None and step + 1 < cfg.steps:  # its state keeps the last step's rate
+            sched.step()
         losses.append(loss.item())
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             torch.save({"step": step + 1, "trainable": {n: q.detach().clone() for n, q in trainable.items()},
-                        "opt": opt.state_dict(), "losses": losses, "examples": len(examples), "config": asdict(cfg)},
+                        "opt": opt.state_dict(), "sched": sched and sched.state_dict(), "losses": losses,
+                        "examples": len(examples), "config": asdict(cfg)},
                        state_path + ".part")
             os.replace(state_path + ".part", state_path)
     code_map_norm = None

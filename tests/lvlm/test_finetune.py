@@ -92,7 +92,7 @@ def tuned(pristine_tokenizer, tmp_path_factory):
     model = tiny_llama(len(tok))
     base = add_action_tokens(model, tok, 16)
     out = str(tmp_path_factory.mktemp("adapter"))
-    result = finetune(model, tok, base, 16, LABELS, examples(48, 16), out, FinetuneConfig(steps=120, batch=8, lr=1e-2),
+    result = finetune(model, tok, base, 16, LABELS, examples(48, 16), out, FinetuneConfig(steps=120, batch=8, lr=1e-2, schedule="constant"),
                       progress=False, codebook=CODEBOOK)
     return tok, base, out, result
 
@@ -393,24 +393,41 @@ def test_tiny_llava_language_model_loads_and_fine_tunes(tokenizer, tmp_path):
 
 
 @pytest.mark.slow
-def test_resumed_finetune_equals_an_uninterrupted_one(pristine_tokenizer, tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "one-cycle"])
+def test_resumed_finetune_equals_an_uninterrupted_one(pristine_tokenizer, tmp_path, monkeypatch, schedule):
+    import lvlm.finetune as ft
     from lvlm.finetune import FinetuneError
 
     def run(out, steps, resume):
         tok = copy.deepcopy(pristine_tokenizer)
         model = tiny_llama(len(tok))
         base = add_action_tokens(model, tok, 16)
-        cfg = FinetuneConfig(steps=steps, batch=4, lr=1e-2, lora_dropout=0.0, checkpoint_every=3)
+        cfg = FinetuneConfig(steps=steps, batch=4, lr=1e-2, lora_dropout=0.0, checkpoint_every=3, schedule=schedule)
         r = finetune(model, tok, base, 16, LABELS, examples(16, 16), str(out), cfg, progress=False, resume=resume,
                      codebook=CODEBOOK)
         return {n: q.detach().clone() for n, q in r["model"].named_parameters() if q.requires_grad}, r
 
     whole, _ = run(tmp_path / "a", 6, False)
-    run(tmp_path / "b", 3, False)  # "interrupted" after 3 steps
+    loss, calls = ft.shared_prefix_loss, []
+
+    def killed_in_step_4(*a):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return loss(*a)
+
+    monkeypatch.setattr(ft, "shared_prefix_loss", killed_in_step_4)
+    with pytest.raises(KeyboardInterrupt):  # interrupted after the checkpoint of step 3
+        run(tmp_path / "b", 6, False)
+    monkeypatch.setattr(ft, "shared_prefix_loss", loss)
     resumed, r = run(tmp_path / "b", 6, True)
     assert set(whole) == set(resumed)
     for n in whole:
         assert torch.allclose(whole[n], resumed[n], atol=1e-6), n
+    if schedule == "one-cycle":  # it ends near 0, and a resume may not change its length
+        assert torch.load(tmp_path / "b" / "finetune_state.pt", weights_only=False)["sched"]["_last_lr"][0] < 1e-5
+        with pytest.raises(FinetuneError, match="other examples or settings"):
+            run(tmp_path / "b", 9, True)
     assert len(json.load(open(tmp_path / "b" / "lvlm.json"))["config"]) and r["first_loss"] > 0
     with pytest.raises(FinetuneError, match="other examples or settings"):  # the checkpoint has a code map
         tok = copy.deepcopy(pristine_tokenizer)
