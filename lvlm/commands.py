@@ -26,6 +26,7 @@ def register(cli) -> None:
     f.add_argument("--schedule", choices=("constant", "one-cycle"), default=d.schedule,
                    help="learning rate: constant, or one-cycle (10 %% warm-up to --lr, cosine down to ~0 at the last step)")
     f.add_argument("--batch", type=int, default=d.batch)
+    f.add_argument("--seed", type=int, default=d.seed, help="batch order, LoRA initialisation and dropout")
     f.add_argument("--steps", type=int, default=d.steps,
                    help=f"default {d.steps}: ~23 min of steps for SmolLM2-135M at batch {d.batch} on 2 CPU cores, "
                         "~28 min for the whole command")
@@ -82,7 +83,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     model, tokenizer = load(args.base)
     base = add_action_tokens(model, tokenizer, codes, glossary)
     cfg = FinetuneConfig(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lr=args.lr, schedule=args.schedule, batch=args.batch,
-                         steps=args.steps, code_tie=args.code_tie)
+                         steps=args.steps, seed=args.seed, code_tie=args.code_tie)
     result = finetune(model, tokenizer, base, codes, labels, examples, args.out, cfg, resume=args.resume,
                       codebook=vst_model.quantizer.codebook)
     meta = {k: v for k, v in result.items() if k != "model"}

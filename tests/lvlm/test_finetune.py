@@ -266,7 +266,7 @@ def cli_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
     tiny_llama(len(pristine_tokenizer)).save_pretrained(tmp / "tiny-llama")
     pristine_tokenizer.save_pretrained(tmp / "tiny-llama")
     r = run_cli("finetune", "--vst", tiny_run[0], "--data", cache32, "--base", str(tmp / "tiny-llama"), "--out",
-                str(tmp / "ad"), "--steps", "30", "--batch", "8", "--lr", "1e-2", timeout=300)
+                str(tmp / "ad"), "--steps", "30", "--batch", "8", "--lr", "1e-2", "--seed", "3", timeout=300)
     return tmp / "ad", r
 
 
@@ -285,6 +285,7 @@ def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run,
     assert meta["calibration"]["performers"] == ["P001"] and not meta["calibration"]["unseen_by_vst"]
     assert meta["calibration"]["backend"] == "llama.cpp (F16)" and not list((ad / "merged").glob("*.gguf"))
     assert meta == json.load(open(ad / "lvlm.json"))
+    assert meta["config"]["seed"] == 3 and meta["config"]["schedule"] == "one-cycle"
     r = run_cli("finetune", "--vst", tiny_run[0], "--data", cache32, "--base", "no-such-model", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown base model" in r.stderr and "Traceback" not in r.stderr
 
