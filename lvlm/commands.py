@@ -39,6 +39,9 @@ def register(cli) -> None:
                         "of the performers; 0: none")
     f.add_argument("--no-code-tie", dest="code_tie", action="store_false",
                    help="train each action token's embedding row alone, not tied to its VST code vector")
+    f.add_argument("--prefix-grad", action=argparse.BooleanOptionalAction, default=d.prefix_grad,
+                   help="train through the shared instruction prefix's positions too (--no-prefix-grad: only "
+                        "the rows' positions; its cache still comes from the current weights)")
     f.add_argument("--resume", action="store_true", help="continue from OUT/finetune_state.pt (checkpointed every 25 steps)")
     f.set_defaults(func=cmd_finetune)
 
@@ -83,7 +86,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     model, tokenizer = load(args.base)
     base = add_action_tokens(model, tokenizer, codes, glossary)
     cfg = FinetuneConfig(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lr=args.lr, schedule=args.schedule, batch=args.batch,
-                         steps=args.steps, seed=args.seed, code_tie=args.code_tie)
+                         steps=args.steps, seed=args.seed, code_tie=args.code_tie,
+                         prefix_grad=args.prefix_grad)
     result = finetune(model, tokenizer, base, codes, labels, examples, args.out, cfg, resume=args.resume,
                       codebook=vst_model.quantizer.codebook)
     meta = {k: v for k, v in result.items() if k != "model"}

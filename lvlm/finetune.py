@@ -39,6 +39,7 @@ class FinetuneConfig:
     seed: int = 0
     checkpoint_every: int = 25  # steps between resumable checkpoints (OUT/finetune_state.pt)
     code_tie: bool = True  # with a VST codebook: each action token's row + a learned map of its code vector
+    prefix_grad: bool = True  # gradients through the shared instruction prefix (False: a no-grad prefix, ~13 % cheaper steps)
 
 
 def encode(tokenizer, p: prompt.Prompt, base: int, codes: int, example: dict) -> tuple[list[int], list[int]]:
@@ -49,19 +50,26 @@ def encode(tokenizer, p: prompt.Prompt, base: int, codes: int, example: dict) ->
     return head + answer, [-100] * len(head) + answer
 
 
-def shared_prefix_loss(model, prefix, ids, labels, mask):
+def shared_prefix_loss(model, prefix, ids, labels, mask, prefix_grad: bool = True):
     """Answer loss of a batch whose rows all continue the same prefix ids: the prefix runs once
     (batch 1), its KV cache is repeated over the rows and the rows run on top of it. Equals the
-    loss of the full rows (tested); gradients reach the prefix through the shared cache."""
+    loss of the full rows (tested). With `prefix_grad` gradients reach the prefix through the
+    shared cache; without, the prefix runs without autograd (its cache still comes from the
+    current weights, as the worker's does) and only the rows' positions train the weights."""
     import torch
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    model(input_ids=prefix[None], cache=cache, use_cache=True, logits_to_keep=1)  # fills the cache in place
+    with torch.set_grad_enabled(prefix_grad and torch.is_grad_enabled()):
+        model(input_ids=prefix[None], cache=cache, use_cache=True, logits_to_keep=1)  # fills the cache in place
     for layer in cache.layers:
         layer.batch_repeat_interleave(ids.shape[0])
     full_mask = torch.cat([torch.ones(ids.shape[0], prefix.numel(), dtype=mask.dtype), mask], dim=1)
-    return model(input_ids=ids, attention_mask=full_mask, cache=cache, labels=labels).loss
+    # the output layer (a 49k vocabulary for SmolLM2) runs only where a position predicts an answer
+    # token: from the one before the earliest answer on; the shifted loss over them is the same
+    start = max(int((labels != -100).int().argmax(dim=1).min()) - 1, 0)
+    return model(input_ids=ids, attention_mask=full_mask, cache=cache, labels=labels[:, start:],
+                 logits_to_keep=ids.shape[1] - start).loss
 
 
 def _batches(encoded, batch: int, pad: int, rng):
@@ -173,7 +181,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
             next(batches)
     for step in tqdm(range(start, cfg.steps), desc="finetune", unit="step", disable=not progress, initial=start, total=cfg.steps):
         ids, lab, mask = next(batches)
-        loss = shared_prefix_loss(peft_model, prefix, ids, lab, mask)
+        loss = shared_prefix_loss(peft_model, prefix, ids, lab, mask, cfg.prefix_grad)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -235,8 +243,8 @@ def calibration_split(examples: list[dict], views: int, share: float = 0.15,
     models like a test performer's. Otherwise (a VST trained on every performer; the examples
     then need more than `views` views): the augmented views (view > 0) of the performers
     `hold_out` keeps back, which read more like a test performer's than their plain windows. Both
-    still read better than the synthetic X-Sub test split, whose performers are harder (README,
-    Performance: 94.0 % label top-1 on the augmented ones, 92.7 % on ones the VST never saw,
+    still read better than the synthetic X-Sub test split, whose performers are harder
+    (docs/experiments.md: 94.0 % label top-1 on the augmented ones, 92.7 % on ones the VST never saw,
     against 84.5-85.8 % on test windows), so the fitted temperature comes out too sharp there."""
     if vst_held:
         train, held = hold_out(examples, held=vst_held)
