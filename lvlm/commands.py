@@ -141,6 +141,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from lvlm.evaluate import run_eval
+    from vst.actions import EDGE_FRAMES
 
     torch.set_num_threads(os.cpu_count() or 1)
     m = run_eval(args.adapter, args.vst, args.data, args.protocol, args.out, args.max_windows, args.explain, args.gguf)
@@ -151,6 +152,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         f = m["faithfulness"]
         print(f"explanations ({m['explained']}): faithful {f['faithful']:.1%} (limb {f['limb']:.1%}, motion {f['motion']:.1%}, "
               f"repetitions {f['repetitions']:.1%}), ROUGE-L {m['rouge_l']:.3f}")
+        if m["faithfulness_edge_tolerant"]:
+            near = m["faithfulness_edge_tolerant"]
+            print(f"  accepting a count the window holds when moved by up to {EDGE_FRAMES} frames: "
+                  f"faithful {near['faithful']:.1%} (repetitions {near['repetitions']:.1%})")
     for ex in m["examples"][:3]:
         print(f"  {ex['clip']}: {ex['predicted']} ({ex['probability']:.2f}) - {ex['explanation']}")
     print(f"wrote {m['out']}/metrics.json, readings.jsonl and reliability.png")

@@ -186,6 +186,9 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
         "faithfulness": {k: float(np.mean([c[k] for c in checked])) for k in ("faithful", "limb", "motion", "repetitions")}
         if checked else None,
         "repetitions_clip_count": _mean_or_none([c["clip_repetitions"] for c in checked if "clip_repetitions" in c]),
+        # the count may be the window's moved by up to vst.actions.EDGE_FRAMES frames (reported, not the target)
+        "faithfulness_edge_tolerant": {k: float(np.mean([c[k + "_near"] for c in checked])) for k in ("faithful", "repetitions")}
+        if checked and all("faithful_near" in c for c in checked) else None,
         "faithfulness_when_label_correct": _mean_or_none([r["check"]["faithful"] for r in explained
                                                           if "check" in r and r["predicted"] == r["label"]]),
         "label_latency_ms_p50": 1000 * statistics.median(r["label_s"] for r in readings) if n else None,

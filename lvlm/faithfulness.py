@@ -11,6 +11,11 @@ Faithfulness, precisely (lower-cased text, phrases matched on word boundaries):
                reports agreement with the whole clip's count beside it).
 An explanation is faithful when all three hold. Every reference explanation passes (tested), so
 the check measures what the model says, not how the references are phrased.
+
+Beside it, `faithful_near` accepts for the repetitions any count the window holds when moved by
+up to `vst.actions.EDGE_FRAMES` frames either way (`repetitions_near`): a repetition whose instant
+lies that close to the window's edge is in or out by a frame or two. It is reported, not the
+target's definition.
 """
 from __future__ import annotations
 
@@ -33,14 +38,25 @@ def _mentions(text: str, phrases: list[str]) -> set[str]:
     return {p for p in found if not any(p != q and _has(q, p) for q in found)}
 
 
+def _count_word(n: int) -> str:
+    return TIMES.get(int(n), f"{n} times")
+
+
 def check(explanation: str, attributes: dict) -> dict[str, bool]:
-    """{limb, motion, repetitions, faithful} for one explanation against its clip's attributes."""
+    """{limb, motion, repetitions, faithful} for one explanation against its clip's attributes,
+    and {repetitions_near, faithful_near} where the attributes list `repetitions_near`."""
     text = " ".join(explanation.lower().split())
     limb = _mentions(text, LIMBS) == {attributes["limb"].lower()}
     motion = _has(text, attributes["motion"])
-    count = TIMES.get(int(attributes["repetitions"]), f"{attributes['repetitions']} times")
-    reps = _mentions(text, COUNTS + ([count] if count not in COUNTS else [])) == {count}
-    return {"limb": limb, "motion": motion, "repetitions": reps, "faithful": limb and motion and reps}
+    accepted = [_count_word(n) for n in attributes.get("repetitions_near") or []]
+    count = _count_word(attributes["repetitions"])
+    stated = _mentions(text, sorted(set(COUNTS) | {count} | set(accepted)))
+    reps = stated == {count}
+    out = {"limb": limb, "motion": motion, "repetitions": reps, "faithful": limb and motion and reps}
+    if accepted:
+        near = len(stated) == 1 and stated <= set(accepted)
+        out.update(repetitions_near=near, faithful_near=limb and motion and near)
+    return out
 
 
 def rouge_l(candidate: str, reference: str) -> float:

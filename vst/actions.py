@@ -102,20 +102,32 @@ def action_span(attrs: dict, frames: int) -> tuple[float, float]:
     return attrs["action_start_frame"] * ratio, attrs["action_end_frame"] * ratio
 
 
+EDGE_FRAMES = 2  # how far a window may move for `repetitions_near`
+
+
 def window_attributes(attrs: dict, start: int, stop: int, frames: int) -> dict:
     """A clip's motion attributes as the window of frames [start, stop) sees them (`frames`: the
     clip's length as read, which may run at another fps than it was rendered at): the repetitions
     whose instant (`vst.skeleton.repetition_phases`) lies inside the window, at least one, with the
     reference explanation rebuilt for that count; the clip's own count stays as
     `clip_repetitions`. A 2.1 s window cannot show all five waves of a 3.7 s action, so its
-    explanation states what it shows. Attributes without the action's timing come back unchanged."""
+    explanation states what it shows. `repetitions_near` lists the counts of the same window
+    moved by up to EDGE_FRAMES frames either way: an instant that close to an edge is in or out by
+    a frame or two, which no reader of the frames can tell apart exactly. Attributes without the
+    action's timing come back unchanged."""
     action = BY_ID.get(attrs.get("action_id"))
     if action is None or not attrs.get("frames") or not {"action_start_frame", "repetitions", "side"} <= set(attrs):
         return dict(attrs)
     reps = int(attrs.get("clip_repetitions", attrs["repetitions"]))
     lo, hi = action_span(attrs, frames)
-    seen = max(1, sum(start <= lo + u * (hi - lo) < stop for u in repetition_phases(action.slug, reps)))
-    return {**attrs, "repetitions": seen, "clip_repetitions": reps, "explanation": explain(action, attrs["side"], seen)}
+    instants = [lo + u * (hi - lo) for u in repetition_phases(action.slug, reps)]
+
+    def held(shift: int) -> int:
+        return max(1, sum(start + shift <= t < stop + shift for t in instants))
+
+    seen = held(0)
+    return {**attrs, "repetitions": seen, "clip_repetitions": reps, "explanation": explain(action, attrs["side"], seen),
+            "repetitions_near": sorted({held(d) for d in range(-EDGE_FRAMES, EDGE_FRAMES + 1)})}
 
 
 def select(spec: str | None) -> tuple[ActionClass, ...]:

@@ -80,6 +80,13 @@ def test_every_reference_explanation_is_faithful_and_wrong_details_are_not():
     assert not check("The person waves.", wave)["faithful"]
     assert not check("The right hand and the left hand move side to side above the shoulder three times.",
                      wave)["limb"]  # a second limb is a wrong statement
+    # near the window's edge a count one off is accepted by faithful_near, never by faithful
+    edge = {**wave, "repetitions_near": [2, 3]}
+    said = {n: check(f"The right hand moves side to side above the shoulder {TIMES[n]}.", edge) for n in (1, 2, 3)}
+    assert said[3] == {"limb": True, "motion": True, "repetitions": True, "faithful": True,
+                       "repetitions_near": True, "faithful_near": True}
+    assert not said[2]["faithful"] and said[2]["faithful_near"] and not said[1]["faithful_near"]
+    assert not check("The right hand moves side to side above the shoulder twice, three times.", edge)["faithful_near"]
 
 
 def test_rouge_l_and_expected_calibration_error():

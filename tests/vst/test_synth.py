@@ -170,6 +170,26 @@ def test_window_attributes_count_the_repetitions_the_window_holds():
     assert window_attributes({"explanation": "x"}, 0, 32, 64) == {"explanation": "x"}  # not synthetic: unchanged
 
 
+def test_repetitions_near_lists_the_counts_of_the_window_moved_a_frame_or_two():
+    from vst.actions import EDGE_FRAMES, action_span
+    from vst.skeleton import repetition_phases
+
+    a = render_clip(TINY, ClipName(1, 1, 2, 1, BY_SLUG["clap"].ntu_id)).attributes
+    n = a["frames"]
+    lo, hi = action_span(a, n)
+    instants = [lo + u * (hi - lo) for u in repetition_phases("clap", a["repetitions"])]
+    whole = window_attributes(a, 0, n, n)
+    assert whole["repetitions_near"] == [a["repetitions"]]  # every instant far inside
+    edge = int(instants[1]) + 1  # the second instant lies in the window's last frame
+    w = window_attributes(a, 0, edge, n)
+    assert w["repetitions"] == 2 and w["repetitions_near"] == [1, 2]
+    for start in range(0, n, 3):  # every window: one count unless an instant is near an edge
+        for stop in range(start + 8, n + 1, 3):
+            near = window_attributes(a, start, stop, n)["repetitions_near"]
+            edgy = any(abs(t - e) <= EDGE_FRAMES for t in instants for e in (start, stop))
+            assert window_attributes(a, start, stop, n)["repetitions"] in near and (len(near) > 1) <= edgy
+
+
 def test_joints_seen_from_a_moved_camera_are_what_that_camera_renders():
     """Camera 1 and camera 2 film the same take: camera 1's skeleton seen from camera 2's azimuth is
     camera 2's own 2D skeleton (same setup: same height, distance and zoom)."""
