@@ -65,11 +65,7 @@ def shared_prefix_loss(model, prefix, ids, labels, mask, prefix_grad: bool = Tru
     for layer in cache.layers:
         layer.batch_repeat_interleave(ids.shape[0])
     full_mask = torch.cat([torch.ones(ids.shape[0], prefix.numel(), dtype=mask.dtype), mask], dim=1)
-    # the output layer (a 49k vocabulary for SmolLM2) runs only where a position predicts an answer
-    # token: from the one before the earliest answer on; the shifted loss over them is the same
-    start = max(int((labels != -100).int().argmax(dim=1).min()) - 1, 0)
-    return model(input_ids=ids, attention_mask=full_mask, cache=cache, labels=labels[:, start:],
-                 logits_to_keep=ids.shape[1] - start).loss
+    return model(input_ids=ids, attention_mask=full_mask, cache=cache, labels=labels).loss
 
 
 def _batches(encoded, batch: int, pad: int, rng):
