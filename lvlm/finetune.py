@@ -162,7 +162,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         state = torch.load(state_path, weights_only=False)
         old = state["config"]
         if (state["examples"] != len(examples) or old["seed"] != cfg.seed or old["batch"] != cfg.batch
-                or old.get("schedule", "constant") != cfg.schedule
+                or old.get("schedule", "constant") != cfg.schedule or old.get("prefix_grad", True) != cfg.prefix_grad
                 or (cfg.schedule != "constant" and (old["steps"], old["lr"]) != (cfg.steps, cfg.lr))
                 or set(state["trainable"]) != set(trainable)):
             raise FinetuneError(f"{state_path} was made with other examples or settings; start without --resume")

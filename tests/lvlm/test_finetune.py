@@ -411,11 +411,12 @@ def test_resumed_finetune_equals_an_uninterrupted_one(pristine_tokenizer, tmp_pa
     import lvlm.finetune as ft
     from lvlm.finetune import FinetuneError
 
-    def run(out, steps, resume):
+    def run(out, steps, resume, **other):
         tok = copy.deepcopy(pristine_tokenizer)
         model = tiny_llama(len(tok))
         base = add_action_tokens(model, tok, 16)
-        cfg = FinetuneConfig(steps=steps, batch=4, lr=1e-2, lora_dropout=0.0, checkpoint_every=3, schedule=schedule)
+        cfg = FinetuneConfig(steps=steps, batch=4, lr=1e-2, lora_dropout=0.0, checkpoint_every=3, schedule=schedule,
+                             **other)
         r = finetune(model, tok, base, 16, LABELS, examples(16, 16), str(out), cfg, progress=False, resume=resume,
                      codebook=CODEBOOK)
         return {n: q.detach().clone() for n, q in r["model"].named_parameters() if q.requires_grad}, r
@@ -442,6 +443,8 @@ def test_resumed_finetune_equals_an_uninterrupted_one(pristine_tokenizer, tmp_pa
         with pytest.raises(FinetuneError, match="other examples or settings"):
             run(tmp_path / "b", 9, True)
     assert len(json.load(open(tmp_path / "b" / "lvlm.json"))["config"]) and r["first_loss"] > 0
+    with pytest.raises(FinetuneError, match="other examples or settings"):  # the other prefix_grad
+        run(tmp_path / "b", 6, True, prefix_grad=not FinetuneConfig().prefix_grad)
     with pytest.raises(FinetuneError, match="other examples or settings"):  # the checkpoint has a code map
         tok = copy.deepcopy(pristine_tokenizer)
         model = tiny_llama(len(tok))
