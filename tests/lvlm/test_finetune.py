@@ -338,9 +338,10 @@ def test_finetune_calibrates_on_the_performers_the_vst_did_not_train_on(tiny_run
     json.dump({**record, "held_out": ["P002"]}, open(run / "train_config.json", "w"))
     base = cli_adapter[0].parent / "tiny-llama"
     r = run_cli("finetune", "--vst", str(run), "--data", cache32, "--base", str(base), "--out", str(tmp_path / "ad"),
-                "--steps", "2", "--batch", "4", "--calibration-windows", "6", timeout=300)
+                "--steps", "2", "--batch", "4", "--calibration-windows", "6", "--no-prefix-grad", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     meta = json.load(open(tmp_path / "ad" / "lvlm.json"))
+    assert meta["config"]["prefix_grad"] is False
     assert meta["calibration"]["performers"] == ["P002"] and meta["calibration"]["unseen_by_vst"]
     # trained on P001's windows alone: its 18 clips give 27 (up to 3 each; the short ones fewer)
     assert meta["calibration"]["windows"] == 6 and meta["examples"] == 27
