@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from vst.actions import ACTIONS, TIMES
+from vst.actions import ACTIONS, TIMES, times_word
 
 LIMBS = sorted({f"{side} {a.limb}" for a in ACTIONS if a.limb in ("hand", "leg") for side in ("left", "right")}
                | {a.limb for a in ACTIONS if a.limb not in ("hand", "leg")})
@@ -38,18 +38,14 @@ def _mentions(text: str, phrases: list[str]) -> set[str]:
     return {p for p in found if not any(p != q and _has(q, p) for q in found)}
 
 
-def _count_word(n: int) -> str:
-    return TIMES.get(int(n), f"{n} times")
-
-
 def check(explanation: str, attributes: dict) -> dict[str, bool]:
     """{limb, motion, repetitions, faithful} for one explanation against its clip's attributes,
     and {repetitions_near, faithful_near} where the attributes list `repetitions_near`."""
     text = " ".join(explanation.lower().split())
     limb = _mentions(text, LIMBS) == {attributes["limb"].lower()}
     motion = _has(text, attributes["motion"])
-    accepted = [_count_word(n) for n in attributes.get("repetitions_near") or []]
-    count = _count_word(attributes["repetitions"])
+    accepted = [times_word(int(n)) for n in attributes.get("repetitions_near") or []]
+    count = times_word(int(attributes["repetitions"]))
     stated = _mentions(text, sorted(set(COUNTS) | {count} | set(accepted)))
     reps = stated == {count}
     out = {"limb": limb, "motion": motion, "repetitions": reps, "faithful": limb and motion and reps}
