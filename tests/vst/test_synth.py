@@ -185,9 +185,9 @@ def test_repetitions_near_lists_the_counts_of_the_window_moved_a_frame_or_two():
     assert w["repetitions"] == 2 and w["repetitions_near"] == [1, 2]
     for start in range(0, n, 3):  # every window: one count unless an instant is near an edge
         for stop in range(start + 8, n + 1, 3):
-            near = window_attributes(a, start, stop, n)["repetitions_near"]
+            w = window_attributes(a, start, stop, n)
             edgy = any(abs(t - e) <= EDGE_FRAMES for t in instants for e in (start, stop))
-            assert window_attributes(a, start, stop, n)["repetitions"] in near and (len(near) > 1) <= edgy
+            assert w["repetitions"] in w["repetitions_near"] and (len(w["repetitions_near"]) > 1) <= edgy
 
 
 def test_joints_seen_from_a_moved_camera_are_what_that_camera_renders():
