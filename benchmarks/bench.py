@@ -146,20 +146,23 @@ def bench_encoder(bundle: str, manifest: dict, seconds: float) -> dict:
     return out
 
 
-def _windows(manifest: dict, n: int) -> list[list[int]]:
-    """Test windows of the bundle's VST on its cache, or random windows when they are not here."""
+def _windows(manifest: dict, n: int) -> list[dict]:
+    """Test windows ({"tokens", "count"}) of the bundle's VST on its cache, or random windows when
+    they are not here."""
     from vst.train import training_cache
 
     run = manifest["vst"].get("run")
     cache = training_cache(run) if run else None
     if cache is None:
         rng = np.random.default_rng(0)
-        return [rng.integers(0, manifest["vst"]["K"], manifest["vst"]["T"]).tolist() for _ in range(n)]
+        counts = manifest["lvlm"].get("counts", 0)
+        return [{"tokens": rng.integers(0, manifest["vst"]["K"], manifest["vst"]["T"]).tolist(),
+                 "count": int(rng.integers(1, counts + 1)) if counts else None} for _ in range(n)]
     from lvlm.finetune import build_examples
     from vst.cache import spread
 
     _, ex = build_examples(run, cache, "test", None, windows_per_clip=1, progress=False)
-    return [e["tokens"] for e in spread(ex, n)]
+    return [{"tokens": e["tokens"], "count": e["count"]} for e in spread(ex, n)]
 
 
 def _reader(bundle: str, manifest: dict, gguf: str | None = None, threads: int | None = None):
@@ -170,25 +173,26 @@ def _reader(bundle: str, manifest: dict, gguf: str | None = None, threads: int |
     return Reader.for_bundle(backend, manifest)
 
 
-def bench_llm(bundle: str, manifest: dict, windows: list[list[int]]) -> dict:
+def bench_llm(bundle: str, manifest: dict, windows: list[dict]) -> dict:
     reader = _reader(bundle, manifest)
-    reader.read(windows[0], explain=False)
+    reader.read(windows[0]["tokens"], explain=False, count=windows[0]["count"])
     cached, uncached, expl_tps = [], [], []
     for w in windows:
         t0 = time.perf_counter()
-        reader.read(w, explain=False, exhaustive=False)
+        reader.read(w["tokens"], explain=False, exhaustive=False, count=w["count"])
         cached.append(time.perf_counter() - t0)
         reader.forget_prefix()  # the naive way: the whole prompt evaluated for every window
         t0 = time.perf_counter()
-        reader.read(w, explain=False, exhaustive=False)
+        reader.read(w["tokens"], explain=False, exhaustive=False, count=w["count"])
         uncached.append(time.perf_counter() - t0)
     for w in windows[: max(3, len(windows) // 4)]:
-        r = reader.read(w, explain=True, exhaustive=False)
+        r = reader.read(w["tokens"], explain=True, exhaustive=False, count=w["count"])
         n = len(reader.backend.tokenize(r.explanation or "")) + len(reader.explanation_head) + 1
         expl_tps.append(n / r.explanation_s)
     reader.backend.llm.close()
     v = manifest["vst"]
-    ours = (v["T"] + 2) * v["fps"] / v["S"]  # <video> + T tokens + </video> per window, a window every S frames
+    # <video> + T tokens (+ the count token) + </video> per window, a window every S frames
+    ours = (v["T"] + 2 + bool(manifest["lvlm"].get("counts"))) * v["fps"] / v["S"]
     return {
         "windows": len(windows), "prefix_tokens": len(reader.prefix),
         "label_ms_cached_prefix": {"p50": 1000 * float(np.percentile(cached, 50)), "p99": 1000 * float(np.percentile(cached, 99))},
@@ -200,7 +204,7 @@ def bench_llm(bundle: str, manifest: dict, windows: list[list[int]]) -> dict:
     }
 
 
-def bench_quant(bundle: str, manifest: dict, windows: list[list[int]], quants: list[str]) -> dict | None:
+def bench_quant(bundle: str, manifest: dict, windows: list[dict], quants: list[str]) -> dict | None:
     from export.gguf_export import quantize, write_gguf
 
     merged = os.path.join(manifest["lvlm"].get("adapter") or "", "merged")
@@ -212,16 +216,16 @@ def bench_quant(bundle: str, manifest: dict, windows: list[list[int]], quants: l
     with tempfile.TemporaryDirectory() as tmp:
         f16 = write_gguf(merged, os.path.join(tmp, "F16.gguf"))
         ref_reader = _reader(bundle, manifest, f16)
-        ref = [ref_reader.label(w, exhaustive=False)[0].label for w in windows]
+        ref = [ref_reader.label(w["tokens"], exhaustive=False, count=w["count"])[0].label for w in windows]
         ref_reader.backend.llm.close()
         for q in quants:
             path = f16 if q == "F16" else quantize(f16, os.path.join(tmp, f"{q}.gguf"), q)
             reader = _reader(bundle, manifest, path)
-            reader.read(windows[0], explain=False)
+            reader.read(windows[0]["tokens"], explain=False, count=windows[0]["count"])
             labels, times = [], []
             for w in windows:
                 t0 = time.perf_counter()
-                labels.append(reader.label(w, exhaustive=False)[0].label)
+                labels.append(reader.label(w["tokens"], exhaustive=False, count=w["count"])[0].label)
                 times.append(time.perf_counter() - t0)
             reader.backend.llm.close()
             out[q] = {"size_mb": os.path.getsize(path) / 1e6, "agreement_with_f16": float(np.mean([a == b for a, b in zip(labels, ref)])),

@@ -65,7 +65,8 @@ class OrtEngine:
 
 
 class Engines:
-    """encode(frames uint8 [N, R, R, 3]) -> [N, D]; tokenize(features [B, W, D]) -> (ids, distances, logits)."""
+    """encode(frames uint8 [N, R, R, 3]) -> [N, D]; tokenize(features [B, W, D]) -> {"ids", "distances",
+    "logits" and, from a VST with a repetitions head, "count"} (the token engine's outputs)."""
 
     def __init__(self, bundle: str, manifest: dict, backend: str = "auto", threads: int = 0):
         self.manifest = manifest
@@ -93,6 +94,5 @@ class Engines:
     def encode(self, frames: np.ndarray) -> np.ndarray:
         return self.encoder.run({"frames": np.ascontiguousarray(frames, dtype=np.uint8)})["features"]
 
-    def tokenize(self, feats: np.ndarray):
-        out = self.tokenizer.run({"features": np.ascontiguousarray(feats, dtype=np.float32)})
-        return out["ids"], out["distances"], out["logits"]
+    def tokenize(self, feats: np.ndarray) -> dict[str, np.ndarray]:
+        return self.tokenizer.run({"features": np.ascontiguousarray(feats, dtype=np.float32)})

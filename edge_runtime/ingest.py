@@ -161,12 +161,13 @@ class Ingest:
             self._window(st)
 
     def _window(self, st: StreamState) -> None:
-        ids, dist, logits = self.engines.tokenize(np.stack(st.ring)[None])
-        p = softmax(np.asarray(logits[0], np.float64))
+        out = self.engines.tokenize(np.stack(st.ring)[None])
+        p = softmax(np.asarray(out["logits"][0], np.float64))
         head = int(p.argmax())
         now = time.time_ns()
         w = TokenWindow(stream=st.id, window_seq=st.windows, t_start_ns=st.capture[0], t_end_ns=st.capture[-1],
-                        tokens=tuple(int(x) for x in ids[0]), distances=tuple(float(x) for x in dist[0]),
+                        tokens=tuple(int(x) for x in out["ids"][0]), distances=tuple(float(x) for x in out["distances"][0]),
+                        count=int(out["count"][0]) if "count" in out else None,
                         provisional_label=self.labels[head], provisional_score=float(p[head]),
                         capture_to_tokens_ms=(now - st.capture[-1]) / 1e6, sent_ns=now, bundle=self.bundle_id)
         st.windows += 1

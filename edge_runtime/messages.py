@@ -32,6 +32,7 @@ class TokenWindow:
     capture_to_tokens_ms: float  # last frame captured -> tokens ready
     sent_ns: int  # wall clock when ingest sent it (staleness is judged from this)
     bundle: str  # bundle id
+    count: int | None = None  # repetitions the VST's head counts in the window (a VST without the head: None)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class ActionResult:
     tokens_to_explanation_ms: float | None
     bundle: str
     worker: str = ""
+    count: int | None = None  # the window's count token, where the bundle's language model reads one
 
 
 @dataclass(frozen=True)

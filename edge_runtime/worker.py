@@ -26,6 +26,19 @@ from edge_runtime.messages import ActionResult, MessageError, TokenWindow
 log = logging.getLogger(__name__)
 
 
+def check_window(manifest: dict, w) -> TokenWindow:
+    """A decoded message the bundle's language model can read, or MessageError: a window of T
+    tokens inside the codebook and, for a model with count tokens, a count among them."""
+    if not isinstance(w, TokenWindow):
+        raise MessageError(f"expected a window, got {type(w).__name__}")
+    if len(w.tokens) != manifest["vst"]["T"] or not all(0 <= t < manifest["vst"]["K"] for t in w.tokens):
+        raise MessageError(f"window of {len(w.tokens)} tokens outside the bundle's T/K")
+    counts = manifest["lvlm"].get("counts", 0)
+    if counts and not (w.count is not None and 1 <= w.count <= counts):
+        raise MessageError(f"window count {w.count} outside the bundle's count tokens 1..{counts}")
+    return w
+
+
 class LLMWorker:
     def __init__(self, cfg: Config, bundle: str, manifest: dict, bundle_id: str, stop: threading.Event,
                  context: zmq.Context | None = None, name: str | None = None):
@@ -74,11 +87,7 @@ class LLMWorker:
                     continue
                 data = s.recv()
                 try:
-                    w = messages.decode(data)
-                    if not isinstance(w, TokenWindow):
-                        raise MessageError(f"expected a window, got {type(w).__name__}")
-                    if len(w.tokens) != self.manifest["vst"]["T"] or not all(0 <= t < self.manifest["vst"]["K"] for t in w.tokens):
-                        raise MessageError(f"window of {len(w.tokens)} tokens outside the bundle's T/K")
+                    w = check_window(self.manifest, messages.decode(data))
                 except MessageError as exc:
                     self.counters["bad_messages"] += 1
                     log.warning("rejected a message: %s", exc)
@@ -123,7 +132,7 @@ class LLMWorker:
         backend = LlamaCppBackend.open(os.path.join(self.bundle, lv["file"]), threads=llm.threads, n_ctx=llm.n_ctx,
                                        n_gpu_layers=llm.n_gpu_layers)
         reader = Reader.for_bundle(backend, self.manifest, llm.explanation_tokens)
-        reader.read([0] * self.manifest["vst"]["T"], explain=False)  # evaluates the instruction prefix once
+        reader.read([0] * self.manifest["vst"]["T"], explain=False, count=1)  # evaluates the instruction prefix once
         return reader
 
     def _llm_loop(self) -> None:
@@ -147,7 +156,7 @@ class LLMWorker:
                     continue
                 explain = self._explain_now(w.stream)
                 try:
-                    r = reader.read(w.tokens, explain=explain, exhaustive=False)
+                    r = reader.read(w.tokens, explain=explain, exhaustive=False, count=w.count)
                 except Exception as exc:  # noqa: BLE001 - one bad read must not end the worker
                     self.counters["failed"] += 1
                     log.error("[%s] window %d: %s", w.stream, w.window_seq, exc)
@@ -161,7 +170,7 @@ class LLMWorker:
                     probability=r.probability, explanation=r.explanation, capture_to_tokens_ms=w.capture_to_tokens_ms,
                     tokens_to_label_ms=since_tokens_ms - (r.explanation_s or 0) * 1000,
                     tokens_to_explanation_ms=since_tokens_ms if r.explanation_s is not None else None,
-                    bundle=self.bundle_id, worker=self.name)
+                    bundle=self.bundle_id, worker=self.name, count=w.count if reader.counts else None)
                 self.counters["read"] += 1
                 try:
                     out.send(messages.encode(res), zmq.NOBLOCK)

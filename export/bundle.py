@@ -58,7 +58,7 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     import torch
 
     from export.gguf_export import label_agreement, logit_parity, quantize, write_gguf
-    from export.onnx_engines import export_engines, onnx_parity
+    from export.onnx_engines import export_engines, onnx_parity, token_engine_outputs
     from lvlm.evaluate import open_reader
     from lvlm.finetune import build_examples
     from vst.cache import Cache, spread
@@ -79,6 +79,10 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     cfg = model.cfg
     if meta["codes"] != cfg.K:
         raise ExportError(f"{adapter} was fine-tuned for {meta['codes']} codes but {vst_run} has K={cfg.K}")
+    counts = meta.get("counts", 0)  # 0: a format-1 adapter, without count tokens
+    if counts not in (0, cfg.counts):
+        raise ExportError(f"{adapter} reads counts 1..{counts} but {vst_run}'s repetitions head "
+                          + (f"reads 1..{cfg.counts}" if cfg.counts else "is missing"))
     data = data or training_cache(vst_run)
     if not data or not os.path.exists(os.path.join(data, "index.json")):
         raise ExportError(f"no prepared cache for the parity checks ({data}); pass --data")
@@ -96,8 +100,9 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     onnx = onnx_parity(model, paths, [cache.clip_frames(c) for c in test_clips])
     onnx["seconds"] = round(time.monotonic() - t0, 1)
     _log(progress, f"ONNX engines: max |feature error| {onnx['max_abs_feature_error']:.2e}, token agreement "
-                   f"{onnx['token_agreement']:.2%}, head label agreement {onnx['label_agreement']:.2%} "
-                   f"({onnx['windows']} windows of {onnx['clips']} test clips)")
+                   f"{onnx['token_agreement']:.2%}, head label agreement {onnx['label_agreement']:.2%}"
+                   + (f", count agreement {onnx['count_agreement']:.2%}" if onnx["count_agreement"] is not None else "")
+                   + f" ({onnx['windows']} windows of {onnx['clips']} test clips)")
     shutil.copyfile(os.path.join(vst_run, "glossary.json"), os.path.join(out, "glossary.json"))
     rng = np.random.default_rng(0)
     frames = []
@@ -116,9 +121,9 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
         quantize(f16, os.path.join(out, gguf_name), quant)
     gguf_seconds = time.monotonic() - t0
     _, windows = build_examples(vst_run, data, "test", protocol, windows_per_clip=1, progress=progress)
-    windows = [w["tokens"] for w in spread(windows, parity_windows)]
+    windows = spread(windows, parity_windows)
     hf, _ = open_reader(adapter)
-    sequences = [hf.ids(t) + hf.label_ids[lab] for t, lab in zip(windows[:16], hf.labels * 16)]
+    sequences = [hf.ids(w["tokens"], w["count"]) + hf.label_ids[lab] for w, lab in zip(windows[:16], hf.labels * 16)]
     logits = logit_parity(hf.backend.model, f16, sequences)
     gguf_reader, _ = open_reader(adapter, os.path.join(out, gguf_name))
     if gguf_reader.prefix != hf.prefix or gguf_reader.label_ids != hf.label_ids:
@@ -144,10 +149,10 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
         "engines": {"frame_encoder": {"file": "frame_encoder.onnx", "fp16_file": "frame_encoder.fp16.onnx", "inputs": {"frames": ["n", cfg.R, cfg.R, 3]},
                                       "outputs": {"features": ["n", cfg.feature_size]}},
                     "token_engine": {"file": "token_engine.onnx", "inputs": {"features": ["batch", cfg.W, cfg.feature_size]},
-                                     "outputs": {"ids": ["batch", cfg.T], "distances": ["batch", cfg.T],
-                                                 "logits": ["batch", len(cfg.classes)]}}},
+                                     "outputs": token_engine_outputs(cfg)}},
         "lvlm": {"file": gguf_name, "quantization": quant, "token_id_base": meta["token_id_base"], "codes": meta["codes"],
-                 "vocab_size": meta["token_id_base"] + meta["codes"] + 2, "prompt_format_version": meta["prompt_format_version"],
+                 "counts": counts, "vocab_size": meta["token_id_base"] + len(prompt.added_tokens(meta["codes"], counts)),
+                 "prompt_format_version": meta["prompt_format_version"],
                  "label_temperature": meta.get("label_temperature", 1.0), "base": meta.get("base"), "adapter": os.path.abspath(adapter)},
         "calibration": {"file": "calibration.npy", "frames": int(sum(len(f) for f in frames))},
         "parity": {"onnx": onnx, "gguf_f16_logits": logits, f"gguf_{quant.lower()}_labels": labels},
@@ -215,9 +220,9 @@ def check_bundle(folder: str) -> dict:
         raise BundleError(f"{folder}: manifest lists no hash for {', '.join(sorted(missing))}")
     for name, entry in m["files"].items():
         _verify_file(folder, name, entry)
-    if lv["prompt_format_version"] != prompt.PROMPT_FORMAT_VERSION:
-        raise BundleError(f"{folder}: prompt format version {lv['prompt_format_version']}, this lvlm-var speaks "
-                          f"{prompt.PROMPT_FORMAT_VERSION}; re-export the bundle")
+    if lv["prompt_format_version"] not in prompt.READS_FORMATS:
+        raise BundleError(f"{folder}: prompt format version {lv['prompt_format_version']}, this lvlm-var reads "
+                          f"{', '.join(map(str, prompt.READS_FORMATS))}; re-export the bundle")
     _check_onnx(folder, m)
     _check_gguf(folder, m)
     plans = {}
@@ -243,12 +248,14 @@ def _check_onnx(folder: str, m: dict) -> None:
         try:
             opts = ort.SessionOptions()
             opts.log_severity_level = 4
-            inputs = ort.InferenceSession(os.path.join(folder, name), opts, providers=["CPUExecutionProvider"]).get_inputs()
+            session = ort.InferenceSession(os.path.join(folder, name), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - any load failure is a broken file
             raise BundleError(f"{folder}: {name} is not a loadable ONNX model ({str(exc).splitlines()[0][:80]})") from None
-        dims = [d if isinstance(d, int) else None for d in inputs[0].shape]
+        dims = [d if isinstance(d, int) else None for d in session.get_inputs()[0].shape]
         if dims != shape:
             raise BundleError(f"{folder}: {name} takes {dims}, the manifest says {shape}")
+        if role == "token_engine" and m["lvlm"].get("counts") and "count" not in {o.name for o in session.get_outputs()}:
+            raise BundleError(f"{folder}: the language model reads count tokens but {name} has no count output")
 
 
 def _check_gguf(folder: str, m: dict) -> None:
@@ -263,5 +270,6 @@ def _check_gguf(folder: str, m: dict) -> None:
     if len(tokens) != lv["vocab_size"]:
         raise BundleError(f"{folder}: {lv['file']} has {len(tokens)} tokens, the manifest says {lv['vocab_size']}")
     base = lv["token_id_base"]
-    if tokens[base:base + lv["codes"] + 2] != prompt.added_tokens(lv["codes"]):
+    added = prompt.added_tokens(lv["codes"], lv.get("counts", 0))
+    if tokens[base:base + len(added)] != added:
         raise BundleError(f"{folder}: {lv['file']} does not hold the action tokens at ids {base}..; wrong model for this bundle")

@@ -54,7 +54,8 @@ def cmd_trt(args: argparse.Namespace) -> int:
     e = build_bundle_plans(args.bundle, args.precision, args.workspace, args.max_batch, args.max_windows, args.data)
     p = e["parity"]
     parity = (f"token agreement {p['token_agreement']:.2%}, label agreement {p['label_agreement']:.2%}, "
-              f"max |feature error| {p['max_abs_feature_error']:.2e}") if p else "parity not checked (VST run or cache not here)"
+              + (f"count agreement {p['count_agreement']:.2%}, " if p.get("count_agreement") is not None else "")
+              + f"max |feature error| {p['max_abs_feature_error']:.2e}") if p else "parity not checked (VST run or cache not here)"
     print(f"TensorRT {e['tensorrt']} {e['precision']} plans for {e['gpu']} (sm {e['compute_capability']}) in "
           f"{e['build_seconds']:.0f} s; {parity}")
     return 0

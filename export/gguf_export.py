@@ -196,13 +196,14 @@ def logit_parity(hf_model, gguf: str, sequences: list[list[int]]) -> dict:
             "max_probability_difference": max_p}
 
 
-def label_agreement(reference, candidate, windows: list[list[int]], progress: bool = False) -> dict:
-    """Share of windows on which two Readers (e.g. transformers and a quantized GGUF) pick the same label."""
+def label_agreement(reference, candidate, windows: list[dict], progress: bool = False) -> dict:
+    """Share of windows ({"tokens", "count"}) on which two Readers (e.g. transformers and a
+    quantized GGUF) pick the same label."""
     from tqdm import tqdm
 
     same, diffs = 0, []
-    for tokens in tqdm(windows, desc="label agreement", unit="window", disable=not progress):
-        a, b = reference.label(tokens, exhaustive=False)[0], candidate.label(tokens, exhaustive=False)[0]
+    for w in tqdm(windows, desc="label agreement", unit="window", disable=not progress):
+        a, b = (r.label(w["tokens"], exhaustive=False, count=w.get("count"))[0] for r in (reference, candidate))
         same += a.label == b.label
         diffs.append(abs(a.probability - b.probability))
     return {"windows": len(windows), "label_agreement": same / max(len(windows), 1),

@@ -4,7 +4,8 @@
     frame_encoder.fp16.onnx   the same with FP16 weights and arithmetic inside (same inputs and
                          outputs): what FP16 means for TensorRT 11's strongly typed networks
     token_engine.onnx    features float32 [B, W, D] (B dynamic) -> ids int32 [B, T],
-                         distances float32 [B, T], logits float32 [B, C]
+                         distances float32 [B, T], logits float32 [B, C], and for a VST with
+                         a repetitions head count int32 [B] (1..max_reps: `vst.model.read_count`)
 
 BatchNorm is folded into the convolutions before export (the graph holds no BatchNormalization
 node); opset 17; weights inside the file (the models are a few MB). Ids are int32 so TensorRT
@@ -63,16 +64,26 @@ def _graphs(model, fp16: bool = False):
         def forward(self, frames):
             return self.encoder(frames).float()
 
+    from vst.model import read_count
+
     class TokenEngineGraph(nn.Module):
         def __init__(self, vst):
             super().__init__()
-            self.tokenizer, self.quantizer, self.head = vst.tokenizer, vst.quantizer, vst.head
+            self.tokenizer, self.quantizer, self.head, self.aux = vst.tokenizer, vst.quantizer, vst.head, vst.aux
 
         def forward(self, feats):
             _, ids, dist = self.quantizer.lookup(self.tokenizer(feats))
-            return ids.to(torch.int32), dist, self.head(self.quantizer.codebook[ids])
+            q = self.quantizer.codebook[ids]
+            out = (ids.to(torch.int32), dist, self.head(q))
+            return out if self.aux is None else (*out, read_count(self.aux(q)).to(torch.int32))
 
     return FrameEncoderGraph(model).eval(), TokenEngineGraph(copy.deepcopy(model).eval()).eval()
+
+
+def token_engine_outputs(cfg) -> dict[str, list]:
+    """The token engine's outputs and their shapes, in order (what the bundle manifest lists)."""
+    out = {"ids": ["batch", cfg.T], "distances": ["batch", cfg.T], "logits": ["batch", len(cfg.classes)]}
+    return {**out, "count": ["batch"]} if cfg.counts else out
 
 
 def export_engines(model, out: str) -> dict[str, str]:
@@ -91,9 +102,10 @@ def export_engines(model, out: str) -> dict[str, str]:
             torch.onnx.export(graph, (torch.zeros(2, cfg.R, cfg.R, 3, dtype=torch.uint8),), paths[name],
                               input_names=["frames"], output_names=["features"], opset_version=OPSET,
                               dynamic_axes={"frames": {0: "n"}, "features": {0: "n"}}, dynamo=False)
+        outputs = token_engine_outputs(cfg)
         torch.onnx.export(tok, (torch.zeros(2, cfg.W, cfg.feature_size),), paths["token_engine"],
-                          input_names=["features"], output_names=["ids", "distances", "logits"], opset_version=OPSET,
-                          dynamic_axes={k: {0: "batch"} for k in ("features", "ids", "distances", "logits")}, dynamo=False)
+                          input_names=["features"], output_names=list(outputs), opset_version=OPSET,
+                          dynamic_axes={k: {0: "batch"} for k in ("features", *outputs)}, dynamo=False)
     for path in paths.values():
         m = onnx.load(path)
         onnx.checker.check_model(m, full_check=True)
@@ -114,13 +126,14 @@ def onnx_sessions(paths: dict[str, str], providers: list[str] | None = None):
 def engine_parity(model, run_encoder, run_tokenizer, clips: list[np.ndarray]) -> dict:
     """Compare two engine implementations with PyTorch on whole clips, the runtime's way (every
     frame encoded once, a window every S frames). `run_encoder(uint8 [N,R,R,3]) -> [N, D]` and
-    `run_tokenizer(float32 [B,W,D]) -> (ids, distances, logits)` are the engines under test."""
+    `run_tokenizer(float32 [B,W,D]) -> {output name: array}` are the engines under test."""
     import torch
 
+    from vst.model import read_count
     from vst.windows import encode_clip, pad_to, sliding_starts
 
     cfg = model.cfg
-    max_err, tokens, same_tokens, windows, same_label = 0.0, 0, 0, 0, 0
+    max_err, tokens, same_tokens, windows, same_label, same_count = 0.0, 0, 0, 0, 0, 0
     for frames in clips:
         ref = encode_clip(model, frames).numpy()
         got = np.concatenate([run_encoder(np.ascontiguousarray(pad_to(frames, cfg.W)[i:i + 64]))
@@ -128,21 +141,27 @@ def engine_parity(model, run_encoder, run_tokenizer, clips: list[np.ndarray]) ->
         max_err = max(max_err, float(np.abs(ref - got).max()))
         starts = sliding_starts(len(ref), cfg)
         with torch.no_grad():
-            ids, _, logits = model.tokenize(torch.from_numpy(np.stack([ref[s:s + cfg.W] for s in starts])))
+            ref_out = model.tokenize_train(torch.from_numpy(np.stack([ref[s:s + cfg.W] for s in starts])))
+        ids, logits = ref_out["ids"], ref_out["logits"]
         # the engine under test tokenizes its own features: errors compound as they would at run time
         wins = np.stack([got[s:s + cfg.W] for s in starts]).astype(np.float32)
         outs = [run_tokenizer(wins[i:i + 16]) for i in range(0, len(wins), 16)]
-        g_ids = np.concatenate([np.asarray(o[0]) for o in outs])
-        g_logits = np.concatenate([np.asarray(o[2]) for o in outs])
+        g_ids = np.concatenate([np.asarray(o["ids"]) for o in outs])
+        g_logits = np.concatenate([np.asarray(o["logits"]) for o in outs])
+        if cfg.counts:
+            g_count = np.concatenate([np.asarray(o["count"]) for o in outs])
+            same_count += int((read_count(ref_out["aux"]).numpy() == g_count).sum())
         tokens += ids.numel()
         same_tokens += int((ids.numpy() == np.asarray(g_ids)).sum())
         windows += len(starts)
         same_label += int((logits.argmax(-1).numpy() == np.asarray(g_logits).argmax(-1)).sum())
     return {"clips": len(clips), "windows": windows, "max_abs_feature_error": max_err,
-            "token_agreement": same_tokens / max(tokens, 1), "label_agreement": same_label / max(windows, 1)}
+            "token_agreement": same_tokens / max(tokens, 1), "label_agreement": same_label / max(windows, 1),
+            "count_agreement": same_count / max(windows, 1) if cfg.counts else None}
 
 
 def onnx_parity(model, paths: dict[str, str], clips: list[np.ndarray]) -> dict:
     s = onnx_sessions({k: paths[k] for k in ("frame_encoder", "token_engine")})
+    names = [o.name for o in s["token_engine"].get_outputs()]
     return engine_parity(model, lambda x: s["frame_encoder"].run(None, {"frames": x})[0],
-                         lambda f: s["token_engine"].run(None, {"features": f}), clips)
+                         lambda f: dict(zip(names, s["token_engine"].run(None, {"features": f}))), clips)

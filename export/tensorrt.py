@@ -318,8 +318,4 @@ def plan_parity(bundle: str, manifest: dict, plans: dict, data: str | None) -> d
     enc = TensorRTEngine(os.path.join(bundle, plans["frame_encoder"]))
     tok = TensorRTEngine(os.path.join(bundle, plans["token_engine"]))
 
-    def run_tok(f):
-        out = tok.run({"features": f})
-        return out["ids"], out["distances"], out["logits"]
-
-    return engine_parity(model, lambda x: enc.run({"frames": x})["features"], run_tok, clips)
+    return engine_parity(model, lambda x: enc.run({"frames": x})["features"], lambda f: tok.run({"features": f}), clips)

@@ -42,6 +42,9 @@ def register(cli) -> None:
     f.add_argument("--prefix-grad", action=argparse.BooleanOptionalAction, default=d.prefix_grad,
                    help="train through the shared instruction prefix's positions too (--no-prefix-grad: only "
                         "the rows' positions; its cache still comes from the current weights)")
+    f.add_argument("--count-token", action=argparse.BooleanOptionalAction, default=d.count_token,
+                   help="end each window's video block with the count its VST's repetitions head reads (prompt "
+                        "format 2; a VST without the head gets none either way)")
     f.add_argument("--resume", action="store_true", help="continue from OUT/finetune_state.pt (checkpointed every 25 steps)")
     f.set_defaults(func=cmd_finetune)
 
@@ -84,18 +87,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         with open(gpath) as fh:
             glossary = json.load(fh)
     model, tokenizer = load(args.base)
-    base = add_action_tokens(model, tokenizer, codes, glossary)
+    counts = vst_model.cfg.counts if args.count_token else 0
+    base = add_action_tokens(model, tokenizer, codes, glossary, counts)
     cfg = FinetuneConfig(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lr=args.lr, schedule=args.schedule, batch=args.batch,
                          steps=args.steps, seed=args.seed, code_tie=args.code_tie,
-                         prefix_grad=args.prefix_grad)
+                         prefix_grad=args.prefix_grad, count_token=args.count_token)
     result = finetune(model, tokenizer, base, codes, labels, examples, args.out, cfg, resume=args.resume,
-                      codebook=vst_model.quantizer.codebook)
+                      codebook=vst_model.quantizer.codebook, counts=counts)
     meta = {k: v for k, v in result.items() if k != "model"}
     meta.update({"base": args.base, "vst": os.path.abspath(args.vst), "examples": len(examples)})
     merged_model = result["model"].merge_and_unload()
     merged = merge(merged_model, tokenizer, os.path.join(args.out, "merged"))
     if held:
-        cal = _fit_temperature(merged_model, tokenizer, merged, labels, base, codes, spread(held, args.calibration_windows))
+        cal = _fit_temperature(merged_model, tokenizer, merged, labels, base, codes, spread(held, args.calibration_windows),
+                               counts)
         cal.update(performers=sorted({performer_of(ex["clip"]) for ex in held}), unseen_by_vst=bool(vst_held))
         meta.update({"label_temperature": cal["temperature"], "calibration": cal})
         print(f"label temperature {cal['temperature']:.3f} on {cal['windows']} windows of held-out performers "
@@ -110,7 +115,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit_temperature(model, tokenizer, merged: str, labels, base: int, codes: int, windows: list[dict]) -> dict:
+def _fit_temperature(model, tokenizer, merged: str, labels, base: int, codes: int, windows: list[dict],
+                     counts: int = 0) -> dict:
     """`fit_temperature` on the merged model as llama.cpp runs it (an F16 GGUF beside it, removed
     afterwards): 777 windows take 128 s on 2 CPU cores, against ~1.5 s a window through
     transformers, so every held-out window fits in the fine-tune's time budget. Architectures the
@@ -128,7 +134,7 @@ def _fit_temperature(model, tokenizer, merged: str, labels, base: int, codes: in
     except ExportError:
         backend, name = TransformersBackend(model, tokenizer), "transformers"
     try:
-        cal = fit_temperature(Reader(backend, labels, base, codes), windows)
+        cal = fit_temperature(Reader(backend, labels, base, codes, counts=counts), windows)
     finally:
         if isinstance(backend, LlamaCppBackend):
             backend.llm.close()
@@ -156,6 +162,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             near = m["faithfulness_edge_tolerant"]
             print(f"  accepting a count the window holds when moved by up to {EDGE_FRAMES} frames: "
                   f"faithful {near['faithful']:.1%} (repetitions {near['repetitions']:.1%})")
+        if m["count_token"]:
+            c = m["count_token"]
+            print(f"  count token (the VST's repetitions head) on {c['windows']} windows of repeated actions: "
+                  f"right {c['right']:.1%}, stated by the explanation {c['stated']:.1%}")
     for ex in m["examples"][:3]:
         print(f"  {ex['clip']}: {ex['predicted']} ({ex['probability']:.2f}) - {ex['explanation']}")
     print(f"wrote {m['out']}/metrics.json, readings.jsonl and reliability.png")

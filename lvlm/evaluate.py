@@ -101,7 +101,7 @@ def fit_temperature(reader, examples: list[dict], progress: bool = True) -> dict
 
     at_one = []
     for ex in tqdm(examples, desc="calibrate", unit="window", disable=not progress):
-        nodes, _ = reader.label_nodes(ex["tokens"])
+        nodes, _ = reader.label_nodes(ex["tokens"], ex.get("count"))
         path = reader.label_ids[ex["label"]]
         for k, tok in enumerate(path):
             nll -= log_softmax(nodes(path[:k], [tok])[None, :] / TEMPERATURES[:, None])[:, tok]
@@ -109,7 +109,7 @@ def fit_temperature(reader, examples: list[dict], progress: bool = True) -> dict
     best = int(np.argmin(nll))
     at_best = at_one
     if best != one:
-        at_best = [decode(ex, reader.label_nodes(ex["tokens"])[0], float(TEMPERATURES[best]))
+        at_best = [decode(ex, reader.label_nodes(ex["tokens"], ex.get("count"))[0], float(TEMPERATURES[best]))
                    for ex in tqdm(examples, desc=f"calibrate at T={TEMPERATURES[best]:.3f}", unit="window",
                                   disable=not progress)]
     (conf1, ok1), (conf, ok) = np.array(at_one, float).T, np.array(at_best, float).T
@@ -142,7 +142,7 @@ def open_reader(adapter: str, gguf: str | None = None, threads: int | None = Non
         backend = TransformersBackend(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32),
                                       AutoTokenizer.from_pretrained(merged))
     return Reader(backend, meta["labels"], meta["token_id_base"], meta["codes"],
-                  temperature=meta.get("label_temperature", 1.0)), meta
+                  temperature=meta.get("label_temperature", 1.0), counts=meta.get("counts", 0)), meta
 
 
 def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) -> tuple[dict, list[dict]]:
@@ -152,8 +152,8 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
     explain_set = {id(e) for e in spread(examples, explain)}
     readings = []
     for ex in tqdm(examples, desc="eval lvlm", unit="window", disable=not progress):
-        r = reader.read(ex["tokens"], explain=id(ex) in explain_set)
-        row = {"clip": ex["clip"], "start": ex["start"], "tokens": ex["tokens"], "label": ex["label"],
+        r = reader.read(ex["tokens"], explain=id(ex) in explain_set, count=ex.get("count"))
+        row = {"clip": ex["clip"], "start": ex["start"], "tokens": ex["tokens"], "count": ex.get("count"), "label": ex["label"],
                "predicted": r.label, "probability": r.probability,
                "renormalised": r.probability / max(sum(r.distribution.values()), 1e-12),
                "head_label": ex.get("head_label"), "head_score": ex.get("head_score"), "label_s": r.label_s,
@@ -166,12 +166,17 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
                 if "clip_repetitions" in attrs:  # the count the whole clip has, beyond the window
                     whole_clip = {**attrs, "repetitions": attrs["clip_repetitions"]}
                     row["check"]["clip_repetitions"] = check(r.explanation, whole_clip)["repetitions"]
+                if reader.counts and ex.get("count") is not None and attrs.get("clip_repetitions", 0) > 1:
+                    # a repeated action: is the count token right, and does the explanation state it?
+                    row["count_token"] = {"right": ex["count"] == attrs["repetitions"],
+                                          "stated": check(r.explanation, {**attrs, "repetitions": ex["count"]})["repetitions"]}
         readings.append(row)
     n = len(readings)
     correct = [r["predicted"] == r["label"] for r in readings]
     head = [r["head_label"] == r["label"] for r in readings if r["head_label"] is not None]
     explained = [r for r in readings if r["explanation"] is not None]
     checked = [r["check"] for r in explained if "check" in r]
+    counted = [r["count_token"] for r in explained if "count_token" in r]
     labels = sorted({r["label"] for r in readings})
     metrics = {
         "windows": n,
@@ -189,6 +194,10 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
         # the count may be the window's moved by up to vst.actions.EDGE_FRAMES frames (reported, not the target)
         "faithfulness_edge_tolerant": {k: float(np.mean([c[k + "_near"] for c in checked])) for k in ("faithful", "repetitions")}
         if checked and all("faithful_near" in c for c in checked) else None,
+        # windows of repeated actions read with a count token: how often the token (the VST's
+        # repetitions head) is right, and how often the explanation states the token's count
+        "count_token": {"windows": len(counted), "right": float(np.mean([c["right"] for c in counted])),
+                        "stated": float(np.mean([c["stated"] for c in counted]))} if counted else None,
         "faithfulness_when_label_correct": _mean_or_none([r["check"]["faithful"] for r in explained
                                                           if "check" in r and r["predicted"] == r["label"]]),
         "label_latency_ms_p50": 1000 * statistics.median(r["label_s"] for r in readings) if n else None,

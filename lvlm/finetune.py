@@ -2,10 +2,13 @@
 
 Training examples pair a window's action tokens (from a trained VST, run the runtime's way) with
 the clip's label and the reference explanation of what the window shows. peft LoRA adapts the
-attention and MLP projections; the new token rows (<video>, </video>, <act_i>) are trainable
-through `trainable_token_indices`, and each action token's row is tied to its VST code vector
-through a learned map (`_code_tie`); the loss covers the answer only (label line, explanation,
-end of turn). The prompt comes from `lvlm.prompt`, the same text the llama.cpp worker feeds.
+attention and MLP projections; the new token rows (<video>, </video>, <act_i>, <count_n>) are
+trainable through `trainable_token_indices`, and each action token's row is tied to its VST code
+vector through a learned map (`_code_tie`); the loss covers the answer only (label line,
+explanation, end of turn). With a VST that has a repetitions head, each window's video block ends
+with the count token the head reads for it (`lvlm.prompt`, format 2), so the explanation can
+state the count the VST counted rather than the one the class usually has. The prompt comes
+from `lvlm.prompt`, the same text the llama.cpp worker feeds.
 
 Every example starts with the same instruction prefix (~75 % of its tokens for SmolLM2), so a
 training step runs the prefix once and shares its KV cache across the batch (gradients flow
@@ -40,12 +43,13 @@ class FinetuneConfig:
     checkpoint_every: int = 25  # steps between resumable checkpoints (OUT/finetune_state.pt)
     code_tie: bool = True  # with a VST codebook: each action token's row + a learned map of its code vector
     prefix_grad: bool = True  # gradients through the shared instruction prefix (False: a no-grad prefix, ~13 % cheaper steps)
+    count_token: bool = True  # with a VST repetitions head: the window's count token ends the video block
 
 
-def encode(tokenizer, p: prompt.Prompt, base: int, codes: int, example: dict) -> tuple[list[int], list[int]]:
+def encode(tokenizer, p: prompt.Prompt, base: int, codes: int, example: dict, counts: int = 0) -> tuple[list[int], list[int]]:
     """(input ids, labels) of one example; labels are -100 outside the answer."""
-    head = (tokenizer.encode(p.prefix, add_special_tokens=False) + prompt.video_ids(example["tokens"], base, codes)
-            + tokenizer.encode(p.suffix, add_special_tokens=False))
+    video = prompt.video_ids(example["tokens"], base, codes, example.get("count") if counts else None, counts)
+    head = tokenizer.encode(p.prefix, add_special_tokens=False) + video + tokenizer.encode(p.suffix, add_special_tokens=False)
     answer = tokenizer.encode(prompt.answer(example["label"], example["explanation"]), add_special_tokens=False)
     return head + answer, [-100] * len(head) + answer
 
@@ -91,9 +95,10 @@ STATE = "finetune_state.pt"
 
 
 def _code_tie(codebook, hidden: int):
-    """A parametrisation of the trainable token rows (<video>, </video>, <act_0>, ...): each action
-    token's row is its own free row plus a learned linear map of its VST code vector (zero at the
-    start, so training starts from the word initialisation). Every example trains the map for all
+    """A parametrisation of the trainable token rows (<video>, </video>, <act_0>, ..., then any
+    count tokens, which stay free rows): each action token's row is its own free row plus a
+    learned linear map of its VST code vector (zero at the start, so training starts from the
+    word initialisation). Every example trains the map for all
     codes at once, and a code seen rarely in training still reads like the codes near it in the
     VST's code space, as it does for the VST's own head. The map is folded into the rows before
     the adapter is saved: the rows, the merged model and the GGUF stay plain."""
@@ -106,14 +111,16 @@ def _code_tie(codebook, hidden: int):
             self.map = torch.nn.Parameter(torch.zeros(hidden, codebook.shape[1]))
 
         def forward(self, rows):
-            return torch.cat([rows[:2], rows[2:] + self.codebook.to(rows) @ self.map.t().to(rows)])
+            k = self.codebook.shape[0]
+            return torch.cat([rows[:2], rows[2:2 + k] + self.codebook.to(rows) @ self.map.t().to(rows), rows[2 + k:]])
 
     return CodeTie()
 
 
 def finetune(model, tokenizer, base: int, codes: int, labels: list[str], examples: list[dict], out: str,
-             cfg: FinetuneConfig, progress: bool = True, resume: bool = False, codebook=None) -> dict:
+             cfg: FinetuneConfig, progress: bool = True, resume: bool = False, codebook=None, counts: int = 0) -> dict:
     """Train a LoRA adapter on `examples`; saves it (adapter + tokenizer + lvlm.json) to `out`.
+    `counts` > 0: the vocabulary has that many count tokens and every example a `count`.
     Every `checkpoint_every` steps the trainable weights, the optimizer and the step go to
     OUT/finetune_state.pt; `resume` continues from there (the batch order is replayed and the
     one-cycle schedule restored, so a resumed run equals an uninterrupted one; a one-cycle run
@@ -127,7 +134,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM",
-                      trainable_token_indices=list(range(base, base + codes + 2)))
+                      trainable_token_indices=list(range(base, base + codes + 2 + counts)))
     peft_model = get_peft_model(model, lora)
     tied_rows = None
     if codebook is not None and cfg.code_tie:
@@ -137,7 +144,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         parametrize.register_parametrization(tied_rows, "default", _code_tie(codebook, tied_rows["default"].shape[1]))
     p = prompt.build(labels)
     prefix = tokenizer.encode(p.prefix, add_special_tokens=False)
-    encoded = [encode(tokenizer, p, base, codes, ex) for ex in examples]
+    encoded = [encode(tokenizer, p, base, codes, ex, counts) for ex in examples]
     if any(ids[: len(prefix)] != prefix for ids, _ in encoded):
         raise FinetuneError("the prompt prefix does not tokenize the same in every example")
     encoded = [(ids[len(prefix):], lab[len(prefix):]) for ids, lab in encoded]
@@ -163,6 +170,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         old = state["config"]
         if (state["examples"] != len(examples) or old["seed"] != cfg.seed or old["batch"] != cfg.batch
                 or old.get("schedule", "constant") != cfg.schedule or old.get("prefix_grad", True) != cfg.prefix_grad
+                or state.get("counts", 0) != counts
                 or (cfg.schedule != "constant" and (old["steps"], old["lr"]) != (cfg.steps, cfg.lr))
                 or set(state["trainable"]) != set(trainable)):
             raise FinetuneError(f"{state_path} was made with other examples or settings; start without --resume")
@@ -187,7 +195,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             torch.save({"step": step + 1, "trainable": {n: q.detach().clone() for n, q in trainable.items()},
                         "opt": opt.state_dict(), "sched": sched and sched.state_dict(), "losses": losses,
-                        "examples": len(examples), "config": asdict(cfg)},
+                        "examples": len(examples), "counts": counts, "config": asdict(cfg)},
                        state_path + ".part")
             os.replace(state_path + ".part", state_path)
     code_map_norm = None
@@ -196,7 +204,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         parametrize.remove_parametrizations(tied_rows, "default", leave_parametrized=True)
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    meta = {"prompt_format_version": prompt.PROMPT_FORMAT_VERSION, "token_id_base": base, "codes": codes,
+    meta = {"prompt_format_version": prompt.PROMPT_FORMAT_VERSION, "token_id_base": base, "codes": codes, "counts": counts,
             "labels": labels, "config": asdict(cfg), "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
             "code_map_norm": code_map_norm}
     with open(os.path.join(out, "lvlm.json"), "w") as f:
@@ -254,7 +262,8 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
     """(labels, examples): the VST's tokens for up to `windows_per_clip` sliding windows per clip
     (those covering most of the action first), with the clip's label and the reference
     explanation of what the window shows (`vst.actions.window_attributes`: its repetitions),
-    and the VST head's own prediction for the window (its provisional label). `views` > 1 adds
+    the VST head's own prediction for the window (its provisional label) and, where the VST has
+    a repetitions head, the count it reads (`count`, 1..max_reps; else None). `views` > 1 adds
     views of every clip through the VST's training augmentations (crop, colour, flip; a flipped
     view gets the mirrored side in its attributes and reference explanation)."""
     import numpy as np
@@ -262,7 +271,7 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
 
     from vst.actions import mirror_attributes, window_attributes
     from vst.cache import Cache
-    from vst.model import load_checkpoint
+    from vst.model import load_checkpoint, read_count
     from vst.windows import Augment, action_frames, augment_frames, clip_windows
 
     model = load_checkpoint(vst_run)
@@ -290,6 +299,7 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
                 seen = window_attributes(attrs, w["starts"][i], w["starts"][i] + model.cfg.W, len(frames))
                 explanation = seen.get("explanation") or f"The person performs the action '{label}'."
                 out.append({"clip": clip["name"], "view": view, "start": w["starts"][i], "tokens": w["ids"][i].tolist(),
+                            "count": int(read_count(w["aux"][i])) if "aux" in w else None,
                             "label": label, "explanation": explanation, "attributes": seen,
                             "head_label": labels[head], "head_score": float(probs[head])})
     return labels, out

@@ -65,10 +65,10 @@ class Reader:
     means what it says); the label and explanation tokens themselves are the model's."""
 
     def __init__(self, backend, labels: Sequence[str], base: int, codes: int, explanation_tokens: int = 48,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, counts: int = 0):
         if not temperature > 0:
             raise ValueError(f"label temperature must be > 0, not {temperature}")
-        self.backend, self.labels, self.base, self.codes = backend, list(labels), base, codes
+        self.backend, self.labels, self.base, self.codes, self.counts = backend, list(labels), base, codes, counts
         self.explanation_tokens, self.temperature = explanation_tokens, float(temperature)
         p = prompt.build(self.labels)
         tok = backend.tokenize
@@ -87,18 +87,22 @@ class Reader:
         """The reader of a bundle's language model: labels, token ids and label temperature from its manifest."""
         lv = manifest["lvlm"]
         return cls(backend, manifest["labels"], lv["token_id_base"], lv["codes"], explanation_tokens,
-                   lv.get("label_temperature", 1.0))
+                   lv.get("label_temperature", 1.0), lv.get("counts", 0))
 
     def forget_prefix(self) -> None:
         """Make the next read evaluate the instruction prefix again (benchmarks compare with this)."""
         self._prefix_ready = False
 
-    def ids(self, tokens: Sequence[int]) -> list[int]:
+    def ids(self, tokens: Sequence[int], count: int | None = None) -> list[int]:
         """The whole prompt for a window as ids (what `read` evaluates, for logs and parity checks)."""
-        return self.prefix + prompt.video_ids(tokens, self.base, self.codes) + self.suffix
+        return self.prefix + self._video(tokens, count) + self.suffix
 
-    def _context(self, tokens: Sequence[int]) -> np.ndarray:
-        video = prompt.video_ids(tokens, self.base, self.codes)  # validates before touching the cache
+    def _video(self, tokens: Sequence[int], count: int | None) -> list[int]:
+        """The video block; a count is ignored by a model without count tokens (format 1)."""
+        return prompt.video_ids(tokens, self.base, self.codes, count if self.counts else None, self.counts)
+
+    def _context(self, tokens: Sequence[int], count: int | None) -> np.ndarray:
+        video = self._video(tokens, count)  # validates before touching the cache
         b = self.backend
         if not self._prefix_ready or b.n < len(self.prefix):
             b.rewind(0)
@@ -107,18 +111,19 @@ class Reader:
         b.rewind(len(self.prefix))
         return b.feed(video + self.suffix)
 
-    def label(self, tokens: Sequence[int], exhaustive: bool = True):
-        """(LabelResult, context length) for a window. Each trie node costs the tokens that differ
-        from the path already in the cache (usually one)."""
-        nodes, n_ctx = self.label_nodes(tokens)
+    def label(self, tokens: Sequence[int], exhaustive: bool = True, count: int | None = None):
+        """(LabelResult, context length) for a window (`count`: its count token, for a model that
+        has them). Each trie node costs the tokens that differ from the path already in the cache
+        (usually one)."""
+        nodes, n_ctx = self.label_nodes(tokens, count)
         return decode_label(self.trie, tempered(nodes, self.temperature), exhaustive), n_ctx
 
-    def label_nodes(self, tokens: Sequence[int]):
+    def label_nodes(self, tokens: Sequence[int], count: int | None = None):
         """(logprobs(prefix, allowed) -> the full next-token log-probabilities after a trie node,
         context length): the window's context is evaluated now, each node when first asked for
         (then kept, so the trie can be decoded again at other temperatures for free)."""
         b = self.backend
-        root = self._context(tokens)
+        root = self._context(tokens, count)
         n_ctx = b.n
         cache = {(): root}
         path: list[int] = []  # the label tokens in the cache after the context
@@ -136,11 +141,11 @@ class Reader:
 
         return logprobs, n_ctx
 
-    def read(self, tokens: Sequence[int], explain: bool = True, exhaustive: bool = True) -> Reading:
+    def read(self, tokens: Sequence[int], explain: bool = True, exhaustive: bool = True, count: int | None = None) -> Reading:
         """exhaustive=False (the worker's way): best-first label search, exact label and probability,
         the other labels' probabilities only where the search computed them."""
         t0 = time.perf_counter()
-        result, n_ctx = self.label(tokens, exhaustive)
+        result, n_ctx = self.label(tokens, exhaustive, count)
         t1 = time.perf_counter()
         if not explain:
             return Reading(result.label, result.probability, result.distribution, None, t1 - t0, None)

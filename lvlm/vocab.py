@@ -1,28 +1,33 @@
-"""The action-token vocabulary: K new tokens <act_000>... plus <video>, </video>, appended after the
-base vocabulary (ids as `lvlm.prompt` lays them out), with embeddings initialised from words
-rather than zeros: each code's row starts as the mean embedding of its glossary gloss and top
-class name, so the language model begins with a meaningful guess of what a token stands for."""
+"""The action-token vocabulary: K new tokens <act_000>... plus <video>, </video> (and, for a VST
+with a repetitions head, the count tokens <count_1>...), appended after the base vocabulary (ids
+as `lvlm.prompt` lays them out), with embeddings initialised from words rather than zeros: each
+code's row starts as the mean embedding of its glossary gloss and top class name, each count's
+as that of its count words ("three times"), so the language model begins with a meaningful
+guess of what a token stands for."""
 from __future__ import annotations
 
 from lvlm import prompt
 
 
-def add_action_tokens(model, tokenizer, codes: int, glossary: dict | None = None) -> int:
+def add_action_tokens(model, tokenizer, codes: int, glossary: dict | None = None, counts: int = 0) -> int:
     """Add the tokens, resize the embeddings, initialise the new rows; returns the id base."""
     import torch
+
+    from vst.actions import times_word
 
     emb = model.get_input_embeddings()
     base = emb.weight.shape[0]
     if len(tokenizer) != base:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the embedding {base} rows; "
                          "the action-token ids would not match between training and llama.cpp")
-    added = tokenizer.add_tokens(prompt.added_tokens(codes), special_tokens=True)
-    if added != codes + 2:
-        raise ValueError(f"only {added} of {codes + 2} action tokens were new; the tokenizer already has some")
-    ids = tokenizer.convert_tokens_to_ids(prompt.added_tokens(codes))
-    if ids != list(range(base, base + codes + 2)):
+    new = prompt.added_tokens(codes, counts)
+    added = tokenizer.add_tokens(new, special_tokens=True)
+    if added != len(new):
+        raise ValueError(f"only {added} of {len(new)} action tokens were new; the tokenizer already has some")
+    ids = tokenizer.convert_tokens_to_ids(new)
+    if ids != list(range(base, base + len(new))):
         raise ValueError("added token ids are not contiguous after the base vocabulary")
-    model.resize_token_embeddings(base + codes + 2, mean_resizing=False)
+    model.resize_token_embeddings(base + len(new), mean_resizing=False)
     weight = model.get_input_embeddings().weight
     with torch.no_grad():
         old = weight[:base]
@@ -43,4 +48,6 @@ def add_action_tokens(model, tokenizer, codes: int, glossary: dict | None = None
                 weight[base + 2 + i] = words(text)
             else:
                 weight[base + 2 + i] = mean + 0.1 * std * torch.randn(mean.shape, generator=gen)
+        for n in range(1, counts + 1):
+            weight[base + 1 + codes + n] = words(times_word(n))
     return base

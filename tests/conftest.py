@@ -97,15 +97,18 @@ def tiny_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
     from lvlm.vocab import add_action_tokens
     from tests.tiny_models import tiny_llama
     from vst.glossary import build_glossary
+    from vst.model import load_checkpoint
 
     run, _ = tiny_run
     build_glossary(run, cache32, progress=False)
     tok = copy.deepcopy(pristine_tokenizer)
     labels, examples = build_examples(run, cache32, "train", windows_per_clip=2, progress=False)
     model = tiny_llama(len(tok))
-    base = add_action_tokens(model, tok, 32)
+    counts = load_checkpoint(run).cfg.counts  # the tiny VST has a repetitions head: format 2, with count tokens
+    base = add_action_tokens(model, tok, 32, counts=counts)
     out = str(tmp_path_factory.mktemp("adapter"))
-    result = finetune(model, tok, base, 32, labels, examples, out, FinetuneConfig(steps=40, batch=8, lr=1e-2), progress=False)
+    result = finetune(model, tok, base, 32, labels, examples, out, FinetuneConfig(steps=40, batch=8, lr=1e-2), progress=False,
+                      counts=counts)
     meta = {k: v for k, v in result.items() if k != "model"}
     merge(result["model"], tok, os.path.join(out, "merged"), meta)
     return out

@@ -2,7 +2,8 @@
 semantic head, split into the two run-time engines of DESIGN.md:
 
     encode_frames(uint8 [N, R, R, 3]) -> features [N, F]                    (FrameEncoder engine)
-    tokenize(features [B, W, F]) -> ids [B, T], distances [B, T], logits   (TokenEngine)
+    tokenize(features [B, W, F]) -> ids [B, T], distances [B, T], logits   (TokenEngine; its export
+                                   also outputs the repetitions head's count, `read_count`)
 
 with F = cfg.feature_size: D appearance features, then (with `pose_joints`) the x, y of 25 joints,
 or (with `appearance` off) the joints alone.
@@ -63,6 +64,12 @@ class VSTConfig:
         """Size of a frame feature between the two engines: D appearance features and/or the x, y
         of every joint."""
         return (self.D if self.appearance or not self.pose_joints else 0) + 2 * self.pose_joints
+
+    @property
+    def counts(self) -> int:
+        """Counts the repetitions head reads (1..max_reps), 0 without the head: the language model's
+        count tokens (`lvlm.prompt`)."""
+        return self.max_reps if self.aux_side else 0
 
     @property
     def segment(self) -> int:
@@ -207,6 +214,11 @@ class SemanticHead(nn.Module):
 
     def forward(self, q):
         return self.net(q)
+
+
+def read_count(aux: torch.Tensor) -> torch.Tensor:
+    """The attribute heads' logits [..., 2 + max_reps] -> the count the repetitions head reads, 1..max_reps."""
+    return aux[..., 2:].argmax(-1) + 1
 
 
 class VST(nn.Module):

@@ -38,9 +38,20 @@ def test_malformed_messages_are_rejected_with_a_reason(data, match):
 
 def test_field_types_are_checked():
     body = msgpack.unpackb(messages.encode(WINDOW))
-    for field, bad in (("tokens", ["a"]), ("window_seq", "3"), ("provisional_score", True), ("stream", 5)):
+    for field, bad in (("tokens", ["a"]), ("window_seq", "3"), ("provisional_score", True), ("stream", 5), ("count", "3"),
+                       ("count", 2.5)):
         with pytest.raises(MessageError, match=field):
             messages.decode(msgpack.packb({**body, field: bad}))
+
+
+def test_window_count_is_optional_and_carried():
+    import dataclasses
+
+    counted = dataclasses.replace(WINDOW, count=3)
+    assert messages.decode(messages.encode(counted)).count == 3
+    body = msgpack.unpackb(messages.encode(counted))
+    del body["count"]  # a sender from before the count (or a VST without a repetitions head)
+    assert messages.decode(msgpack.packb(body)) == WINDOW and WINDOW.count is None
 
 
 def test_config_errors_name_the_field(tmp_path):

@@ -48,8 +48,34 @@ def test_one_process_rtsp_to_labels(tiny_bundle, actions_video, rtsp_server, tmp
     assert len(rec.results) >= 3 and all(r.label in manifest["labels"] and 0 < r.probability <= 1 for r in rec.results)
     assert all(r.bundle == rec.windows[0].bundle and r.tokens_to_label_ms > 0 and r.capture_to_tokens_ms >= 0 for r in rec.results)
     assert any(r.explanation for r in rec.results)
+    # the bundle reads count tokens: every window carries the VST's count, every result the one it read
+    counts = manifest["lvlm"]["counts"]
+    assert counts == 6 and all(1 <= w.count <= counts for w in rec.windows)
+    sent = {w.window_seq: w.count for w in rec.windows}
+    assert all(r.count == sent[r.window_seq] for r in rec.results)
     lines = [json.loads(x) for x in open(tmp_path / "r.jsonl")]
     assert len(lines) == len(rec.results) and lines[0]["stream"] == "cam1"
+
+
+def test_worker_refuses_windows_its_bundle_cannot_read(tiny_bundle):
+    import dataclasses
+
+    from edge_runtime.messages import Health, MessageError, TokenWindow
+    from edge_runtime.worker import check_window
+
+    _, manifest = tiny_bundle
+    w = TokenWindow(stream="cam1", window_seq=0, t_start_ns=1, t_end_ns=2, tokens=(1,) * manifest["vst"]["T"],
+                    distances=(0.1,) * manifest["vst"]["T"], provisional_label="a", provisional_score=0.5,
+                    capture_to_tokens_ms=1.0, sent_ns=3, bundle="b", count=2)
+    assert check_window(manifest, w) is w
+    for bad, match in ((dataclasses.replace(w, count=None), "count None"), (dataclasses.replace(w, count=7), "count 7"),
+                       (dataclasses.replace(w, tokens=(1, 2)), "T/K"),
+                       (dataclasses.replace(w, tokens=(manifest["vst"]["K"],) * manifest["vst"]["T"]), "T/K"),
+                       (Health(service="x", name="y", state="z"), "expected a window")):
+        with pytest.raises(MessageError, match=match):
+            check_window(manifest, bad)
+    format1 = {**manifest, "lvlm": {**manifest["lvlm"], "counts": 0}}
+    assert check_window(format1, dataclasses.replace(w, count=None)).count is None  # a bundle without count tokens
 
 
 def _config(tmp_path, bundle, endpoints, curve=None, stream=None):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from export.bundle import BundleError, check_bundle
+from lvlm.base import sha256_file
 from lvlm.finetune import build_examples
 from tests.helpers import run_cli
 
@@ -30,7 +31,11 @@ def test_bundle_holds_verified_engines_and_model(tiny_bundle, tiny_run):
     assert not [f for f in os.listdir(out) if f.endswith(".data")]  # no external-data side files
     p = m["parity"]
     assert p["onnx"]["max_abs_feature_error"] < 1e-4 and p["onnx"]["token_agreement"] >= 0.995
-    assert p["onnx"]["label_agreement"] == 1.0
+    assert p["onnx"]["label_agreement"] == 1.0 and p["onnx"]["count_agreement"] == 1.0
+    # the tiny VST has a repetitions head: the token engine outputs its count, the GGUF has the count tokens
+    assert m["engines"]["token_engine"]["outputs"]["count"] == ["batch"]
+    assert m["lvlm"]["counts"] == 6 and m["lvlm"]["prompt_format_version"] == 2
+    assert m["lvlm"]["vocab_size"] == m["lvlm"]["token_id_base"] + 2 + 32 + 6
     f16 = p["gguf_f16_logits"]
     assert f16["positions"] > 500 and f16["max_probability_difference"] < 0.01
     # the tiny model has near-ties that F16 rounding may flip; outside them llama.cpp agrees
@@ -81,8 +86,33 @@ def test_check_refuses_tampered_incomplete_and_foreign_bundles(tiny_bundle, tmp_
         check_bundle(str(tmp_path / "future"))
     with pytest.raises(BundleError, match="not a bundle"):
         check_bundle(str(tmp_path))
+    # a manifest claiming more count tokens than the GGUF holds, or a token engine without a count output
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    shutil.copytree(out, str(tmp_path / "counts"))
+    json.dump({**m, "lvlm": {**m["lvlm"], "counts": 7, "vocab_size": m["lvlm"]["vocab_size"] + 1}},
+              open(tmp_path / "counts" / "manifest.json", "w"))
+    with pytest.raises(BundleError, match="tokens, the manifest says"):
+        check_bundle(str(tmp_path / "counts"))
+    old = str(tmp_path / "no-count-output")
+    shutil.copytree(out, old)
+    _without_count_output(os.path.join(old, "token_engine.onnx"))
+    m["files"]["token_engine.onnx"]["sha256"] = sha256_file(os.path.join(old, "token_engine.onnx"))
+    m["files"]["token_engine.onnx"]["size"] = os.path.getsize(os.path.join(old, "token_engine.onnx"))
+    json.dump(m, open(os.path.join(old, "manifest.json"), "w"))
+    with pytest.raises(BundleError, match="has no count output"):
+        check_bundle(old)
     r = run_cli("check", out)
     assert r.returncode == 0 and "all hashes match" in r.stdout
+
+
+def _without_count_output(path):
+    import onnx
+
+    graph = onnx.load(path)
+    keep = [o for o in graph.graph.output if o.name != "count"]
+    del graph.graph.output[:]
+    graph.graph.output.extend(keep)
+    onnx.save(graph, path)
 
 
 def test_bundle_gguf_reads_windows_like_transformers(tiny_bundle, tiny_adapter, tiny_run, cache32):
@@ -93,7 +123,7 @@ def test_bundle_gguf_reads_windows_like_transformers(tiny_bundle, tiny_adapter, 
     hf, _ = open_reader(tiny_adapter)
     gg, _ = open_reader(tiny_adapter, os.path.join(out, m["lvlm"]["file"]))
     assert gg.prefix == hf.prefix and gg.suffix == hf.suffix and gg.label_ids == hf.label_ids and gg.stop == hf.stop
-    a, b = hf.read(windows[0]["tokens"]), gg.read(windows[0]["tokens"])
+    a, b = (r.read(windows[0]["tokens"], count=windows[0]["count"]) for r in (hf, gg))
     assert a.label in m["labels"] and b.label in m["labels"]
     assert abs(sum(a.distribution.values()) - sum(b.distribution.values())) < 0.25
 
@@ -127,5 +157,6 @@ def test_tensorrt_plans_match_pytorch(tiny_bundle, cache32, precision, tmp_path)
     e = build_bundle_plans(b, precision, max_batch=64, data=cache32, progress=False)
     assert e["parity"]["token_agreement"] >= (0.995 if precision == "fp32" else 0.9)
     assert e["parity"]["label_agreement"] >= (1.0 if precision == "fp32" else 0.9)
+    assert e["parity"]["count_agreement"] >= (1.0 if precision == "fp32" else 0.9)  # the plan outputs the count too
     s = check_bundle(b)
     assert list(s["tensorrt_plans"].values()) == [precision]

@@ -69,6 +69,26 @@ def test_action_tokens_get_the_prompt_ids_and_word_embeddings(tokenizer):
 
 
 @pytest.mark.slow
+def test_count_tokens_get_their_ids_and_count_word_embeddings(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = len(tokenizer)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=base, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    assert add_action_tokens(model, tokenizer, 8, counts=6) == base
+    w = model.get_input_embeddings().weight
+    assert w.shape[0] == base + 2 + 8 + 6
+    for n, words in ((1, " once"), (3, " three times"), (6, " six times")):
+        assert tokenizer.convert_tokens_to_ids(f"<count_{n}>") == base + 9 + n == prompt.video_ids([0], base, 8, n, 6)[2]
+        assert torch.allclose(w[base + 9 + n], w[tokenizer.encode(words, add_special_tokens=False)].mean(0), atol=1e-6)
+    # the block tokenizes the same as text and as ids
+    p = prompt.build(["drink water", "hand waving"])
+    pieces = (tokenizer.encode(p.prefix, add_special_tokens=False) + prompt.video_ids([3, 0], base, 8, 4, 6)
+              + tokenizer.encode(p.suffix, add_special_tokens=False))
+    assert tokenizer.encode(p.text([3, 0], count=4), add_special_tokens=False) == pieces
+
+
+@pytest.mark.slow
 def test_default_base_loads_and_saves_as_a_plain_model(gguf, tmp_path):
     model, tok = load("smollm2-135m")
     assert model.config.vocab_size == len(tok) == 49152

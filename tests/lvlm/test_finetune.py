@@ -18,13 +18,14 @@ LABELS = ["drink water", "hand waving", "sitting down"]
 CODEBOOK = torch.nn.functional.normalize(torch.randn(16, 6, generator=torch.Generator().manual_seed(0)), dim=-1)
 
 
-def examples(n, codes, seed=0):
+def examples(n, codes, seed=0, counts=0):
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         k = int(rng.integers(0, 3))
         tokens = [int(x) for x in rng.integers(k * 4, k * 4 + 4, 8)]  # each label has its own codes
-        out.append({"tokens": tokens, "label": LABELS[k], "explanation": f"The person does {LABELS[k]}."})
+        count = int(rng.integers(1, counts + 1)) if counts else None
+        out.append({"tokens": tokens, "count": count, "label": LABELS[k], "explanation": f"The person does {LABELS[k]}."})
     return out
 
 
@@ -34,6 +35,16 @@ def test_loss_covers_the_answer_only(tokenizer):
     answer = [t for t in labels if t != -100]
     assert ids[-len(answer):] == answer and labels[: len(ids) - len(answer)] == [-100] * (len(ids) - len(answer))
     assert tokenizer.decode(answer).startswith(" ") and "Explanation:" in tokenizer.decode(answer)
+
+
+def test_count_token_ends_the_video_block_of_an_example(tokenizer):
+    p = prompt.build(LABELS)
+    ex = examples(1, 16, counts=6)[0]
+    base = len(tokenizer)
+    ids, _ = encode(tokenizer, p, base, 16, ex, counts=6)
+    end = ids.index(base + 1)  # </video>
+    assert ids[end - 9: end] == [base + 2 + t for t in ex["tokens"]] + [base + 2 + 16 + ex["count"] - 1]
+    assert encode(tokenizer, p, base, 16, ex)[0] == ids[: end - 1] + ids[end:]  # format 1 ignores the count
 
 
 def test_shared_prefix_loss_equals_the_full_rows_loss(pristine_tokenizer):
@@ -92,6 +103,31 @@ def test_code_tie_moves_the_action_rows_in_and_out_and_folds_into_them(pristine_
         assert not torch.allclose(tied[0, 3:, : base + 2], before[0, 3:, : base + 2])  # the action inputs moved
         parametrize.remove_parametrizations(rows, "default", leave_parametrized=True)
         assert torch.allclose(peft_model(input_ids=x).logits, tied, atol=1e-5)  # folded in: the same model
+    # count tokens after the action tokens stay free rows: the map moves the action rows only
+    tie = _code_tie(CODEBOOK, 8)
+    with torch.no_grad():
+        tie.map.normal_()
+        free = torch.randn(2 + 16 + 6, 8)
+        tied_rows = tie(free)
+    assert torch.equal(tied_rows[:2], free[:2]) and torch.equal(tied_rows[18:], free[18:])
+    assert not torch.allclose(tied_rows[2:18], free[2:18])
+
+
+@pytest.mark.slow
+def test_finetune_with_count_tokens_trains_their_rows(pristine_tokenizer, tmp_path):
+    tok = copy.deepcopy(pristine_tokenizer)
+    model = tiny_llama(len(tok))
+    base = add_action_tokens(model, tok, 16, counts=6)
+    before = model.get_input_embeddings().weight[base + 18: base + 24].detach().clone()
+    r = finetune(model, tok, base, 16, LABELS, examples(16, 16, counts=6), str(tmp_path), progress=False, codebook=CODEBOOK,
+                 cfg=FinetuneConfig(steps=4, batch=4, lr=1e-2), counts=6)
+    assert r["counts"] == 6 and r["prompt_format_version"] == 2
+    after = r["model"].merge_and_unload().get_input_embeddings().weight[base + 18: base + 24]
+    seen = sorted({ex["count"] for ex in examples(16, 16, counts=6)})
+    assert all(not torch.allclose(after[n - 1], before[n - 1]) for n in seen)  # the counts fed were trained
+    with pytest.raises(ValueError, match="has none"):  # a model with count tokens needs every example's count
+        finetune(model, tok, base, 16, LABELS, examples(4, 16), str(tmp_path / "x"), FinetuneConfig(steps=1, batch=4),
+                 progress=False, counts=6)
 
 
 @pytest.fixture(scope="module")
@@ -251,6 +287,14 @@ def test_examples_come_from_the_vst_windows(tiny_run, cache32):
         # the reference states the repetitions the window holds (the clip's own count kept beside it)
         clip = clips[ex["clip"]]
         assert ex["attributes"] == window_attributes(clip["attributes"], ex["start"], ex["start"] + cfg.W, clip["frames"])
+    # each window carries the count the VST's repetitions head reads for it
+    from vst.model import read_count
+    from vst.windows import clip_windows
+
+    assert cfg.counts == cfg.max_reps and all(1 <= ex["count"] <= cfg.counts for ex in exs)
+    first = exs[0]
+    w = clip_windows(load_checkpoint(run), cache.clip_frames(clips[first["clip"]]))
+    assert first["count"] == int(read_count(w["aux"][list(w["starts"]).index(first["start"])]))
     waves = [ex["attributes"] for ex in exs if ex["label"] == "hand waving"]
     assert waves and all(1 <= a["repetitions"] <= a["clip_repetitions"] for a in waves)
     _, two = build_examples(run, cache32, "train", windows_per_clip=2, progress=False, views=2)
@@ -294,6 +338,9 @@ def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run,
     assert meta["calibration"]["backend"] == "llama.cpp (F16)" and not list((ad / "merged").glob("*.gguf"))
     assert meta == json.load(open(ad / "lvlm.json"))
     assert meta["config"]["seed"] == 3 and meta["config"]["schedule"] == "one-cycle"
+    # the tiny VST has a repetitions head: format 2, its counts as tokens after the action tokens
+    assert meta["counts"] == 6 and meta["prompt_format_version"] == 2 and meta["config"]["count_token"]
+    assert pristine_tokenizer.__class__.from_pretrained(ad / "merged").convert_tokens_to_ids("<count_6>") == meta["token_id_base"] + 39
     r = run_cli("finetune", "--vst", tiny_run[0], "--data", cache32, "--base", "no-such-model", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "unknown base model" in r.stderr and "Traceback" not in r.stderr
 
@@ -311,12 +358,13 @@ def test_temperature_fit_through_llama_cpp_matches_transformers(cli_adapter):
     ad, _ = cli_adapter
     meta = json.load(open(ad / "lvlm.json"))
     rng = np.random.default_rng(3)
-    windows = [{"tokens": [int(t) for t in rng.integers(0, meta["codes"], 8)], "label": meta["labels"][i % 3]}
-               for i in range(9)]
+    windows = [{"tokens": [int(t) for t in rng.integers(0, meta["codes"], 8)], "count": i % meta["counts"] + 1,
+                "label": meta["labels"][i % 3]} for i in range(9)]
     model, tok = AutoModelForCausalLM.from_pretrained(ad / "merged"), AutoTokenizer.from_pretrained(ad / "merged")
-    fast = _fit_temperature(model, tok, str(ad / "merged"), meta["labels"], meta["token_id_base"], meta["codes"], windows)
+    fast = _fit_temperature(model, tok, str(ad / "merged"), meta["labels"], meta["token_id_base"], meta["codes"], windows,
+                            meta["counts"])
     slow = fit_temperature(Reader(TransformersBackend(model.eval(), tok), meta["labels"], meta["token_id_base"],
-                                  meta["codes"]), windows, progress=False)
+                                  meta["codes"], counts=meta["counts"]), windows, progress=False)
     assert fast["backend"] == "llama.cpp (F16)" and fast["windows"] == 9
     # F16 weights against float32: the NLL to 1 %, the temperature to one step of the grid (7 %)
     assert fast["nll_t1"] == pytest.approx(slow["nll_t1"], rel=1e-2)
@@ -338,10 +386,12 @@ def test_finetune_calibrates_on_the_performers_the_vst_did_not_train_on(tiny_run
     json.dump({**record, "held_out": ["P002"]}, open(run / "train_config.json", "w"))
     base = cli_adapter[0].parent / "tiny-llama"
     r = run_cli("finetune", "--vst", str(run), "--data", cache32, "--base", str(base), "--out", str(tmp_path / "ad"),
-                "--steps", "2", "--batch", "4", "--calibration-windows", "6", "--no-prefix-grad", timeout=300)
+                "--steps", "2", "--batch", "4", "--calibration-windows", "6", "--no-prefix-grad", "--no-count-token",
+                timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     meta = json.load(open(tmp_path / "ad" / "lvlm.json"))
     assert meta["config"]["prefix_grad"] is False
+    assert meta["counts"] == 0 and not meta["config"]["count_token"]  # format 1's video block
     assert meta["calibration"]["performers"] == ["P002"] and meta["calibration"]["unseen_by_vst"]
     # trained on P001's windows alone: its 18 clips give 27 (up to 3 each; the short ones fewer)
     assert meta["calibration"]["windows"] == 6 and meta["examples"] == 27
@@ -355,10 +405,10 @@ def test_eval_command_reports_labels_calibration_and_explanations(cli_adapter, t
     ad, _ = cli_adapter
     run, _ = tiny_run
     r = run_cli("eval", "lvlm", "--adapter", str(ad), "--vst", run, "--data", cache32, "--max-windows", "8",
-                "--explain", "3", timeout=300)
+                "--explain", "8", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.load(open(ad / "eval" / "merged" / "metrics.json"))
-    assert m["windows"] == 8 and m["explained"] == 3 and m["protocol"] == "xsub"
+    assert m["windows"] == 8 and m["explained"] == 8 and m["protocol"] == "xsub"
     assert 0 <= m["llm_top1"] <= 1 and 0 <= m["vst_head_top1"] <= 1 and 0 <= m["ece"] <= 1
     assert set(m["faithfulness"]) == {"faithful", "limb", "motion", "repetitions"} and 0 <= m["rouge_l"] <= 1
     assert 0 <= m["repetitions_clip_count"] <= 1
@@ -370,6 +420,18 @@ def test_eval_command_reports_labels_calibration_and_explanations(cli_adapter, t
     labels = json.load(open(ad / "lvlm.json"))["labels"]
     assert len(rows) == 8 and all(row["predicted"] in labels and 0 < row["probability"] <= 1 for row in rows)
     assert m["llm_top1"] == np.mean([row["predicted"] == row["label"] for row in rows])
+    # read with the VST's count token; on the waving windows the metric says whether the explanation states it
+    assert all(1 <= row["count"] <= 6 for row in rows)
+    waving = [row for row in rows if row["label"] == "hand waving"]
+    assert waving and m["count_token"]["windows"] == len(waving) == sum("count_token" in row for row in rows)
+    from lvlm.faithfulness import COUNTS, _mentions
+    from vst.actions import times_word
+
+    for key in ("right", "stated"):
+        assert m["count_token"][key] == pytest.approx(np.mean([row["count_token"][key] for row in waving]))
+    for row in waving:  # stated: the explanation's one count word is the token's
+        assert row["count_token"]["stated"] == (_mentions(row["explanation"].lower(), COUNTS) == {times_word(row["count"])})
+    assert "count token (the VST's repetitions head) on" in r.stdout
     assert "LLM label top-1" in r.stdout and "VST head" in r.stdout
     # labels only: the explanation metrics are null, and the file is strict JSON (no NaN)
     r = run_cli("eval", "lvlm", "--adapter", str(ad), "--vst", run, "--data", cache32, "--max-windows", "4",
@@ -446,6 +508,12 @@ def test_resumed_finetune_equals_an_uninterrupted_one(pristine_tokenizer, tmp_pa
     assert len(json.load(open(tmp_path / "b" / "lvlm.json"))["config"]) and r["first_loss"] > 0
     with pytest.raises(FinetuneError, match="other examples or settings"):  # the other prefix_grad
         run(tmp_path / "b", 6, True, prefix_grad=not FinetuneConfig().prefix_grad)
+    with pytest.raises(FinetuneError, match="other examples or settings"):  # count tokens the checkpoint lacks
+        tok = copy.deepcopy(pristine_tokenizer)
+        model = tiny_llama(len(tok))
+        finetune(model, tok, add_action_tokens(model, tok, 16, counts=6), 16, LABELS, examples(16, 16, counts=6),
+                 str(tmp_path / "b"), FinetuneConfig(steps=6, batch=4, lr=1e-2, lora_dropout=0.0, checkpoint_every=3,
+                                                     schedule=schedule), progress=False, resume=True, codebook=CODEBOOK, counts=6)
     with pytest.raises(FinetuneError, match="other examples or settings"):  # the checkpoint has a code map
         tok = copy.deepcopy(pristine_tokenizer)
         model = tiny_llama(len(tok))

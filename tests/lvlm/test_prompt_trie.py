@@ -21,6 +21,26 @@ def test_token_id_layout():
         prompt.video_ids([3], base=100, codes=3)
 
 
+def test_count_tokens_follow_the_action_tokens_and_end_the_video_block():
+    assert prompt.added_tokens(2, counts=3) == ["<video>", "</video>", "<act_000>", "<act_001>",
+                                                "<count_1>", "<count_2>", "<count_3>"]
+    # <count_n> is base + 2 + K + n - 1, placed before </video>
+    assert prompt.video_ids([1, 0], base=100, codes=2, count=3, counts=3) == [100, 103, 102, 106, 101]
+    assert prompt.video_ids([1, 0], base=100, codes=2, count=1, counts=3)[-2] == 104
+    # format 1: no count tokens, the block as before
+    assert prompt.video_ids([1, 0], base=100, codes=2) == [100, 103, 102, 101]
+    with pytest.raises(ValueError, match="has none"):
+        prompt.video_ids([1], base=100, codes=2, count=None, counts=3)
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match="outside this model's count tokens 1..3"):
+            prompt.video_ids([1], base=100, codes=2, count=bad, counts=3)
+    with pytest.raises(ValueError, match="it has none"):
+        prompt.video_ids([1], base=100, codes=2, count=2)
+    p = prompt.build(["a", "b"])
+    assert p.text([1], count=2) == p.prefix + "<video><act_001><count_2></video>" + p.suffix
+    assert prompt.PROMPT_FORMAT_VERSION in prompt.READS_FORMATS and 1 in prompt.READS_FORMATS
+
+
 def test_prompt_renders_identically_and_keeps_the_prefix_fixed():
     labels = ["drink water", "pickup", "sitting down"]
     a, b = prompt.build(labels), prompt.build(list(labels))
