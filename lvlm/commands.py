@@ -118,7 +118,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def _fit_temperature(model, tokenizer, merged: str, labels, base: int, codes: int, windows: list[dict],
                      counts: int = 0) -> dict:
     """`fit_temperature` on the merged model as llama.cpp runs it (an F16 GGUF beside it, removed
-    afterwards): 777 windows take 128 s on 2 CPU cores, against ~1.5 s a window through
+    afterwards): 777 windows take 128-238 s on 2 CPU cores, against ~1.5 s a window through
     transformers, so every held-out window fits in the fine-tune's time budget. Architectures the
     GGUF export lacks go through transformers."""
     import time
