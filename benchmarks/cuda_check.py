@@ -7,6 +7,14 @@ no llama.cpp): each comparison is made against the CPU in the same run.
   python -m benchmarks.cuda_check ort BUNDLE CACHE OUT  the bundle's ONNX engines in ONNX Runtime CUDA against
                                                       CPU on the cache's test clips: feature error, token
                                                       agreement, frames/s at batch 1 / 8 / 64
+  python -m benchmarks.cuda_check finetune VST CACHE OUT [BASE] [--random-weights]
+                                                      the language-model fine-tune (the default 450 steps) on
+                                                      CUDA, a few steps of it on the CPU from the same seed, and
+                                                      the merged model made on CUDA reloaded on the CPU: its
+                                                      logits against CUDA's. BASE: smollm2-135m (default) or a
+                                                      Hugging Face folder; --random-weights builds the model from
+                                                      BASE's config.json alone (a step costs the same whatever
+                                                      the weights, and no weights need to travel)
 
 Each command prints a short table and writes OUT/cuda_<command>.json. Without a CUDA device the
 CUDA columns say why they are missing and the CPU ones are still measured.
@@ -126,6 +134,101 @@ def train_check(cache: str, out: str, frame_steps: int = 300, epochs: int = 10, 
     return result
 
 
+def _finetune_once(examples_path: str, vst: str, out: str, base: str, random_weights: bool, steps: int) -> dict:
+    """One fine-tune in this process (run in a child, where CUDA_VISIBLE_DEVICES decides the device);
+    on CUDA, also the merged model's logits against the same merged model reloaded on the CPU."""
+    import torch
+
+    from lvlm.base import load
+    from lvlm.finetune import FinetuneConfig, encode, finetune, merge
+    from lvlm import prompt
+    from lvlm.vocab import add_action_tokens
+    from vst.model import load_checkpoint
+
+    with open(examples_path) as f:
+        data = json.load(f)
+    labels, examples = data["labels"], data["examples"]
+    vst_model = load_checkpoint(vst)
+    if random_weights:  # the same random model in every process: built on the CPU from one seed
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+    else:
+        model, tokenizer = load(base)
+    glossary = None
+    if os.path.exists(os.path.join(vst, "glossary.json")):
+        with open(os.path.join(vst, "glossary.json")) as f:
+            glossary = json.load(f)
+    codes, counts = vst_model.cfg.K, vst_model.cfg.counts
+    first = add_action_tokens(model, tokenizer, codes, glossary, counts)
+    t0 = time.monotonic()
+    result = finetune(model, tokenizer, first, codes, labels, examples, out, FinetuneConfig(steps=steps),
+                      progress=False, codebook=vst_model.quantizer.codebook, counts=counts)
+    seconds = time.monotonic() - t0
+    run = {"device": result["device"], "steps": steps, "examples": len(examples), "seconds": round(seconds, 1),
+           "s_per_step": round(result["step_seconds"] / steps, 4), "first_loss": result["first_loss"],
+           "last_loss": result["last_loss"]}
+    if result["device"] == "cuda":
+        from transformers import AutoModelForCausalLM
+
+        run["gpu"] = torch.cuda.get_device_name(0)
+        run["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+        merged_model = result["model"].merge_and_unload().eval()
+        folder = merge(merged_model, tokenizer, os.path.join(out, "merged"))
+        p = prompt.build(labels)
+        rows = [encode(tokenizer, p, first, codes, ex, counts)[0] for ex in examples[:4]]
+        cpu_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        err, agree, total = 0.0, 0, 0
+        with torch.no_grad():
+            for ids in rows:
+                x = torch.tensor([ids])
+                a = merged_model(input_ids=x.cuda()).logits[0].float().cpu()
+                b = cpu_model(input_ids=x).logits[0]
+                err = max(err, float((a - b).abs().max()))
+                agree, total = agree + int((a.argmax(-1) == b.argmax(-1)).sum()), total + len(ids)
+        run["merged_cpu_reload"] = {"positions": total, "max_abs_logit_diff": err, "top1_agreement": agree / total,
+                                    "logit_std": float(b.std())}
+    return run
+
+
+def finetune_check(vst: str, cache_dir: str, out: str, base: str = "smollm2-135m", random_weights: bool = False,
+                   steps: int = 450, cpu_steps: int = 10) -> dict:
+    """The default fine-tune on CUDA and `cpu_steps` of it on all CPU cores (both from the same
+    seed and examples, each in a child process): seconds per step, their ratio, the first losses."""
+    import torch
+
+    from lvlm.finetune import build_examples
+
+    os.makedirs(out, exist_ok=True)
+    t0 = time.monotonic()
+    labels, examples = build_examples(vst, cache_dir, "train", progress=False)
+    examples_path = os.path.join(out, "examples.json")
+    with open(examples_path, "w") as f:
+        json.dump({"labels": labels, "examples": examples}, f)
+    result = {"base": base, "random_weights": random_weights, "examples": len(examples),
+              "examples_s": round(time.monotonic() - t0, 1), "cpu_threads": os.cpu_count(), "runs": {}}
+    plan = ([("cuda", steps)] if torch.cuda.is_available() else []) + [("cpu", cpu_steps)]
+    for device, n in plan:
+        code = ("import json,sys; from benchmarks.cuda_check import _finetune_once; "
+                "print('RESULT', json.dumps(_finetune_once(*json.loads(sys.argv[1]))))")
+        args = [examples_path, vst, os.path.join(out, f"finetune_{device}"), base, random_weights, n]
+        envs = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "0")}
+        r = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=envs)
+        if r.returncode != 0:
+            result["runs"][device] = {"error": (r.stderr.strip().splitlines() or ["?"])[-1]}
+            continue
+        result["runs"][device] = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    if "cuda" not in result["runs"]:
+        result["runs"]["cuda"] = {"error": "no CUDA device"}
+    ok = [result["runs"][d] for d in ("cuda", "cpu") if "error" not in result["runs"][d]]
+    if len(ok) == 2:
+        result["step_speedup"] = round(ok[1]["s_per_step"] / ok[0]["s_per_step"], 1)
+        result["first_loss_rel_diff"] = abs(ok[0]["first_loss"] - ok[1]["first_loss"]) / ok[1]["first_loss"]
+    return result
+
+
 def _test_clips(cache_dir: str, W: int, clips: int = 8) -> list[np.ndarray]:
     """The frames of up to `clips` test clips that hold at least one whole window."""
     from vst.cache import Cache, spread
@@ -204,7 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["ort"] and len(argv) == 4:
         _write(argv[3], "ort", ort_check(argv[1], argv[2]))
         return 0
-    print("usage: python -m benchmarks.cuda_check env [OUT] | train CACHE OUT | ort BUNDLE CACHE OUT", file=sys.stderr)
+    if argv[:1] == ["finetune"] and 4 <= len(argv) <= 6:
+        rest = [a for a in argv[4:] if a != "--random-weights"]
+        _write(argv[3], "finetune", finetune_check(argv[1], argv[2], argv[3], *(rest or ["smollm2-135m"])[:1],
+                                                   random_weights="--random-weights" in argv[4:]))
+        return 0
+    print("usage: python -m benchmarks.cuda_check env [OUT] | train CACHE OUT | ort BUNDLE CACHE OUT | "
+          "finetune VST CACHE OUT [BASE] [--random-weights]", file=sys.stderr)
     return 2
 
 

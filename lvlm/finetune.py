@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 
 from lvlm import prompt
@@ -68,7 +69,7 @@ def shared_prefix_loss(model, prefix, ids, labels, mask, prefix_grad: bool = Tru
         model(input_ids=prefix[None], cache=cache, use_cache=True, logits_to_keep=1)  # fills the cache in place
     for layer in cache.layers:
         layer.batch_repeat_interleave(ids.shape[0])
-    full_mask = torch.cat([torch.ones(ids.shape[0], prefix.numel(), dtype=mask.dtype), mask], dim=1)
+    full_mask = torch.cat([torch.ones(ids.shape[0], prefix.numel(), dtype=mask.dtype, device=mask.device), mask], dim=1)
     return model(input_ids=ids, attention_mask=full_mask, cache=cache, labels=labels).loss
 
 
@@ -124,13 +125,19 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     Every `checkpoint_every` steps the trainable weights, the optimizer and the step go to
     OUT/finetune_state.pt; `resume` continues from there (the batch order is replayed and the
     one-cycle schedule restored, so a resumed run equals an uninterrupted one; a one-cycle run
-    cannot be resumed with other --steps or --lr, as the schedule depends on both)."""
+    cannot be resumed with other --steps or --lr, as the schedule depends on both).
+    Runs on the first CUDA device when there is one (`vst.train.training_device`), else on every
+    CPU core; the saved adapter and state load on either."""
     import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
     from torch.nn.utils import parametrize
     from tqdm import tqdm
 
+    from vst.train import training_device
+
+    device = training_device()
+    model.to(device)
     torch.manual_seed(cfg.seed)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM",
@@ -141,14 +148,15 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         if codebook.shape[0] != codes:
             raise FinetuneError(f"the VST codebook has {codebook.shape[0]} codes, not {codes}")
         tied_rows = next(m for n, m in peft_model.named_modules() if n.endswith("trainable_tokens_delta"))
-        parametrize.register_parametrization(tied_rows, "default", _code_tie(codebook, tied_rows["default"].shape[1]))
+        parametrize.register_parametrization(tied_rows, "default",
+                                             _code_tie(codebook, tied_rows["default"].shape[1]).to(device))
     p = prompt.build(labels)
     prefix = tokenizer.encode(p.prefix, add_special_tokens=False)
     encoded = [encode(tokenizer, p, base, codes, ex, counts) for ex in examples]
     if any(ids[: len(prefix)] != prefix for ids, _ in encoded):
         raise FinetuneError("the prompt prefix does not tokenize the same in every example")
     encoded = [(ids[len(prefix):], lab[len(prefix):]) for ids, lab in encoded]
-    prefix = torch.tensor(prefix)
+    prefix = torch.tensor(prefix, device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = _batches(encoded, cfg.batch, pad, np.random.default_rng(cfg.seed))
     trainable = {n: q for n, q in peft_model.named_parameters() if q.requires_grad}
@@ -166,7 +174,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     os.makedirs(out, exist_ok=True)
     state_path = os.path.join(out, STATE)
     if resume and os.path.exists(state_path):
-        state = torch.load(state_path, weights_only=False)
+        state = torch.load(state_path, map_location=device, weights_only=False)
         old = state["config"]
         if (state["examples"] != len(examples) or old["seed"] != cfg.seed or old["batch"] != cfg.batch
                 or old.get("schedule", "constant") != cfg.schedule or old.get("prefix_grad", True) != cfg.prefix_grad
@@ -183,8 +191,9 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         losses, start = state["losses"], state["step"]
         for _ in range(start):
             next(batches)
+    t0 = time.monotonic()
     for step in tqdm(range(start, cfg.steps), desc="finetune", unit="step", disable=not progress, initial=start, total=cfg.steps):
-        ids, lab, mask = next(batches)
+        ids, lab, mask = (t.to(device) for t in next(batches))
         loss = shared_prefix_loss(peft_model, prefix, ids, lab, mask, cfg.prefix_grad)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -198,6 +207,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
                         "examples": len(examples), "counts": counts, "config": asdict(cfg)},
                        state_path + ".part")
             os.replace(state_path + ".part", state_path)
+    step_seconds = time.monotonic() - t0
     code_map_norm = None
     if tied_rows is not None:  # fold the map into the rows: the adapter and the merged model are plain again
         code_map_norm = float(tied_rows.parametrizations["default"][0].map.detach().norm())
@@ -206,7 +216,8 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     tokenizer.save_pretrained(out)
     meta = {"prompt_format_version": prompt.PROMPT_FORMAT_VERSION, "token_id_base": base, "codes": codes, "counts": counts,
             "labels": labels, "config": asdict(cfg), "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
-            "code_map_norm": code_map_norm}
+            "code_map_norm": code_map_norm, "device": device.type,
+            "steps_run": cfg.steps - start, "step_seconds": round(step_seconds, 3)}
     with open(os.path.join(out, "lvlm.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return {"model": peft_model, **meta}

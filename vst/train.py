@@ -308,12 +308,19 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
     return True, best_record
 
 
+def training_device() -> torch.device:
+    """Where training runs: the first CUDA device when there is one (CUDA_VISIBLE_DEVICES decides),
+    else the CPU, which then gets every core. The VST and the language-model fine-tune both use it."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    torch.set_num_threads(os.cpu_count() or 1)
+    return torch.device("cpu")
+
+
 def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progress: bool = True,
           overrides: dict | None = None) -> dict:
     """Train a VST on a prepared cache; returns {'steps', 'seconds', 'best', 'stopped_early'}."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+    device = training_device()
     cache = Cache.open(cache_dir)
     train_clips = cache.split("train", tc.protocol)
     test_clips = cache.split("test", tc.protocol)

@@ -5,7 +5,7 @@ import math
 import subprocess
 import sys
 
-from benchmarks.cuda_check import train_check
+from benchmarks.cuda_check import finetune_check, train_check
 from edge_runtime import engines
 from tests.conftest import TINY_VST, gpu_available
 
@@ -30,6 +30,27 @@ def test_train_check_trains_on_each_device_present(cache32, tmp_path):
     assert math.isfinite(cpu["frame_loss"]) and cpu["frame_loss"] < cpu["frame_first_loss"]
     assert cpu["token_stage_s"] > 0 and res["stage1_batch_sampling_ms"] > 0
     if not gpu_available():
+        assert res["runs"]["cuda"] == {"error": "no CUDA device"}
+
+
+def test_finetune_check_fine_tunes_on_each_device_present(tiny_run, cache32, pristine_tokenizer, tmp_path):
+    from transformers import LlamaConfig
+
+    from tests.tiny_models import LLAMA
+
+    base = tmp_path / "base"  # a config and a tokenizer, no weights: --random-weights builds the model
+    LlamaConfig(vocab_size=len(pristine_tokenizer), **LLAMA).save_pretrained(base)
+    pristine_tokenizer.save_pretrained(base)
+    res = finetune_check(tiny_run[0], cache32, str(tmp_path / "out"), str(base), random_weights=True, steps=6, cpu_steps=4)
+    cpu = res["runs"]["cpu"]
+    assert "error" not in cpu, cpu
+    assert cpu["device"] == "cpu" and cpu["steps"] == 4 and cpu["s_per_step"] > 0 and res["examples"] == cpu["examples"] > 0
+    assert math.isfinite(cpu["first_loss"]) and cpu["last_loss"] < cpu["first_loss"]
+    if gpu_available():
+        cuda = res["runs"]["cuda"]
+        assert cuda["device"] == "cuda" and res["first_loss_rel_diff"] < 0.05
+        assert cuda["merged_cpu_reload"]["top1_agreement"] >= 0.99
+    else:
         assert res["runs"]["cuda"] == {"error": "no CUDA device"}
 
 
