@@ -70,12 +70,16 @@ def _graphs(model, fp16: bool = False):
         def __init__(self, vst):
             super().__init__()
             self.tokenizer, self.quantizer, self.head, self.aux = vst.tokenizer, vst.quantizer, vst.head, vst.aux
+            self.count = vst.count
 
         def forward(self, feats):
             _, ids, dist = self.quantizer.lookup(self.tokenizer(feats))
             q = self.quantizer.codebook[ids]
             out = (ids.to(torch.int32), dist, self.head(q))
-            return out if self.aux is None else (*out, read_count(self.aux(q)).to(torch.int32))
+            if self.aux is None:
+                return out
+            reps = self.count(feats) if self.count is not None else self.aux(q)[:, 2:]  # as `VST.tokenize_train`
+            return (*out, read_count(reps).to(torch.int32))
 
     return FrameEncoderGraph(model).eval(), TokenEngineGraph(copy.deepcopy(model).eval()).eval()
 
@@ -150,7 +154,7 @@ def engine_parity(model, run_encoder, run_tokenizer, clips: list[np.ndarray]) ->
         g_logits = np.concatenate([np.asarray(o["logits"]) for o in outs])
         if cfg.counts:
             g_count = np.concatenate([np.asarray(o["count"]) for o in outs])
-            same_count += int((read_count(ref_out["aux"]).numpy() == g_count).sum())
+            same_count += int((read_count(ref_out["reps"]).numpy() == g_count).sum())
         tokens += ids.numel()
         same_tokens += int((ids.numpy() == np.asarray(g_ids)).sum())
         windows += len(starts)

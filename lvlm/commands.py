@@ -110,7 +110,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     for folder in (args.out, merged):
         with open(os.path.join(folder, "lvlm.json"), "w") as fh:
             json.dump(meta, fh, indent=1)
-    print(f"fine-tuned on {len(examples)} windows for {args.steps} steps: loss {meta['first_loss']:.3f} -> "
+    print(f"fine-tuned on {len(examples)} windows for {args.steps} steps on {meta['device']} "
+          f"({meta['step_seconds'] / 60:.1f} min of steps): loss {meta['first_loss']:.3f} -> "
           f"{meta['last_loss']:.3f}; adapter in {args.out}, merged model in {merged}")
     return 0
 

@@ -310,7 +310,7 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
                 seen = window_attributes(attrs, w["starts"][i], w["starts"][i] + model.cfg.W, len(frames))
                 explanation = seen.get("explanation") or f"The person performs the action '{label}'."
                 out.append({"clip": clip["name"], "view": view, "start": w["starts"][i], "tokens": w["ids"][i].tolist(),
-                            "count": int(read_count(w["aux"][i])) if "aux" in w else None,
+                            "count": int(read_count(w["reps"][i])) if "reps" in w else None,
                             "label": label, "explanation": explanation, "attributes": seen,
                             "head_label": labels[head], "head_score": float(probs[head])})
     return labels, out

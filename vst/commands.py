@@ -178,8 +178,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{m['tokens_per_second']:.1f} tokens per second of video")
     known = {k: v for k, v in m["attributes"].items() if v is not None}
     if known:
-        print("attribute heads on the tokens, per window: "
-              + ", ".join(f"{k} {v:.1%}" for k, v in known.items()))
+        print("attributes read per window (the side from the tokens, the repetitions by the count head where the run "
+              "has one): " + ", ".join(f"{k} {v:.1%}" for k, v in known.items()))
     print(f"wrote {m['out']}/metrics.json and {m['out']}/confusion.png")
     return 0
 

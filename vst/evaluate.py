@@ -60,7 +60,7 @@ def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, fea
             reps = torch.tensor([clip_targets(clip, cfg, (s, s + cfg.W))[2] if clip_reps > 0 else -1
                                  for s in out["starts"]])
             for key, pred, target in (("side", out["aux"][:, :2].argmax(-1), torch.full_like(reps, side)),
-                                      ("repetitions", read_count(out["aux"]) - 1, reps)):  # reps: count - 1
+                                      ("repetitions", read_count(out["reps"]) - 1, reps)):  # reps: count - 1
                 known = target >= 0
                 attr[key][0] += int((pred[known] == target[known]).sum())
                 attr[key][1] += int(known.sum())

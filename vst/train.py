@@ -113,6 +113,10 @@ def token_losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0
             aux_loss = aux_loss + F.cross_entropy(aux[:, 2:][reps >= 0], reps[reps >= 0])
         loss = loss + tc.aux_weight * aux_loss
         stats["aux"] = aux_loss.item()
+        if model.count is not None and (reps >= 0).any():  # its own head and gradients: the tokens do not see it
+            count_loss = F.cross_entropy(out["reps"][reps >= 0], reps[reps >= 0])
+            loss = loss + count_loss
+            stats["count"] = count_loss.item()
     return loss, stats
 
 
@@ -255,10 +259,11 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
         more, more_flips = _skeleton_views(cache, train_clips, model.cfg, tc, views[0], progress)
         views, flips = views + more, flips + more_flips
     eval_feats = _features(model, cache, eval_clips, 1, tc.seed, progress, "encode test")[0][0]
-    params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    params = [p for n, p in model.named_parameters() if not n.startswith(("encoder.", "count."))]
+    count_params = list(model.count.parameters()) if model.count is not None else []
     steps_per_epoch = max(1, math.ceil(len(train_clips) / tc.batch))
     total = steps_per_epoch * tc.epochs
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(params + count_params, lr=tc.lr, weight_decay=tc.weight_decay)
     sched = one_cycle(opt, tc.lr, total)
     step, best, best_record = 0, -1.0, None
     if state is not None and state["stage"] == "tokens" and state["step"] > 0:
@@ -278,6 +283,8 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 2.0)
+        if count_params:  # clipped apart, so that the other heads train exactly as without it
+            torch.nn.utils.clip_grad_norm_(count_params, 2.0)
         opt.step()
         sched.step()
         step += 1

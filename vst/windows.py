@@ -279,12 +279,13 @@ def feature_windows(model, feats: torch.Tensor) -> dict:
     if windows.device.type == "cuda":
         windows = _gpu_shape(windows, 8)
     out = model.tokenize_train(windows)
-    keep = ("ids", "dist", "logits") + (("aux",) if "aux" in out else ())
+    keep = ("ids", "dist", "logits") + (("aux", "reps") if "aux" in out else ())
     return {**{k: out[k][:n].cpu() for k in keep}, "starts": starts}
 
 
 def clip_windows(model, frames: np.ndarray) -> dict:
     """Run the two engines over one clip as the runtime would: every frame encoded once, a window
-    every S frames. Returns ids [n_win, T], dist [n_win, T], logits [n_win, C], starts, and the
-    attribute heads' logits `aux` [n_win, 2 + max_reps] where the model has them."""
+    every S frames. Returns ids [n_win, T], dist [n_win, T], logits [n_win, C], starts, and, where
+    the model has attribute heads, their logits `aux` [n_win, 2 + max_reps] and the repetition
+    count's `reps` [n_win, max_reps] (`vst.model.read_count`)."""
     return feature_windows(model, encode_clip(model, frames))

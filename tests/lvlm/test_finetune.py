@@ -294,7 +294,7 @@ def test_examples_come_from_the_vst_windows(tiny_run, cache32):
     assert cfg.counts == cfg.max_reps and all(1 <= ex["count"] <= cfg.counts for ex in exs)
     first = exs[0]
     w = clip_windows(load_checkpoint(run), cache.clip_frames(clips[first["clip"]]))
-    assert first["count"] == int(read_count(w["aux"][list(w["starts"]).index(first["start"])]))
+    assert first["count"] == int(read_count(w["reps"][list(w["starts"]).index(first["start"])]))
     waves = [ex["attributes"] for ex in exs if ex["label"] == "hand waving"]
     assert waves and all(1 <= a["repetitions"] <= a["clip_repetitions"] for a in waves)
     _, two = build_examples(run, cache32, "train", windows_per_clip=2, progress=False, views=2)

@@ -33,15 +33,35 @@ def test_tiny_training_lowers_the_loss(tiny_run, cache32):
     clips = cache.split("train")
     views, flips = _features(trained, cache, clips, 1, 0, False, "")
     tc = TrainConfig(**FAST)
-    scores = []
+    scores, counts = [], []
     for model in (fresh, trained):
         sampler = FeatureWindowSampler(views, clips, flips, model.cfg, Augment(), seed=5)
         with torch.no_grad():
-            scores.append(float(token_losses(model.train(), sampler.sample(64), tc)[0]))
+            loss, stats = token_losses(model.train(), sampler.sample(64), tc)
+        scores.append(float(loss))
+        counts.append(stats["count"])
     assert scores[1] < 0.8 * scores[0], scores
+    assert counts[1] < 0.8 * counts[0], counts  # the count head (the default) learns too
     assert {"config.json", "model.safetensors", "last.safetensors", "last_state.pt", "train_config.json"} <= set(os.listdir(run))
     model = load_checkpoint(run)
     assert model.cfg.classes == [8, 9, 23] and model.cfg.R == 32
+
+
+def test_the_count_head_trains_beside_the_tokens_without_changing_them(tiny_run, cache32, tmp_path):
+    """The count head reads the window's features with its own weights, seed and gradient clipping:
+    every other weight of the run is bit for bit what a run without it trains."""
+    out = str(tmp_path / "no-count-head")
+    train(cache32, out, TrainConfig(**FAST), progress=False, overrides={**TINY_VST, "count_head": False})
+    with_head, without = load_checkpoint(tiny_run[0]), load_checkpoint(out)
+    assert with_head.cfg.count_head and with_head.count is not None and without.count is None
+    a, b = with_head.state_dict(), without.state_dict()
+    assert set(a) - set(b) == {k for k in a if k.startswith("count.")} != set()
+    assert [k for k in b if not torch.equal(a[k], b[k])] == []
+    feats = torch.randn(4, with_head.cfg.W, with_head.cfg.feature_size)
+    with torch.no_grad():
+        x, y = with_head.tokenize_train(feats), without.tokenize_train(feats)
+    assert torch.equal(x["ids"], y["ids"]) and torch.equal(x["aux"], y["aux"])
+    assert x["reps"].shape == (4, with_head.cfg.max_reps) and torch.equal(y["reps"], y["aux"][:, 2:])
 
 
 def test_without_2d_skeletons_the_encoder_keeps_appearance_features(cache32, tmp_path):
