@@ -136,7 +136,7 @@ def test_eval_and_glossary_write_all_outputs(cache32, tiny_run):
     assert 0 <= metrics["top1"] <= metrics["top5"] <= 1 and 0 < metrics["codes_used"] <= 1
     assert metrics["tokens_per_second"] == pytest.approx(8 * 15 / 8)
     # hand waving is one-sided and repeated: both attribute heads have targets on these clips
-    assert all(0 <= v <= 1 for v in metrics["attributes"].values()) and "attribute heads" in r.stdout
+    assert all(0 <= v <= 1 for v in metrics["attributes"].values()) and "attributes read per window" in r.stdout
     png = os.path.join(run, "eval", "xsub", "confusion.png")
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     r = run_cli("vst", "glossary", "--run", run, "--data", cache32)
