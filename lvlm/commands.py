@@ -165,7 +165,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   f"faithful {near['faithful']:.1%} (repetitions {near['repetitions']:.1%})")
         if m["count_token"]:
             c = m["count_token"]
-            print(f"  count token (the VST's repetitions head) on {c['windows']} windows of repeated actions: "
+            print(f"  count token (the VST's count) on {c['windows']} windows of repeated actions: "
                   f"right {c['right']:.1%}, stated by the explanation {c['stated']:.1%}")
     for ex in m["examples"][:3]:
         print(f"  {ex['clip']}: {ex['predicted']} ({ex['probability']:.2f}) - {ex['explanation']}")

@@ -431,7 +431,7 @@ def test_eval_command_reports_labels_calibration_and_explanations(cli_adapter, t
         assert m["count_token"][key] == pytest.approx(np.mean([row["count_token"][key] for row in waving]))
     for row in waving:  # stated: the explanation's one count word is the token's
         assert row["count_token"]["stated"] == (_mentions(row["explanation"].lower(), COUNTS) == {times_word(row["count"])})
-    assert "count token (the VST's repetitions head) on" in r.stdout
+    assert "count token (the VST's count) on" in r.stdout
     assert "LLM label top-1" in r.stdout and "VST head" in r.stdout
     # labels only: the explanation metrics are null, and the file is strict JSON (no NaN)
     r = run_cli("eval", "lvlm", "--adapter", str(ad), "--vst", run, "--data", cache32, "--max-windows", "4",
