@@ -139,9 +139,9 @@ def _finetune_once(examples_path: str, vst: str, out: str, base: str, random_wei
     on CUDA, also the merged model's logits against the same merged model reloaded on the CPU."""
     import torch
 
+    from lvlm import prompt
     from lvlm.base import load
     from lvlm.finetune import FinetuneConfig, encode, finetune, merge
-    from lvlm import prompt
     from lvlm.vocab import add_action_tokens
     from vst.model import load_checkpoint
 
