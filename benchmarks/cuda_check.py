@@ -143,6 +143,7 @@ def _finetune_once(examples_path: str, vst: str, out: str, base: str, random_wei
     from lvlm.base import load
     from lvlm.finetune import FinetuneConfig, encode, finetune, merge
     from lvlm.vocab import add_action_tokens
+    from vst.glossary import load_glossary
     from vst.model import load_checkpoint
 
     with open(examples_path) as f:
@@ -157,18 +158,14 @@ def _finetune_once(examples_path: str, vst: str, out: str, base: str, random_wei
         tokenizer = AutoTokenizer.from_pretrained(base)
     else:
         model, tokenizer = load(base)
-    glossary = None
-    if os.path.exists(os.path.join(vst, "glossary.json")):
-        with open(os.path.join(vst, "glossary.json")) as f:
-            glossary = json.load(f)
     codes, counts = vst_model.cfg.K, vst_model.cfg.counts
-    first = add_action_tokens(model, tokenizer, codes, glossary, counts)
+    first = add_action_tokens(model, tokenizer, codes, load_glossary(vst), counts)
     t0 = time.monotonic()
     result = finetune(model, tokenizer, first, codes, labels, examples, out, FinetuneConfig(steps=steps),
                       progress=False, codebook=vst_model.quantizer.codebook, counts=counts)
     seconds = time.monotonic() - t0
     run = {"device": result["device"], "steps": steps, "examples": len(examples), "seconds": round(seconds, 1),
-           "s_per_step": round(result["step_seconds"] / steps, 4), "first_loss": result["first_loss"],
+           "s_per_step": round(result["step_seconds"] / result["steps_run"], 4), "first_loss": result["first_loss"],
            "last_loss": result["last_loss"]}
     if result["device"] == "cuda":
         from transformers import AutoModelForCausalLM

@@ -70,16 +70,13 @@ def _graphs(model, fp16: bool = False):
         def __init__(self, vst):
             super().__init__()
             self.tokenizer, self.quantizer, self.head, self.aux = vst.tokenizer, vst.quantizer, vst.head, vst.aux
-            self.count = vst.count
+            self.count, self.repetition_logits = vst.count, vst.repetition_logits  # registered, then read by the method
 
         def forward(self, feats):
             _, ids, dist = self.quantizer.lookup(self.tokenizer(feats))
             q = self.quantizer.codebook[ids]
             out = (ids.to(torch.int32), dist, self.head(q))
-            if self.aux is None:
-                return out
-            reps = self.count(feats) if self.count is not None else self.aux(q)[:, 2:]  # as `VST.tokenize_train`
-            return (*out, read_count(reps).to(torch.int32))
+            return out if self.aux is None else (*out, read_count(self.repetition_logits(feats, q)).to(torch.int32))
 
     return FrameEncoderGraph(model).eval(), TokenEngineGraph(copy.deepcopy(model).eval()).eval()
 

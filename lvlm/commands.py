@@ -68,6 +68,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from lvlm.finetune import FinetuneConfig, build_examples, calibration_split, finetune, merge
     from lvlm.vocab import add_action_tokens
     from vst.cache import spread
+    from vst.glossary import load_glossary
     from vst.model import load_checkpoint
     from vst.ntu import performer_of
     from vst.train import held_out
@@ -81,11 +82,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     views = max(args.views, 2) if calibrate and not vst_held else args.views
     labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip, views=views)
     examples, held = calibration_split(examples, args.views, 0.15 if calibrate else 0.0, vst_held)
-    glossary = None
-    gpath = os.path.join(args.vst, "glossary.json")
-    if os.path.exists(gpath):
-        with open(gpath) as fh:
-            glossary = json.load(fh)
+    glossary = load_glossary(args.vst)
     model, tokenizer = load(args.base)
     counts = vst_model.cfg.counts if args.count_token else 0
     base = add_action_tokens(model, tokenizer, codes, glossary, counts)

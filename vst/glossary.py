@@ -92,6 +92,15 @@ def _phase(action: tuple[int, int], lo: int, hi: int) -> str:
     return "before the action" if mid < a else "after the action" if mid > b else "during the action"
 
 
+def load_glossary(run: str) -> dict | None:
+    """RUN/glossary.json (`build_glossary`), or None when the run has none."""
+    path = os.path.join(run, "glossary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def build_glossary(run: str, cache_dir: str, split: str = "train", max_clips: int = 400, progress: bool = True) -> dict:
     import torch
     from tqdm import tqdm

@@ -291,9 +291,15 @@ class VST(nn.Module):
             out["z_logits"] = self.z_head(out["z"])
         if self.aux is not None:
             out["aux"] = self.aux(q)
-            # the repetition count's logits: from the count head where there is one, else the attribute head's
-            out["reps"] = self.count(feats) if self.count is not None else out["aux"][:, 2:]
+            out["reps"] = self.repetition_logits(feats, q, out["aux"])
         return out
+
+    def repetition_logits(self, feats: torch.Tensor, q: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits `read_count` reads [B, max_reps]: the count head's where there is one, else the
+        attribute head's over the tokens q (its `aux` output when already computed)."""
+        if self.count is not None:
+            return self.count(feats)
+        return (self.aux(q) if aux is None else aux)[:, 2:]
 
     def forward(self, clip_u8: torch.Tensor):
         """uint8 [B, W, R, R, 3] -> (ids, distances, logits): the full-clip forward."""
