@@ -169,6 +169,7 @@ class Ingest:
                         tokens=tuple(int(x) for x in out["ids"][0]), distances=tuple(float(x) for x in out["distances"][0]),
                         count=int(out["count"][0]) if "count" in out else None,
                         provisional_label=self.labels[head], provisional_score=float(p[head]),
+                        provisional_probs=tuple(float(x) for x in p),
                         capture_to_tokens_ms=(now - st.capture[-1]) / 1e6, sent_ns=now, bundle=self.bundle_id)
         st.windows += 1
         self.hub.send_window(messages.encode(w))

@@ -33,6 +33,7 @@ class TokenWindow:
     sent_ns: int  # wall clock when ingest sent it (staleness is judged from this)
     bundle: str  # bundle id
     count: int | None = None  # repetitions the VST's head counts in the window (a VST without the head: None)
+    provisional_probs: tuple[float, ...] | None = None  # the head's probability of every label, in the bundle's order
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ still waiting is superseded: dropped and counted). The LLM thread serves streams
 a busy stream cannot starve the others; a window older than `deadline_s` when its turn comes is
 dropped as stale (counted). Reading is `lvlm.reader.Reader`: the instruction prefix's KV cache is
 evaluated once and reused, action tokens are fed as ids, the label comes from the trie-constrained
-decoding with its probability, then the explanation (optional, rate-limited per stream).
+decoding with its probability (pooled with the VST head's label probabilities where the bundle
+has a pool), then the explanation (optional, rate-limited per stream).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 def check_window(manifest: dict, w) -> TokenWindow:
     """A decoded message the bundle's language model can read, or MessageError: a window of T
-    tokens inside the codebook and, for a model with count tokens, a count among them."""
+    tokens inside the codebook, for a model with count tokens a count among them, and head
+    probabilities (optional: without them the language model labels alone) one per label."""
     if not isinstance(w, TokenWindow):
         raise MessageError(f"expected a window, got {type(w).__name__}")
     if len(w.tokens) != manifest["vst"]["T"] or not all(0 <= t < manifest["vst"]["K"] for t in w.tokens):
@@ -36,6 +38,9 @@ def check_window(manifest: dict, w) -> TokenWindow:
     counts = manifest["lvlm"].get("counts", 0)
     if counts and not (w.count is not None and 1 <= w.count <= counts):
         raise MessageError(f"window count {w.count} outside the bundle's count tokens 1..{counts}")
+    if w.provisional_probs is not None and (len(w.provisional_probs) != len(manifest["labels"]) or
+                                            not all(0.0 <= p <= 1.0 for p in w.provisional_probs)):
+        raise MessageError(f"window of {len(w.provisional_probs)} head probabilities, not one in [0, 1] per bundle label")
     return w
 
 
@@ -156,7 +161,7 @@ class LLMWorker:
                     continue
                 explain = self._explain_now(w.stream)
                 try:
-                    r = reader.read(w.tokens, explain=explain, exhaustive=False, count=w.count)
+                    r = reader.read(w.tokens, explain=explain, exhaustive=False, count=w.count, head=w.provisional_probs)
                 except Exception as exc:  # noqa: BLE001 - one bad read must not end the worker
                     self.counters["failed"] += 1
                     log.error("[%s] window %d: %s", w.stream, w.window_seq, exc)

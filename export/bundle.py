@@ -153,7 +153,8 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
         "lvlm": {"file": gguf_name, "quantization": quant, "token_id_base": meta["token_id_base"], "codes": meta["codes"],
                  "counts": counts, "vocab_size": meta["token_id_base"] + len(prompt.added_tokens(meta["codes"], counts)),
                  "prompt_format_version": meta["prompt_format_version"],
-                 "label_temperature": meta.get("label_temperature", 1.0), "base": meta.get("base"), "adapter": os.path.abspath(adapter)},
+                 "label_temperature": meta.get("label_temperature", 1.0), "label_pool": meta.get("label_pool"),
+                 "base": meta.get("base"), "adapter": os.path.abspath(adapter)},
         "calibration": {"file": "calibration.npy", "frames": int(sum(len(f) for f in frames))},
         "parity": {"onnx": onnx, "gguf_f16_logits": logits, f"gguf_{quant.lower()}_labels": labels},
         "export_seconds": {"onnx": onnx["seconds"], "gguf": round(gguf_seconds, 1),
@@ -192,8 +193,12 @@ def read_manifest(folder: str) -> dict:
 
 
 def bundle_id(manifest: dict) -> str:
-    """A short id of a bundle's content (its files' hashes): results name the bundle that made them."""
-    blob = json.dumps({k: v["sha256"] for k, v in sorted(manifest["files"].items())}, sort_keys=True)
+    """A short id of a bundle's content: its files' hashes, its labels and how its labels are read
+    (temperature, pool with the VST head), so that results name the bundle that made them and a
+    bundle calibrated again is another bundle."""
+    lv = manifest.get("lvlm", {})
+    blob = json.dumps({"files": {k: v["sha256"] for k, v in sorted(manifest["files"].items())}, "labels": manifest["labels"],
+                       "reading": {k: lv.get(k) for k in ("label_temperature", "label_pool")}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 

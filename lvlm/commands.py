@@ -37,6 +37,9 @@ def register(cli) -> None:
                    help="windows of held-out training performers that fit the label temperature: those the "
                         "VST was not trained on either (train vst --hold-out), else augmented windows of 15 %% "
                         "of the performers; 0: none")
+    f.add_argument("--pool-windows", type=int, default=200,
+                   help="of the calibration windows, how many fit the label pool with the VST head (every "
+                        "label's probability, ~1 s a window on 2 CPU cores); 0: no pool, the model alone labels")
     f.add_argument("--no-code-tie", dest="code_tie", action="store_false",
                    help="train each action token's embedding row alone, not tied to its VST code vector")
     f.add_argument("--prefix-grad", action=argparse.BooleanOptionalAction, default=d.prefix_grad,
@@ -47,6 +50,16 @@ def register(cli) -> None:
                         "format 2; a VST without the head gets none either way)")
     f.add_argument("--resume", action="store_true", help="continue from OUT/finetune_state.pt (checkpointed every 25 steps)")
     f.set_defaults(func=cmd_finetune)
+
+    c = cli.add("calibrate", "fit a fine-tuned model's label temperature and its pool with the VST head again")
+    c.add_argument("--adapter", required=True, help="the --out folder of `lvlm-var finetune` (its lvlm.json is updated)")
+    c.add_argument("--vst", required=True, help="the VST run the adapter was fine-tuned on")
+    c.add_argument("--data", required=True, help="prepared cache the VST was trained on")
+    c.add_argument("--protocol", default=None, help="default: the cache's")
+    c.add_argument("--windows-per-clip", type=int, default=3)
+    c.add_argument("--calibration-windows", type=int, default=800)
+    c.add_argument("--pool-windows", type=int, default=200)
+    c.set_defaults(func=cmd_calibrate)
 
     e = cli.group("eval", "evaluate a model").add_parser(
         "lvlm", help="the fine-tuned language model on a protocol's test windows (labels, calibration, explanations)")
@@ -61,27 +74,61 @@ def register(cli) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def _examples(args: argparse.Namespace, views: int, calibrate: bool):
+    """(labels, training windows, calibration windows) of `args.vst` over `args.data`'s training split."""
+    from lvlm.finetune import build_examples, calibration_split
+    from vst.train import held_out
+
+    vst_held = held_out(args.vst) if calibrate else set()
+    # calibration on performers the VST saw needs one more view: their augmented windows
+    labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip,
+                                      views=max(views, 2) if calibrate and not vst_held else views)
+    return (labels, *calibration_split(examples, views, 0.15 if calibrate else 0.0, vst_held), bool(vst_held))
+
+
+def _calibrate(args, model, tokenizer, merged: str, labels, base: int, codes: int, held: list[dict], counts: int,
+               vst_unseen: bool) -> dict:
+    """The lvlm.json fields the calibration windows fit (label temperature, pool with the VST head), printed."""
+    from vst.cache import spread
+    from vst.ntu import performer_of
+
+    cal = _fit_temperature(model, tokenizer, merged, labels, base, codes, spread(held, args.calibration_windows),
+                           counts, args.pool_windows)
+    cal.update(performers=sorted({performer_of(ex["clip"]) for ex in held}), unseen_by_vst=vst_unseen)
+    print(f"label temperature {cal['temperature']:.3f} on {cal['windows']} windows of held-out performers "
+          f"{', '.join(cal['performers'])}{'' if vst_unseen else ' (augmented; the VST trained on them)'} "
+          f"(ECE {cal['ece_t1']:.3f} -> {cal['ece']:.3f}, label top-1 {cal['top1']:.1%}; {cal['seconds']:.0f} s "
+          f"through {cal['backend']})")
+    fields = {"label_temperature": cal["temperature"], "calibration": cal, "label_pool": None}
+    if "pool" in cal:
+        p = cal["pool"]
+        fields["label_pool"] = p["weights"]
+        print(f"label pool {p['weights']['llm']:.2f} x log p(LLM) + {p['weights']['head']:.2f} x log p(VST head) on "
+              f"{p['windows']} of them: top-1 {p['top1']:.1%}, ECE {p['ece']:.3f} (LLM alone {p['llm_alone']['top1']:.1%}, "
+              f"head alone {p['head_alone']['top1']:.1%})")
+    return fields
+
+
+def _write_meta(adapter: str, meta: dict) -> None:
+    for folder in (adapter, os.path.join(adapter, "merged")):
+        with open(os.path.join(folder, "lvlm.json"), "w") as fh:
+            json.dump(meta, fh, indent=1)
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     import torch
 
     from lvlm.base import load
-    from lvlm.finetune import FinetuneConfig, build_examples, calibration_split, finetune, merge
+    from lvlm.finetune import FinetuneConfig, finetune, merge
     from lvlm.vocab import add_action_tokens
-    from vst.cache import spread
     from vst.glossary import load_glossary
     from vst.model import load_checkpoint
-    from vst.ntu import performer_of
-    from vst.train import held_out
 
     torch.set_num_threads(os.cpu_count() or 1)
     vst_model = load_checkpoint(args.vst)
     codes = vst_model.cfg.K
     calibrate = args.calibration_windows > 0
-    vst_held = held_out(args.vst) if calibrate else set()
-    # calibration on performers the VST saw needs one more view: their augmented windows
-    views = max(args.views, 2) if calibrate and not vst_held else args.views
-    labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip, views=views)
-    examples, held = calibration_split(examples, args.views, 0.15 if calibrate else 0.0, vst_held)
+    labels, examples, held, vst_unseen = _examples(args, args.views, calibrate)
     glossary = load_glossary(args.vst)
     model, tokenizer = load(args.base)
     counts = vst_model.cfg.counts if args.count_token else 0
@@ -96,25 +143,40 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     merged_model = result["model"].merge_and_unload()
     merged = merge(merged_model, tokenizer, os.path.join(args.out, "merged"))
     if held:
-        cal = _fit_temperature(merged_model, tokenizer, merged, labels, base, codes, spread(held, args.calibration_windows),
-                               counts)
-        cal.update(performers=sorted({performer_of(ex["clip"]) for ex in held}), unseen_by_vst=bool(vst_held))
-        meta.update({"label_temperature": cal["temperature"], "calibration": cal})
-        print(f"label temperature {cal['temperature']:.3f} on {cal['windows']} windows of held-out performers "
-              f"{', '.join(cal['performers'])}{'' if vst_held else ' (augmented; the VST trained on them)'} "
-              f"(ECE {cal['ece_t1']:.3f} -> {cal['ece']:.3f}, label top-1 {cal['top1']:.1%}; {cal['seconds']:.0f} s "
-              f"through {cal['backend']})")
-    for folder in (args.out, merged):
-        with open(os.path.join(folder, "lvlm.json"), "w") as fh:
-            json.dump(meta, fh, indent=1)
+        meta.update(_calibrate(args, merged_model, tokenizer, merged, labels, base, codes, held, counts, vst_unseen))
+    _write_meta(args.out, meta)
     print(f"fine-tuned on {len(examples)} windows for {args.steps} steps on {meta['device']} "
           f"({meta['step_seconds'] / 60:.1f} min of steps): loss {meta['first_loss']:.3f} -> "
           f"{meta['last_loss']:.3f}; adapter in {args.out}, merged model in {merged}")
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """The calibration step of `finetune` alone, on its merged model: after a change to how
+    labels are calibrated, or to give an older adapter a pool with its VST head."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lvlm.evaluate import read_meta
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    meta = read_meta(args.adapter, merged=True)
+    labels, _, held, vst_unseen = _examples(args, 1, True)
+    if labels != meta["labels"]:
+        raise EvalError(f"{args.vst}'s classes differ from the labels {args.adapter} was fine-tuned on")
+    if not held:
+        raise EvalError(f"{args.data} has no training windows of held-out performers to calibrate on")
+    merged = os.path.join(args.adapter, "merged")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), AutoTokenizer.from_pretrained(merged)
+    meta.update(_calibrate(args, model, tokenizer, merged, labels, meta["token_id_base"], meta["codes"], held,
+                           meta.get("counts", 0), vst_unseen))
+    _write_meta(args.adapter, meta)
+    print(f"updated {args.adapter}/lvlm.json; export the bundle again to ship it")
+    return 0
+
+
 def _fit_temperature(model, tokenizer, merged: str, labels, base: int, codes: int, windows: list[dict],
-                     counts: int = 0) -> dict:
+                     counts: int = 0, pool_windows: int = 0) -> dict:
     """`fit_temperature` on the merged model as llama.cpp runs it (an F16 GGUF beside it, removed
     afterwards): 777 windows take 128-238 s on 2 CPU cores, against ~1.5 s a window through
     transformers, so every held-out window fits in the fine-tune's time budget. Architectures the
@@ -132,7 +194,7 @@ def _fit_temperature(model, tokenizer, merged: str, labels, base: int, codes: in
     except ExportError:
         backend, name = TransformersBackend(model, tokenizer), "transformers"
     try:
-        cal = fit_temperature(Reader(backend, labels, base, codes, counts=counts), windows)
+        cal = fit_temperature(Reader(backend, labels, base, codes, counts=counts), windows, pool_windows=pool_windows)
     finally:
         if isinstance(backend, LlamaCppBackend):
             backend.llm.close()
@@ -152,6 +214,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{m['protocol']} test, {m['windows']} windows: LLM label top-1 {m['llm_top1']:.1%} "
           f"(VST head {m['vst_head_top1']:.1%} on the same windows, agreement {m['llm_head_agreement']:.1%}); "
           f"ECE {m['ece']:.3f}; label latency p50 {m['label_latency_ms_p50']:.0f} ms")
+    if m["llm_alone"]:
+        a, p = m["llm_alone"], m["pool"]
+        print(f"  labels pooled with the VST head ({p['llm']:.2f} x log p(LLM) + {p['head']:.2f} x log p(head)); "
+              f"the language model alone: top-1 {a['top1']:.1%}, agreement with the head {a['agreement_with_head']:.1%}, "
+              f"ECE {a['ece']:.3f} (its own probability, renormalised over the labels)")
     if m["faithfulness"]:
         f = m["faithfulness"]
         print(f"explanations ({m['explained']}): faithful {f['faithful']:.1%} (limb {f['limb']:.1%}, motion {f['motion']:.1%}, "

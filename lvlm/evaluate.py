@@ -76,15 +76,43 @@ def plot_reliability(confidence, correct, path: str, title: str, bins: int = 10)
 
 
 TEMPERATURES = np.geomspace(0.5, 4.0, 31)
+POOL_WEIGHTS = np.round(np.arange(0.0, 1.501, 0.05), 2)
 
 
-def fit_temperature(reader, examples: list[dict], progress: bool = True) -> dict:
+def fit_pool(model: np.ndarray, head: np.ndarray, truth: np.ndarray) -> dict:
+    """The weights (a, b) of the log-linear pool a * log p_llm + b * log p_head (normalised over
+    the labels) that minimise the negative log-likelihood of the true labels, on a grid of
+    0..1.5 in steps of 0.05 (`model`, `head`: [windows, labels] probabilities; `truth`: label
+    indices), with the pool's top-1 and ECE there and those of each reader alone."""
+    lm, lh = np.log(np.maximum(model, 1e-30)), np.log(np.maximum(head, 1e-12))
+    rows = np.arange(len(truth))
+
+    def pooled(a, b):
+        z = a * lm + b * lh
+        return z - np.logaddexp.reduce(z, axis=1, keepdims=True)
+
+    nll, a, b = min((-pooled(a, b)[rows, truth].mean(), a, b) for a in POOL_WEIGHTS for b in POOL_WEIGHTS if a or b)
+
+    def scores(p):
+        ok = p.argmax(1) == truth
+        return {"top1": float(ok.mean()), "ece": expected_calibration_error(p.max(1), ok)}
+
+    return {"weights": {"llm": float(a), "head": float(b)}, "windows": len(truth), "nll": float(nll),
+            **scores(np.exp(pooled(a, b))), "llm_alone": scores(model / np.maximum(model.sum(1, keepdims=True), 1e-30)),
+            "head_alone": scores(head)}
+
+
+def fit_temperature(reader, examples: list[dict], progress: bool = True, pool_windows: int = 0) -> dict:
     """The label temperature that minimises the negative log-likelihood of the true labels on
     held-out windows (temperature scaling, Guo et al. 2017), with the ECE before and after.
     A window is read once for the fit: only the trie nodes on its true label's path are
     evaluated, and the NLL at every temperature follows from them in closed form
     (log p_T(t) = lp(t) / T - logsumexp(lp / T)); the best-first decode gives the label and its
-    probability at T = 1. A second read decodes at the fitted temperature, unless that is 1."""
+    probability at T = 1. A second read decodes at the fitted temperature, unless that is 1.
+
+    pool_windows: on that many of the windows (spread over them; they need `head_probs`), every
+    label's probability too (one model call per trie node, ~1 s a window on 2 CPU cores) and the
+    pool with the VST head fitted on them (`fit_pool`, result["pool"])."""
     from tqdm import tqdm
 
     from lvlm.reader import log_softmax, tempered
@@ -100,12 +128,19 @@ def fit_temperature(reader, examples: list[dict], progress: bool = True) -> dict
         return r.probability, r.label == ex["label"]
 
     at_one = []
+    pooling = {id(ex) for ex in spread([ex for ex in examples if "head_probs" in ex], pool_windows)}
+    model, head, truth = [], [], []
     for ex in tqdm(examples, desc="calibrate", unit="window", disable=not progress):
         nodes, _ = reader.label_nodes(ex["tokens"], ex.get("count"))
         path = reader.label_ids[ex["label"]]
         for k, tok in enumerate(path):
             nll -= log_softmax(nodes(path[:k], [tok])[None, :] / TEMPERATURES[:, None])[:, tok]
         at_one.append(decode(ex, nodes, 1.0))
+        if id(ex) in pooling:
+            every = decode_label(reader.trie, tempered(nodes, 1.0)).distribution
+            model.append([every[lab] for lab in reader.labels])
+            head.append(ex["head_probs"])
+            truth.append(reader.labels.index(ex["label"]))
     best = int(np.argmin(nll))
     at_best = at_one
     if best != one:
@@ -113,9 +148,23 @@ def fit_temperature(reader, examples: list[dict], progress: bool = True) -> dict
                    for ex in tqdm(examples, desc=f"calibrate at T={TEMPERATURES[best]:.3f}", unit="window",
                                   disable=not progress)]
     (conf1, ok1), (conf, ok) = np.array(at_one, float).T, np.array(at_best, float).T
-    return {"temperature": round(float(TEMPERATURES[best]), 4), "windows": len(examples),
-            "top1": float(ok.mean()), "nll": float(nll[best] / len(examples)), "nll_t1": float(nll[one] / len(examples)),
-            "ece": expected_calibration_error(conf, ok), "ece_t1": expected_calibration_error(conf1, ok1)}
+    fitted = {"temperature": round(float(TEMPERATURES[best]), 4), "windows": len(examples),
+              "top1": float(ok.mean()), "nll": float(nll[best] / len(examples)), "nll_t1": float(nll[one] / len(examples)),
+              "ece": expected_calibration_error(conf, ok), "ece_t1": expected_calibration_error(conf1, ok1)}
+    if truth:
+        fitted["pool"] = fit_pool(np.array(model), np.array(head), np.array(truth))
+    return fitted
+
+
+def read_meta(adapter: str, merged: bool = False) -> dict:
+    """An adapter folder's lvlm.json (`lvlm-var finetune --out`); merged: its merged model must be there too."""
+    meta_path = os.path.join(adapter, "lvlm.json")
+    if not os.path.exists(meta_path):
+        raise EvalError(f"{adapter}: no lvlm.json; pass the --out folder of `lvlm-var finetune`")
+    if merged and not os.path.isdir(os.path.join(adapter, "merged")):
+        raise EvalError(f"{adapter}: no merged model folder; rerun `lvlm-var finetune`")
+    with open(meta_path) as f:
+        return json.load(f)
 
 
 def open_reader(adapter: str, gguf: str | None = None, threads: int | None = None):
@@ -123,11 +172,7 @@ def open_reader(adapter: str, gguf: str | None = None, threads: int | None = Non
     transformers, or `gguf` through llama.cpp."""
     from lvlm.reader import LlamaCppBackend, Reader, TransformersBackend
 
-    meta_path = os.path.join(adapter, "lvlm.json")
-    if not os.path.exists(meta_path):
-        raise EvalError(f"{adapter}: no lvlm.json; pass the --out folder of `lvlm-var finetune`")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = read_meta(adapter, merged=not gguf)
     if gguf:
         if not os.path.exists(gguf):
             raise EvalError(f"{gguf}: no such GGUF file")
@@ -137,12 +182,11 @@ def open_reader(adapter: str, gguf: str | None = None, threads: int | None = Non
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         merged = os.path.join(adapter, "merged")
-        if not os.path.isdir(merged):
-            raise EvalError(f"{adapter}: no merged model folder; rerun `lvlm-var finetune`")
         backend = TransformersBackend(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32),
                                       AutoTokenizer.from_pretrained(merged))
     return Reader(backend, meta["labels"], meta["token_id_base"], meta["codes"],
-                  temperature=meta.get("label_temperature", 1.0), counts=meta.get("counts", 0)), meta
+                  temperature=meta.get("label_temperature", 1.0), counts=meta.get("counts", 0),
+                  pool=meta.get("label_pool")), meta
 
 
 def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) -> tuple[dict, list[dict]]:
@@ -152,12 +196,15 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
     explain_set = {id(e) for e in spread(examples, explain)}
     readings = []
     for ex in tqdm(examples, desc="eval lvlm", unit="window", disable=not progress):
-        r = reader.read(ex["tokens"], explain=id(ex) in explain_set, count=ex.get("count"))
+        r = reader.read(ex["tokens"], explain=id(ex) in explain_set, count=ex.get("count"), head=ex.get("head_probs"))
         row = {"clip": ex["clip"], "start": ex["start"], "tokens": ex["tokens"], "count": ex.get("count"), "label": ex["label"],
                "predicted": r.label, "probability": r.probability,
                "renormalised": r.probability / max(sum(r.distribution.values()), 1e-12),
                "head_label": ex.get("head_label"), "head_score": ex.get("head_score"), "label_s": r.label_s,
                "reference": ex["explanation"], "explanation": r.explanation, "explanation_s": r.explanation_s}
+        if r.model is not None:  # pooled with the head: what the language model alone reads
+            alone = max(r.model, key=r.model.get)
+            row.update(llm_alone=alone, llm_alone_probability=r.model[alone] / max(sum(r.model.values()), 1e-12))
         if r.explanation is not None:
             row["rouge_l"] = rouge_l(r.explanation, ex["explanation"])
             attrs = ex.get("attributes") or {}
@@ -203,6 +250,13 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
         "label_latency_ms_p50": 1000 * statistics.median(r["label_s"] for r in readings) if n else None,
         "explanation_latency_ms_p50": 1000 * statistics.median(r["explanation_s"] for r in explained) if explained else None,
         "per_class": {lab: float(np.mean([r["predicted"] == lab for r in readings if r["label"] == lab])) for lab in labels},
+        # labels pooled with the VST head: llm_top1 and ece are the pool's; these, the language model's alone
+        "pool": reader.pool,
+        "llm_alone": {"top1": float(np.mean([r["llm_alone"] == r["label"] for r in readings])),
+                      "ece": expected_calibration_error([r["llm_alone_probability"] for r in readings],
+                                                        [r["llm_alone"] == r["label"] for r in readings]),
+                      "agreement_with_head": float(np.mean([r["llm_alone"] == r["head_label"] for r in readings]))}
+        if readings and all("llm_alone" in r for r in readings) else None,
     }
     return metrics, readings
 

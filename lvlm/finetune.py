@@ -273,7 +273,8 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
     """(labels, examples): the VST's tokens for up to `windows_per_clip` sliding windows per clip
     (those covering most of the action first), with the clip's label and the reference
     explanation of what the window shows (`vst.actions.window_attributes`: its repetitions),
-    the VST head's own prediction for the window (its provisional label) and, where the VST has
+    the VST head's own prediction for the window (its provisional label; `head_probs`: its
+    probability of every label, what the reader pools with) and, where the VST has
     a repetitions head, the count it reads (`count`, 1..max_reps; else None). `views` > 1 adds
     views of every clip through the VST's training augmentations (crop, colour, flip; a flipped
     view gets the mirrored side in its attributes and reference explanation)."""
@@ -312,5 +313,5 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
                 out.append({"clip": clip["name"], "view": view, "start": w["starts"][i], "tokens": w["ids"][i].tolist(),
                             "count": int(read_count(w["reps"][i])) if "reps" in w else None,
                             "label": label, "explanation": explanation, "attributes": seen,
-                            "head_label": labels[head], "head_score": float(probs[head])})
+                            "head_label": labels[head], "head_score": float(probs[head]), "head_probs": probs.tolist()})
     return labels, out

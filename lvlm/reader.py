@@ -52,24 +52,40 @@ def tempered(nodes, temperature: float):
 @dataclass(frozen=True)
 class Reading:
     label: str
-    probability: float  # the model's own probability of the label's tokens
+    probability: float  # the model's own probability of the label's tokens (pooled: the pool's)
     distribution: dict[str, float]  # every label's probability (sums to <= 1)
     explanation: str | None
     label_s: float  # seconds from the window's tokens to the label
     explanation_s: float | None  # further seconds for the explanation
+    model: dict[str, float] | None = None  # pooled: the language model's own probability of the labels computed
+
+
+def head_prior(head: Sequence[float], labels: Sequence[str], weight: float) -> dict[str, float]:
+    """The VST head's label probabilities as the log prior of a pool (`lvlm.trie.decode_label`)."""
+    if len(head) != len(labels):
+        raise ValueError(f"{len(head)} head probabilities for {len(labels)} labels")
+    return {lab: weight * np.log(max(float(p), 1e-12)) for lab, p in zip(labels, head)}
 
 
 class Reader:
     """temperature: the label's log-probabilities are those of logits / temperature (fitted after
     fine-tuning on held-out windows, `lvlm.evaluate.fit_temperature`, so that the probability
-    means what it says); the label and explanation tokens themselves are the model's."""
+    means what it says); the label and explanation tokens themselves are the model's.
+
+    pool: {"llm": a, "head": b}, fitted with the temperature: a window read with the VST head's
+    label probabilities h (`head=`) gets the label of the log-linear pool
+    a * log p_llm(label) + b * log h(label), normalised over the labels, and that probability;
+    the explanation then follows that label. A window without them is read by the model alone."""
 
     def __init__(self, backend, labels: Sequence[str], base: int, codes: int, explanation_tokens: int = 48,
-                 temperature: float = 1.0, counts: int = 0):
+                 temperature: float = 1.0, counts: int = 0, pool: dict | None = None):
         if not temperature > 0:
             raise ValueError(f"label temperature must be > 0, not {temperature}")
+        if pool is not None and not (pool.get("llm", -1) >= 0 and pool.get("head", -1) >= 0):
+            raise ValueError(f"label pool weights must be >= 0, not {pool}")
         self.backend, self.labels, self.base, self.codes, self.counts = backend, list(labels), base, codes, counts
         self.explanation_tokens, self.temperature = explanation_tokens, float(temperature)
+        self.pool = {"llm": float(pool["llm"]), "head": float(pool["head"])} if pool else None
         p = prompt.build(self.labels)
         tok = backend.tokenize
         self.prefix, self.suffix = tok(p.prefix), tok(p.suffix)
@@ -87,7 +103,7 @@ class Reader:
         """The reader of a bundle's language model: labels, token ids and label temperature from its manifest."""
         lv = manifest["lvlm"]
         return cls(backend, manifest["labels"], lv["token_id_base"], lv["codes"], explanation_tokens,
-                   lv.get("label_temperature", 1.0), lv.get("counts", 0))
+                   lv.get("label_temperature", 1.0), lv.get("counts", 0), lv.get("label_pool"))
 
     def forget_prefix(self) -> None:
         """Make the next read evaluate the instruction prefix again (benchmarks compare with this)."""
@@ -111,11 +127,16 @@ class Reader:
         b.rewind(len(self.prefix))
         return b.feed(video + self.suffix)
 
-    def label(self, tokens: Sequence[int], exhaustive: bool = True, count: int | None = None):
+    def label(self, tokens: Sequence[int], exhaustive: bool = True, count: int | None = None,
+              head: Sequence[float] | None = None):
         """(LabelResult, context length) for a window (`count`: its count token, for a model that
-        has them). Each trie node costs the tokens that differ from the path already in the cache
-        (usually one)."""
+        has them; `head`: the VST head's probability of every label, pooled with where the reader
+        has a pool). Each trie node costs the tokens that differ from the path already in the
+        cache (usually one)."""
+        prior = head_prior(head, self.labels, self.pool["head"]) if self.pool and head is not None else None
         nodes, n_ctx = self.label_nodes(tokens, count)
+        if prior is not None:
+            return decode_label(self.trie, tempered(nodes, 1.0), exhaustive, prior, self.pool["llm"]), n_ctx
         return decode_label(self.trie, tempered(nodes, self.temperature), exhaustive), n_ctx
 
     def label_nodes(self, tokens: Sequence[int], count: int | None = None):
@@ -141,14 +162,15 @@ class Reader:
 
         return logprobs, n_ctx
 
-    def read(self, tokens: Sequence[int], explain: bool = True, exhaustive: bool = True, count: int | None = None) -> Reading:
+    def read(self, tokens: Sequence[int], explain: bool = True, exhaustive: bool = True, count: int | None = None,
+             head: Sequence[float] | None = None) -> Reading:
         """exhaustive=False (the worker's way): best-first label search, exact label and probability,
         the other labels' probabilities only where the search computed them."""
         t0 = time.perf_counter()
-        result, n_ctx = self.label(tokens, exhaustive, count)
+        result, n_ctx = self.label(tokens, exhaustive, count, head)
         t1 = time.perf_counter()
         if not explain:
-            return Reading(result.label, result.probability, result.distribution, None, t1 - t0, None)
+            return Reading(result.label, result.probability, result.distribution, None, t1 - t0, None, result.model)
         b = self.backend
         b.rewind(n_ctx)
         lp = b.feed(self.label_ids[result.label] + self.explanation_head)
@@ -160,7 +182,8 @@ class Reader:
             out.append(nxt)
             lp = b.feed([nxt])
         text = prompt.parse_explanation(b.detokenize(out))
-        return Reading(result.label, result.probability, result.distribution, text, t1 - t0, time.perf_counter() - t1)
+        return Reading(result.label, result.probability, result.distribution, text, t1 - t0, time.perf_counter() - t1,
+                       result.model)
 
 
 class TransformersBackend:

@@ -63,8 +63,9 @@ class LabelTrie:
 @dataclass(frozen=True)
 class LabelResult:
     label: str
-    probability: float  # the model's probability of this label's tokens
-    distribution: dict[str, float]  # every label's probability (sums to <= 1)
+    probability: float  # the model's probability of this label's tokens (pooled: the pool's)
+    distribution: dict[str, float]  # every label's probability (sums to <= 1; pooled: to 1 over the labels computed)
+    model: dict[str, float] | None = None  # pooled only: the model's own probability of each label computed
 
     @property
     def renormalised(self) -> float:
@@ -73,24 +74,71 @@ class LabelResult:
         return self.probability / total if total > 0 else 0.0
 
 
-def decode_label(trie: LabelTrie, logprobs: LogProbs, exhaustive: bool = True) -> LabelResult:
+def _logsumexp(values) -> float:
+    values = list(values)
+    top = max(values, default=-math.inf)
+    return top if top == -math.inf else top + math.log(sum(math.exp(v - top) for v in values))
+
+
+def _pooled(weight: float, lp: float, prior: float) -> float:
+    """weight * lp + prior, where a weight of 0 ignores the model even where it gives -inf."""
+    return prior + (weight * lp if weight else 0.0)
+
+
+def _max_prior(node: _Node, prior: Mapping[str, float], out: dict[int, float]) -> float:
+    """The largest prior of the labels below `node`, for every node (by id) into `out`."""
+    best = prior[node.label] if node.label is not None else max(_max_prior(c, prior, out) for c in node.children.values())
+    out[id(node)] = best
+    return best
+
+
+def decode_label(trie: LabelTrie, logprobs: LogProbs, exhaustive: bool = True, prior: Mapping[str, float] | None = None,
+                 weight: float = 1.0, tolerance: float = 1e-3) -> LabelResult:
     """The most probable label and its exact probability.
 
     exhaustive: every label's exact probability (one model call per inner node).
     Otherwise best-first search: nodes are expanded in order of their prefix probability, and the
     first label completed is the most probable one (a prefix's probability bounds every label
     below it), usually after a handful of calls; the distribution then holds the labels completed
-    so far (still exact, summing to <= 1)."""
-    dist: dict[str, float] = {}
-    heap: list[tuple[float, int, _Node, tuple[int, ...]]] = [(-0.0, 0, trie.root, ())]
+    so far (still exact, summing to <= 1).
+
+    prior: a log-linear pool of the model with another reader of the same window (the VST head):
+    each label scores weight * log p(label) + prior[label], normalised over the labels. The
+    search is A*: a node's bound is its prefix's weighted log-probability plus the largest prior
+    below it (weight >= 0), so the first label completed is still the best, and a confident
+    prior prunes most of the trie. Best-first then goes on until the bound on the pool mass left
+    in the unexpanded nodes is at most `tolerance` of the mass found (the probability reported is
+    then high by at most that share); `model` holds the model's own probability of each label found.
+    A weight of 0 makes the prior alone decide: best-first then calls the model for nothing."""
+    if prior is not None:
+        if weight < 0:
+            raise ValueError(f"pool weight {weight} < 0")
+        if set(prior) != set(trie.labels):
+            raise ValueError("the prior must score every label")
+        if not weight and not exhaustive:  # the prior alone decides: no model call needed
+            top = _logsumexp(prior.values())
+            pooled = {lab: math.exp(prior[lab] - top) for lab in trie.labels}
+            best = max(pooled, key=pooled.get)
+            return LabelResult(best, pooled[best], pooled, {})
+    bounds: dict[int, float] = {}
+    if prior is not None:
+        _max_prior(trie.root, prior, bounds)
+    w = weight if prior is not None else 1.0
+    dist: dict[str, float] = {}  # the model's log-probability of each label completed
+    heap: list[tuple[float, int, _Node, tuple[int, ...], float]] = [(-bounds.get(id(trie.root), 0.0), 0, trie.root, (), 0.0)]
     count = 1
+    found = -math.inf  # log of the pool mass of the labels completed
     while heap:
-        neg, _, node, prefix = heapq.heappop(heap) if not exhaustive else heap.pop()
-        lp = -neg
-        if node.label is not None:
-            dist[node.label] = math.exp(lp)
-            if not exhaustive:
+        neg, _, node, prefix, lp = heapq.heappop(heap) if not exhaustive else heap.pop()
+        if not exhaustive and dist:
+            if prior is None:
                 break
+            if _logsumexp([-neg] + [-item[0] for item in heap]) - found <= math.log(tolerance):
+                break  # the mass the unexpanded nodes can still hold is negligible
+        if node.label is not None:
+            dist[node.label] = lp
+            if prior is not None:
+                found = _logsumexp([found, _pooled(w, lp, prior[node.label])])
             continue
         allowed = list(node.children)
         scores = logprobs(prefix, allowed)
@@ -98,11 +146,18 @@ def decode_label(trie: LabelTrie, logprobs: LogProbs, exhaustive: bool = True) -
             s = scores.get(tok, -math.inf)
             if s > 0.0 + 1e-6:
                 raise ValueError(f"logprob {s} > 0 for token {tok}: pass log-probabilities, not logits")
-            item = (-(lp + s), count, node.children[tok], prefix + (tok,))
+            child = node.children[tok]
+            item = (-_pooled(w, lp + s, bounds.get(id(child), 0.0)), count, child, prefix + (tok,), lp + s)
             count += 1
             if exhaustive:
                 heap.append(item)
             else:
                 heapq.heappush(heap, item)
-    best = max(dist, key=dist.get)
-    return LabelResult(best, dist[best], {lab: dist.get(lab, 0.0) for lab in trie.labels})
+    if prior is None:
+        probs = {lab: math.exp(lp) for lab, lp in dist.items()}
+        best = max(probs, key=probs.get)
+        return LabelResult(best, probs[best], {lab: probs.get(lab, 0.0) for lab in trie.labels})
+    pooled = {lab: math.exp(_pooled(w, lp, prior[lab]) - found) for lab, lp in dist.items()}
+    best = max(pooled, key=pooled.get)
+    return LabelResult(best, pooled[best], {lab: pooled.get(lab, 0.0) for lab in trie.labels},
+                       {lab: math.exp(lp) for lab, lp in dist.items()})

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic NTU-layout dataset, its 32-px cache and a tiny VST run, and a local RTSP server."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -110,7 +111,12 @@ def tiny_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
     result = finetune(model, tok, base, 32, labels, examples, out, FinetuneConfig(steps=40, batch=8, lr=1e-2), progress=False,
                       counts=counts)
     meta = {k: v for k, v in result.items() if k != "model"}
+    # a pool with the VST head (what `finetune` fits on calibration windows; tested there), so that the
+    # bundle, the worker and the benchmark read pooled labels as a default bundle does
+    meta["label_pool"] = {"llm": 0.5, "head": 0.8}
     merge(result["model"], tok, os.path.join(out, "merged"), meta)
+    with open(os.path.join(out, "lvlm.json"), "w") as f:
+        json.dump(meta, f)
     return out
 
 

@@ -68,9 +68,14 @@ def test_worker_refuses_windows_its_bundle_cannot_read(tiny_bundle):
                     distances=(0.1,) * manifest["vst"]["T"], provisional_label="a", provisional_score=0.5,
                     capture_to_tokens_ms=1.0, sent_ns=3, bundle="b", count=2)
     assert check_window(manifest, w) is w
+    ok = dataclasses.replace(w, provisional_probs=(1.0,) + (0.0,) * (len(manifest["labels"]) - 1))
+    assert check_window(manifest, ok) is ok
     for bad, match in ((dataclasses.replace(w, count=None), "count None"), (dataclasses.replace(w, count=7), "count 7"),
                        (dataclasses.replace(w, tokens=(1, 2)), "T/K"),
                        (dataclasses.replace(w, tokens=(manifest["vst"]["K"],) * manifest["vst"]["T"]), "T/K"),
+                       (dataclasses.replace(w, provisional_probs=(0.5, 0.5)), "head probabilities"),
+                       (dataclasses.replace(w, provisional_probs=(1.5,) + (0.0,) * (len(manifest["labels"]) - 1)),
+                        "head probabilities"),
                        (Health(service="x", name="y", state="z"), "expected a window")):
         with pytest.raises(MessageError, match=match):
             check_window(manifest, bad)

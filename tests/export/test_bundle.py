@@ -35,6 +35,7 @@ def test_bundle_holds_verified_engines_and_model(tiny_bundle, tiny_run):
     # the tiny VST has a repetitions head: the token engine outputs its count, the GGUF has the count tokens
     assert m["engines"]["token_engine"]["outputs"]["count"] == ["batch"]
     assert m["lvlm"]["counts"] == 6 and m["lvlm"]["prompt_format_version"] == 2
+    assert m["lvlm"]["label_pool"] == {"llm": 0.5, "head": 0.8}  # the adapter's pool with the VST head travels
     assert m["lvlm"]["vocab_size"] == m["lvlm"]["token_id_base"] + 2 + 32 + 6
     f16 = p["gguf_f16_logits"]
     assert f16["positions"] > 500 and f16["max_probability_difference"] < 0.01
@@ -45,6 +46,11 @@ def test_bundle_holds_verified_engines_and_model(tiny_bundle, tiny_run):
     assert calib.dtype == np.uint8 and calib.shape[1:] == (32, 32, 3) and len(calib) == m["calibration"]["frames"]
     s = check_bundle(out)
     assert s["labels"] == 3 and s["quantization"] == "Q4_K_M" and len(s["id"]) == 12
+    # the id names how labels are read too: the same files calibrated again are another bundle
+    from export.bundle import bundle_id
+
+    for lvlm in ({"label_pool": None}, {"label_pool": {"llm": 0.5, "head": 1.0}}, {"label_temperature": 1.5}):
+        assert bundle_id({**m, "lvlm": {**m["lvlm"], **lvlm}}) != s["id"]
 
 
 def test_fp16_frame_encoder_matches_fp32(tiny_bundle, cache32):

@@ -333,6 +333,10 @@ def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run,
     assert meta["codes"] == 32 and meta["token_id_base"] == len(pristine_tokenizer) and len(meta["labels"]) == 3
     assert (ad / "merged" / "model.safetensors").exists()
     assert meta["label_temperature"] > 0 and meta["calibration"]["windows"] > 0
+    # the label pool with the VST head, fitted on the calibration windows (all of them: fewer than --pool-windows)
+    pool = meta["calibration"]["pool"]
+    assert meta["label_pool"] == pool["weights"] and pool["windows"] == meta["calibration"]["windows"]
+    assert all(0 <= w <= 1.5 for w in pool["weights"].values()) and pool["nll"] > 0 and "label pool" in r.stdout
     # the VST trained on every performer: augmented windows of one held back from the fine-tune
     assert meta["calibration"]["performers"] == ["P001"] and not meta["calibration"]["unseen_by_vst"]
     assert meta["calibration"]["backend"] == "llama.cpp (F16)" and not list((ad / "merged").glob("*.gguf"))
@@ -399,6 +403,30 @@ def test_finetune_calibrates_on_the_performers_the_vst_did_not_train_on(tiny_run
 
 
 @pytest.mark.slow
+def test_calibrate_command_fits_an_adapter_again(cli_adapter, tiny_run, cache32, tmp_path):
+    """`lvlm-var calibrate`: the fine-tune's calibration step alone, rewriting lvlm.json."""
+    import shutil
+
+    from tests.helpers import run_cli
+
+    ad = tmp_path / "ad"
+    shutil.copytree(cli_adapter[0], ad)
+    before = json.load(open(ad / "lvlm.json"))
+    r = run_cli("calibrate", "--adapter", str(ad), "--vst", tiny_run[0], "--data", cache32, "--pool-windows", "0",
+                timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    after = json.load(open(ad / "lvlm.json"))
+    assert after == json.load(open(ad / "merged" / "lvlm.json"))
+    # the same windows and model: the same temperature; no pool asked for, none kept
+    assert after["label_temperature"] == before["label_temperature"] and after["label_pool"] is None
+    assert "pool" not in after["calibration"] and after["calibration"]["windows"] == before["calibration"]["windows"]
+    assert {k: v for k, v in after.items() if k not in ("calibration", "label_pool", "label_temperature")} == \
+        {k: v for k, v in before.items() if k not in ("calibration", "label_pool", "label_temperature")}
+    r = run_cli("calibrate", "--adapter", str(tmp_path / "nothing"), "--vst", tiny_run[0], "--data", cache32)
+    assert r.returncode == 2 and "no lvlm.json" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
 def test_eval_command_reports_labels_calibration_and_explanations(cli_adapter, tiny_run, cache32, tmp_path):
     from tests.helpers import run_cli
 
@@ -433,6 +461,10 @@ def test_eval_command_reports_labels_calibration_and_explanations(cli_adapter, t
         assert row["count_token"]["stated"] == (_mentions(row["explanation"].lower(), COUNTS) == {times_word(row["count"])})
     assert "count token (the VST's count) on" in r.stdout
     assert "LLM label top-1" in r.stdout and "VST head" in r.stdout
+    # the adapter has a pool with the VST head: the labels are the pool's, and the LLM alone is reported beside
+    assert m["pool"] == json.load(open(ad / "lvlm.json"))["label_pool"]
+    assert m["llm_alone"]["top1"] == np.mean([row["llm_alone"] == row["label"] for row in rows])
+    assert 0 <= m["llm_alone"]["ece"] <= 1 and "language model alone" in r.stdout
     # labels only: the explanation metrics are null, and the file is strict JSON (no NaN)
     r = run_cli("eval", "lvlm", "--adapter", str(ad), "--vst", run, "--data", cache32, "--max-windows", "4",
                 "--explain", "0", "--out", str(tmp_path / "labels"), timeout=300)

@@ -100,11 +100,12 @@ def test_labels_must_be_prefix_free():
         LabelTrie({"a": [1, 9], "b": [1, 9]})
 
 
-def test_best_first_search_finds_the_same_label_with_fewer_calls():
-    rng = random.Random(1)
-    seqs = {f"label {i}": [i % 3, 3 + i % 5, 10 + i, 99] for i in range(12)}
-    table = {}
+TWELVE = {f"label {i}": [i % 3, 3 + i % 5, 10 + i, 99] for i in range(12)}
 
+
+def random_model(rng: random.Random, table: dict):
+    """make(calls) -> a logprobs function of a random 100-token model (one distribution per
+    prefix, kept in `table`) that records its calls in `calls`."""
     def make(calls):
         def logprobs(prefix, allowed):
             calls.append(tuple(prefix))
@@ -115,6 +116,12 @@ def test_best_first_search_finds_the_same_label_with_fewer_calls():
                 table[key] = [math.log(x) - z for x in w]
             return {t: table[key][t] for t in allowed}
         return logprobs
+    return make
+
+
+def test_best_first_search_finds_the_same_label_with_fewer_calls():
+    seqs, table = TWELVE, {}
+    make = random_model(random.Random(1), table)
 
     trie = LabelTrie(seqs)
     for _ in range(5):
@@ -125,3 +132,38 @@ def test_best_first_search_finds_the_same_label_with_fewer_calls():
         assert fast.label == full.label and math.isclose(fast.probability, full.probability)
         assert len(fast_calls) < len(full_calls) == trie.nodes
         assert all(p == 0 or math.isclose(p, full.distribution[lab]) for lab, p in fast.distribution.items())
+
+
+def test_pooling_with_a_prior_is_exact_and_a_confident_prior_prunes_the_search():
+    seqs, table, trie = TWELVE, {}, LabelTrie(TWELVE)
+    make = random_model(random.Random(2), table)
+    for trial in range(5):
+        table.clear()
+        fast_calls = []
+        plain = decode_label(trie, make([]))
+        model = plain.distribution
+        # a confident prior on a label the model does not favour
+        favoured = sorted(seqs, key=model.get)[trial]
+        prior = {lab: (0.0 if lab == favoured else -12.0) for lab in seqs}
+        weight = 0.4
+        pooled = {lab: math.exp(weight * math.log(model[lab]) + prior[lab]) for lab in seqs}
+        total = sum(pooled.values())
+        full = decode_label(trie, make([]), prior=prior, weight=weight)
+        assert full.label == max(pooled, key=pooled.get)
+        for lab in seqs:
+            assert math.isclose(full.distribution[lab], pooled[lab] / total, rel_tol=1e-9)
+            assert math.isclose(full.model[lab], model[lab], rel_tol=1e-9)
+        fast = decode_label(trie, make(fast_calls), exhaustive=False, prior=prior, weight=weight, tolerance=1e-3)
+        assert fast.label == full.label
+        assert full.probability <= fast.probability <= full.probability * (1 + 1e-3) + 1e-12
+        assert len(set(fast_calls)) < trie.nodes
+    # weight 0: the prior alone decides; a prior of zeros with weight 1: the model's renormalised distribution
+    only_prior = decode_label(trie, make([]), prior={lab: -i for i, lab in enumerate(seqs)}, weight=0.0)
+    assert only_prior.label == "label 0" and math.isclose(sum(only_prior.distribution.values()), 1.0)
+    no_calls = []
+    fast_prior = decode_label(trie, make(no_calls), exhaustive=False, prior={lab: -i for i, lab in enumerate(seqs)}, weight=0.0)
+    assert not no_calls and fast_prior.distribution == pytest.approx(only_prior.distribution) and fast_prior.model == {}
+    flat = decode_label(trie, make([]), prior=dict.fromkeys(seqs, 0.0))
+    assert flat.label == plain.label and math.isclose(flat.probability, plain.renormalised, rel_tol=1e-9)
+    with pytest.raises(ValueError, match="every label"):
+        decode_label(trie, make([]), prior={"label 0": 0.0})

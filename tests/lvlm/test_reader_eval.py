@@ -61,6 +61,51 @@ def test_reader_with_a_reused_prefix_cache_equals_full_forwards(tokenizer):
     assert from_bundle.distribution == hot.distribution
     with pytest.raises(ValueError, match="temperature"):
         Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, temperature=0)
+    # pooled with the VST head: a * log p_llm + b * log p_head, normalised; the temperature is the pool's business
+    head, pool = [0.1, 0.6, 0.2, 0.1], {"llm": 0.5, "head": 1.2}
+    pooled_reader = Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, temperature=2.5, pool=pool)
+    pooled = pooled_reader.read([1, 2, 3, 4], explain=False, head=head)
+    expect = {lab: first.distribution[lab] ** 0.5 * h ** 1.2 for lab, h in zip(LABELS, head)}
+    for lab in LABELS:
+        assert math.isclose(pooled.distribution[lab], expect[lab] / sum(expect.values()), rel_tol=1e-6), lab
+        assert math.isclose(pooled.model[lab], first.distribution[lab], rel_tol=1e-6), lab
+    assert pooled.label == max(expect, key=expect.get) and pooled.probability == pooled.distribution[pooled.label]
+    fast = pooled_reader.read([1, 2, 3, 4], explain=False, exhaustive=False, head=head)
+    assert fast.label == pooled.label and fast.probability == pytest.approx(pooled.probability, rel=1e-3)
+    # the explanation follows the pooled label
+    explained = pooled_reader.read([1, 2, 3, 4], head=[0.0, 0.0, 0.0, 1.0])
+    assert explained.label == LABELS[3] and explained.explanation is not None
+    # a window without the head's probabilities: the model alone at its temperature
+    assert pooled_reader.read([1, 2, 3, 4], explain=False).distribution == hot.distribution
+    pooled_manifest = {**manifest, "lvlm": {**manifest["lvlm"], "label_pool": pool}}
+    assert Reader.for_bundle(TransformersBackend(model, tokenizer), pooled_manifest).pool == pool
+    with pytest.raises(ValueError, match="4 labels"):
+        pooled_reader.read([1, 2, 3, 4], head=[1.0])
+    with pytest.raises(ValueError, match="pool weights"):
+        Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, pool={"llm": -1.0, "head": 1.0})
+
+
+def test_the_pool_weights_follow_the_reader_that_knows():
+    """fit_pool weights the reader whose probabilities carry the label; the pool reads at least as well as it."""
+    from lvlm.evaluate import fit_pool
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 5, 400)
+
+    def informed(sharp):
+        z = rng.normal(size=(400, 5))
+        z[np.arange(400), truth] += sharp
+        return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+    noise = np.exp(rng.normal(size=(400, 5)))
+    noise /= noise.sum(1, keepdims=True)
+    for model, head, knows in ((informed(3.0), noise, "llm"), (noise, informed(3.0), "head")):
+        fit = fit_pool(model, head, truth)
+        other = "head" if knows == "llm" else "llm"
+        assert fit["weights"][knows] > fit["weights"][other], fit
+        assert fit["top1"] >= fit[f"{knows}_alone"]["top1"] - 0.01 and fit["windows"] == 400
+    both = fit_pool(informed(2.0), informed(2.0), truth)  # two independent readers: the pool beats either
+    assert both["top1"] > max(both["llm_alone"]["top1"], both["head_alone"]["top1"]) and min(both["weights"].values()) > 0
 
 
 def test_every_reference_explanation_is_faithful_and_wrong_details_are_not():
