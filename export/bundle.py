@@ -228,6 +228,7 @@ def check_bundle(folder: str) -> dict:
     if lv["prompt_format_version"] not in prompt.READS_FORMATS:
         raise BundleError(f"{folder}: prompt format version {lv['prompt_format_version']}, this lvlm-var reads "
                           f"{', '.join(map(str, prompt.READS_FORMATS))}; re-export the bundle")
+    _check_reading(folder, lv)
     _check_onnx(folder, m)
     _check_gguf(folder, m)
     plans = {}
@@ -239,7 +240,18 @@ def check_bundle(folder: str) -> dict:
     size = sum(e["size"] for e in m["files"].values())
     return {"bundle": os.path.abspath(folder), "id": bundle_id(m), "labels": len(m["labels"]), "W": vst["W"], "S": vst["S"],
             "T": vst["T"], "K": vst["K"], "fps": vst["fps"], "resolution": vst["resolution"], "quantization": lv["quantization"],
-            "files": len(m["files"]), "bytes": size, "tensorrt_plans": plans, "tools": m.get("tools", {})}
+            "files": len(m["files"]), "bytes": size, "tensorrt_plans": plans, "tools": m.get("tools", {}),
+            "label_temperature": lv.get("label_temperature", 1.0), "label_pool": lv.get("label_pool")}
+
+
+def _check_reading(folder: str, lv: dict) -> None:
+    """How the labels are read: a temperature > 0, and no pool or one with two weights >= 0."""
+    t, pool = lv.get("label_temperature", 1.0), lv.get("label_pool")
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0:
+        raise BundleError(f"{folder}: label temperature {t!r} in the manifest; it must be a number > 0")
+    if pool is not None and not (isinstance(pool, dict) and set(pool) == {"llm", "head"} and
+                                 all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in pool.values())):
+        raise BundleError(f"{folder}: label pool {pool!r} in the manifest; it must be {{\"llm\": a, \"head\": b}} with a, b >= 0")
 
 
 def _check_onnx(folder: str, m: dict) -> None:

@@ -107,8 +107,17 @@ def test_check_refuses_tampered_incomplete_and_foreign_bundles(tiny_bundle, tmp_
     json.dump(m, open(os.path.join(old, "manifest.json"), "w"))
     with pytest.raises(BundleError, match="has no count output"):
         check_bundle(old)
+    # how the labels are read: a pool with a negative or missing weight, a temperature of 0
+    m = json.load(open(os.path.join(out, "manifest.json")))
+    for i, lvlm in enumerate(({"label_pool": {"llm": -1, "head": 1}}, {"label_pool": {"head": 1}},
+                              {"label_temperature": 0})):
+        shutil.copytree(out, str(tmp_path / f"reading{i}"))
+        json.dump({**m, "lvlm": {**m["lvlm"], **lvlm}}, open(tmp_path / f"reading{i}" / "manifest.json", "w"))
+        with pytest.raises(BundleError, match="label pool|label temperature"):
+            check_bundle(str(tmp_path / f"reading{i}"))
     r = run_cli("check", out)
     assert r.returncode == 0 and "all hashes match" in r.stdout
+    assert "labels: pooled, 0.5 x log p(language model) + 0.8 x log p(VST head)" in r.stdout
 
 
 def _without_count_output(path):
