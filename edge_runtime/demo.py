@@ -156,7 +156,7 @@ def run_demo(bundle: str, actions: int, seed: int, out: str | None, console: boo
     pa, fa = report["provisional_accuracy"], report["final_accuracy"]
     print(f"[demo] {report['windows']} windows, {report['results']} LLM results "
           f"({report['scored_windows']}/{report['scored_results']} inside an action)")
-    print(f"[demo] accuracy: provisional (VST head) {pa:.1%}, final (LLM) {fa:.1%}" if pa is not None and fa is not None
+    print(f"[demo] accuracy: provisional (VST head) {pa:.1%}, final (LLM worker) {fa:.1%}" if pa is not None and fa is not None
           else "[demo] too few scored windows for an accuracy")
     print(f"[demo] latency p50/p99: capture->provisional {report['capture_to_provisional_ms']['p50']:.0f}/"
           f"{report['capture_to_provisional_ms']['p99']:.0f} ms, capture->label "
