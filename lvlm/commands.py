@@ -213,7 +213,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     m = run_eval(args.adapter, args.vst, args.data, args.protocol, args.out, args.max_windows, args.explain, args.gguf)
     print(f"{m['protocol']} test, {m['windows']} windows: LLM label top-1 {m['llm_top1']:.1%} "
           f"(VST head {m['vst_head_top1']:.1%} on the same windows, agreement {m['llm_head_agreement']:.1%}); "
-          f"ECE {m['ece']:.3f}; label latency p50 {m['label_latency_ms_p50']:.0f} ms")
+          f"ECE {m['ece']:.3f}; label latency p50 {m['label_latency_ms_p50']:.0f} ms (every label's probability "
+          f"computed; the worker's best-first search is faster: `lvlm-var bench`)")
     if m["llm_alone"]:
         a, p = m["llm_alone"], m["pool"]
         print(f"  labels pooled with the VST head ({p['llm']:.2f} x log p(LLM) + {p['head']:.2f} x log p(head)); "
