@@ -26,6 +26,7 @@ from edge_runtime.engines import Engines
 from edge_runtime.messages import MessageError, TokenWindow
 from edge_runtime.sinks import Sink
 from streams.errors import SourceError
+from streams.frame import mirrored
 from streams.pipeline import Conversion
 from streams.source import Source
 
@@ -44,6 +45,7 @@ class StreamState:
     capture: collections.deque = field(default_factory=lambda: collections.deque())
     ended: bool = False
     error: str | None = None
+    mirror_ring: collections.deque | None = None  # the mirror images' features (engine.mirror)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -70,7 +72,8 @@ class Ingest:
         for s in cfg.streams:
             src = Source(s.uri, conversion, stream_id=s.id, realtime=s.realtime, max_reconnects=s.max_reconnects)
             self.streams[s.id] = StreamState(s.id, src, collections.deque(maxlen=self.W),
-                                             capture=collections.deque(maxlen=self.W))
+                                             capture=collections.deque(maxlen=self.W),
+                                             mirror_ring=collections.deque(maxlen=self.W) if cfg.engine.mirror else None)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Ingest":
@@ -141,15 +144,19 @@ class Ingest:
                     break
             self.frames_flowing.set()
             try:
-                feats = self.engines.encode(np.stack([f.rgb for f in batch]))
+                rgb = np.stack([f.rgb for f in batch])
+                feats = self.engines.encode(rgb)
+                mirror = self.engines.encode(mirrored(rgb)) if self.cfg.engine.mirror else [None] * len(batch)
             except Exception as exc:  # noqa: BLE001 - an engine failure on one batch must not end the service
                 log.error("frame encoder failed on a batch of %d: %s", len(batch), exc)
                 continue
-            for frame, feat in zip(batch, feats):
-                self._add(self.streams[frame.stream_id], frame, feat)
+            for frame, feat, mirror_feat in zip(batch, feats, mirror):
+                self._add(self.streams[frame.stream_id], frame, feat, mirror_feat)
 
-    def _add(self, st: StreamState, frame, feat: np.ndarray) -> None:
+    def _add(self, st: StreamState, frame, feat: np.ndarray, mirror_feat: np.ndarray | None = None) -> None:
         st.ring.append(feat)
+        if st.mirror_ring is not None:
+            st.mirror_ring.append(mirror_feat)
         st.capture.append(frame.capture_wall_ns)
         st.frames += 1
         if st.last_ns:
@@ -163,6 +170,8 @@ class Ingest:
     def _window(self, st: StreamState) -> None:
         out = self.engines.tokenize(np.stack(st.ring)[None])
         p = softmax(np.asarray(out["logits"][0], np.float64))
+        if st.mirror_ring is not None:  # the label from the window and its mirror image; tokens and count its own
+            p = (p + softmax(np.asarray(self.engines.tokenize(np.stack(st.mirror_ring)[None])["logits"][0], np.float64))) / 2
         head = int(p.argmax())
         now = time.time_ns()
         w = TokenWindow(stream=st.id, window_seq=st.windows, t_start_ns=st.capture[0], t_end_ns=st.capture[-1],

@@ -17,3 +17,9 @@ class Frame:
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.rgb.shape
+
+
+def mirrored(frames: np.ndarray) -> np.ndarray:
+    """Frames [N, H, W, 3] flipped left to right, C-contiguous (the mirror reading's input:
+    `engine.mirror`, `eval vst --mirror`)."""
+    return np.ascontiguousarray(frames[:, :, ::-1])

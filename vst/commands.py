@@ -70,7 +70,10 @@ def register(cli) -> None:
     e.add_argument("--run", required=True)
     e.add_argument("--data", required=True, help="prepared cache")
     e.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None, help="default: the cache's protocol")
-    e.add_argument("--out", default=None, help="default: RUN/eval/PROTOCOL")
+    e.add_argument("--out", default=None, help="default: RUN/eval/PROTOCOL (PROTOCOL-mirror with --mirror)")
+    e.add_argument("--mirror", action="store_true",
+                   help="label each window from the mean of its and its mirror image's head probabilities, as the "
+                        "runtime does with engine.mirror = true (twice the frame encoder's work)")
     e.set_defaults(func=cmd_eval)
 
     g = cli.group("vst", "VST tools").add_parser("glossary", help="what every code stands for (JSON + Markdown)")
@@ -170,8 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from vst.evaluate import run_eval, stability_text
 
-    m = run_eval(args.run, args.data, args.protocol, args.out)
-    print(f"{m['protocol']} test: {m['clips']} clips, top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, "
+    m = run_eval(args.run, args.data, args.protocol, args.out, mirror=args.mirror)
+    print(f"{m['protocol']} test{' (mirror reading)' if m['mirror'] else ''}: {m['clips']} clips, top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, "
           f"window top-1 {m['window_top1']:.1%}")
     print(f"codebook: {m['codes_used']:.0%} of codes used, perplexity {m['perplexity']:.1f}; "
           f"token stability {stability_text(m['token_stability'])}; {m['tokens_per_window']} tokens per window, "

@@ -31,8 +31,13 @@ def token_stability(ids: torch.Tensor, shift: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, features: list | None = None) -> dict:
-    """Metrics over clips; `features` (per clip, from the frame encoder) skips re-encoding frames."""
+def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, features: list | None = None,
+             mirror: bool = False) -> dict:
+    """Metrics over clips; `features` (per clip, from the frame encoder) skips re-encoding frames.
+    mirror: the label from the mean of each window's and its mirror image's probabilities
+    (`clip_windows`; frames only)."""
+    if mirror and features is not None:
+        raise ValueError("the mirror reading needs the frames, not cached features")
     from tqdm import tqdm
 
     cfg = model.cfg
@@ -43,9 +48,9 @@ def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, fea
     attr = {"side": [0, 0], "repetitions": [0, 0]}  # [right, windows with a target]
     all_ids = []
     for i, clip in enumerate(tqdm(clips, desc="eval", unit="clip", disable=not progress)):
-        out = feature_windows(model, features[i]) if features is not None else clip_windows(model, cache.clip_frames(clip))
+        out = feature_windows(model, features[i]) if features is not None else clip_windows(model, cache.clip_frames(clip), mirror)
         label = cfg.classes.index(clip["action"])
-        probs = out["logits"].softmax(-1)
+        probs = out["probs"] if "probs" in out else out["logits"].softmax(-1)
         mean = probs.mean(0)
         confusion[label, int(mean.argmax())] += 1
         top5 += int(label in mean.topk(min(5, n_cls)).indices.tolist())
@@ -79,6 +84,7 @@ def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, fea
         "codes_used": used,
         "perplexity": perplexity,
         "token_stability": equal / compared if compared else None,
+        "mirror": mirror,
         "tokens_per_window": cfg.T,
         "tokens_per_second": cfg.T * cfg.fps / cfg.S,
         "confusion": confusion.tolist(),
@@ -114,7 +120,8 @@ def plot_confusion(confusion, labels: list[str], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def run_eval(run: str, cache_dir: str, protocol: str | None, out: str | None = None, progress: bool = True) -> dict:
+def run_eval(run: str, cache_dir: str, protocol: str | None, out: str | None = None, progress: bool = True,
+             mirror: bool = False) -> dict:
     from vst.model import load_checkpoint
 
     model = load_checkpoint(run)
@@ -126,14 +133,14 @@ def run_eval(run: str, cache_dir: str, protocol: str | None, out: str | None = N
         from vst.ntu import DatasetError
 
         raise DatasetError(f"{cache_dir} has no test clips of the model's classes under {protocol}")
-    metrics = evaluate(model, cache, clips, progress=progress)
+    metrics = evaluate(model, cache, clips, progress=progress, mirror=mirror)
     metrics["protocol"] = protocol
-    out = out or os.path.join(run, "eval", protocol)
+    out = out or os.path.join(run, "eval", protocol + ("-mirror" if mirror else ""))
     os.makedirs(out, exist_ok=True)
     names = cache.index.get("classes", {})
     labels = [f"A{a:03d} {names.get(str(a), '')[:22]}" for a in model.cfg.classes]
     plot_confusion(metrics["confusion"], labels, os.path.join(out, "confusion.png"),
-                   f"VST semantic head, {protocol} test, top-1 {metrics['top1']:.1%}")
+                   f"VST semantic head{' (mirror reading)' if mirror else ''}, {protocol} test, top-1 {metrics['top1']:.1%}")
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
     metrics["out"] = out

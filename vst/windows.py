@@ -283,9 +283,18 @@ def feature_windows(model, feats: torch.Tensor) -> dict:
     return {**{k: out[k][:n].cpu() for k in keep}, "starts": starts}
 
 
-def clip_windows(model, frames: np.ndarray) -> dict:
+def clip_windows(model, frames: np.ndarray, mirror: bool = False) -> dict:
     """Run the two engines over one clip as the runtime would: every frame encoded once, a window
-    every S frames. Returns ids [n_win, T], dist [n_win, T], logits [n_win, C], starts, and, where
-    the model has attribute heads, their logits `aux` [n_win, 2 + max_reps] and the repetition
-    count's `reps` [n_win, max_reps] (`vst.model.read_count`)."""
-    return feature_windows(model, encode_clip(model, frames))
+    every S frames. Returns ids [n_win, T], dist [n_win, T], logits [n_win, C], the head's label
+    probabilities `probs` [n_win, C], starts, and, where the model has attribute heads, their
+    logits `aux` [n_win, 2 + max_reps] and the repetition count's `reps` [n_win, max_reps]
+    (`vst.model.read_count`). mirror: `probs` is the mean of the window's and its mirror image's
+    (the runtime's `engine.mirror`; no label depends on the side, so the mirror is another look at
+    the same action); the tokens, count and side stay the window's own."""
+    from streams.frame import mirrored
+
+    out = feature_windows(model, encode_clip(model, frames))
+    out["probs"] = out["logits"].softmax(-1)
+    if mirror:
+        out["probs"] = (out["probs"] + feature_windows(model, encode_clip(model, mirrored(frames)))["logits"].softmax(-1)) / 2
+    return out

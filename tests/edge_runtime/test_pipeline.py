@@ -57,6 +57,35 @@ def test_one_process_rtsp_to_labels(tiny_bundle, actions_video, rtsp_server, tmp
     assert len(lines) == len(rec.results) and lines[0]["stream"] == "cam1"
 
 
+def test_mirror_reading_averages_the_head_over_each_window_and_its_mirror(tiny_bundle, actions_video, tmp_path):
+    """engine.mirror: the same tokens and counts, and head probabilities that are the mean of the
+    window's own (the plain run's) and another distribution (its mirror image's)."""
+    from edge_runtime.demo import Recorder
+    from edge_runtime.service import serve
+
+    bundle, manifest = tiny_bundle
+    runs = {}
+    for mirror in (False, True):
+        rec = Recorder()
+        cfg = load(None, {"bundle": bundle, "streams": [{"id": "f", "uri": actions_video[0]}],
+                          "engine": {"mirror": mirror},
+                          "bus": {"windows": f"inproc://w{mirror}", "collect": f"inproc://c{mirror}",
+                                  "results": f"inproc://r{mirror}"},
+                          "llm": {"threads": 1, "explain": False}, "sinks": {"console": False}})
+        serve(cfg, until_done=True, duration_s=60, extra_sinks=[rec])
+        runs[mirror] = {w.window_seq: w for w in rec.windows}
+        assert rec.results and all(r.label in manifest["labels"] for r in rec.results)
+    plain, mirror = runs[False], runs[True]
+    assert plain.keys() == mirror.keys() and len(plain) >= 5
+    differ = 0
+    for seq, w in mirror.items():
+        assert (w.tokens, w.count) == (plain[seq].tokens, plain[seq].count)
+        other = [2 * m - p for m, p in zip(w.provisional_probs, plain[seq].provisional_probs)]
+        assert min(other) > -1e-5 and abs(sum(other) - 1) < 1e-5  # 2 x mean - own: the mirror image's distribution
+        differ += max(abs(m - p) for m, p in zip(w.provisional_probs, plain[seq].provisional_probs)) > 1e-4
+    assert differ >= len(mirror) // 2
+
+
 def test_worker_refuses_windows_its_bundle_cannot_read(tiny_bundle):
     import dataclasses
 

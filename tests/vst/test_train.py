@@ -139,6 +139,14 @@ def test_eval_and_glossary_write_all_outputs(cache32, tiny_run):
     assert all(0 <= v <= 1 for v in metrics["attributes"].values()) and "attributes read per window" in r.stdout
     png = os.path.join(run, "eval", "xsub", "confusion.png")
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # the mirror reading: the same clips, tokens and attributes; the label from each window and its mirror image
+    r = run_cli("eval", "vst", "--run", run, "--data", cache32, "--protocol", "xsub", "--mirror")
+    assert r.returncode == 0, r.stderr
+    assert "(mirror reading)" in r.stdout
+    mirrored = json.load(open(os.path.join(run, "eval", "xsub-mirror", "metrics.json")))
+    assert mirrored["mirror"] and not metrics["mirror"] and mirrored["clips"] == metrics["clips"]
+    for key in ("codes_used", "perplexity", "token_stability", "attributes"):
+        assert mirrored[key] == metrics[key], key
     r = run_cli("vst", "glossary", "--run", run, "--data", cache32)
     assert r.returncode == 0, r.stderr
     glossary = json.load(open(os.path.join(run, "glossary.json")))

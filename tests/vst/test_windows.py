@@ -123,3 +123,18 @@ def test_skeleton_views_are_the_clips_own_joints_in_the_encoders_feature_format(
     assert flipped and np.abs(x[:, MIRROR, 0] + plain.reshape(-1, 25, 2)[:, :, 0]).max() < 1e-4  # x -> -x, sides swapped
     turned, _ = skeleton_view(cache, clip, cfg, np.random.default_rng(0), still, 60.0, 0.0)
     assert np.abs(turned.numpy() - plain).max() > 0.05  # the camera moved
+
+
+def test_the_mirror_reading_averages_the_head_over_the_window_and_its_mirror_image(tiny_run, cache32):
+    from streams.frame import mirrored
+    from vst.model import load_checkpoint
+    from vst.windows import clip_windows
+
+    model = load_checkpoint(tiny_run[0])
+    cache = Cache.open(cache32)
+    frames = cache.clip_frames(cache.split("test", "xsub")[0])
+    plain, both, flipped = (clip_windows(model, f, mirror=m) for f, m in ((frames, False), (frames, True), (mirrored(frames), False)))
+    assert torch.equal(plain["ids"], both["ids"]) and torch.equal(plain["reps"], both["reps"])
+    assert torch.allclose(plain["probs"], plain["logits"].softmax(-1))
+    assert torch.allclose(both["probs"], (plain["probs"] + flipped["probs"]) / 2, atol=1e-6)
+    assert not torch.allclose(both["probs"], plain["probs"])
