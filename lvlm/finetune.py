@@ -306,7 +306,7 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
             best = sorted(range(len(overlap)), key=lambda i: -overlap[i])[:windows_per_clip]
             label = labels[model.cfg.classes.index(clip["action"])]
             for i in sorted(best):
-                probs = w["logits"][i].softmax(-1)
+                probs = w["probs"][i]
                 head = int(probs.argmax())
                 seen = window_attributes(attrs, w["starts"][i], w["starts"][i] + model.cfg.W, len(frames))
                 explanation = seen.get("explanation") or f"The person performs the action '{label}'."

@@ -50,7 +50,7 @@ def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, fea
     for i, clip in enumerate(tqdm(clips, desc="eval", unit="clip", disable=not progress)):
         out = feature_windows(model, features[i]) if features is not None else clip_windows(model, cache.clip_frames(clip), mirror)
         label = cfg.classes.index(clip["action"])
-        probs = out["probs"] if "probs" in out else out["logits"].softmax(-1)
+        probs = out["probs"]
         mean = probs.mean(0)
         confusion[label, int(mean.argmax())] += 1
         top5 += int(label in mean.topk(min(5, n_cls)).indices.tolist())

@@ -270,8 +270,9 @@ def encode_clip(model, frames: np.ndarray, batch_frames: int = 512) -> torch.Ten
 
 @torch.no_grad()
 def feature_windows(model, feats: torch.Tensor) -> dict:
-    """The runtime's windows over one clip's features: a window every S frames once W are present.
-    Runs on the model's device; the results come back on the CPU."""
+    """The runtime's windows over one clip's features: a window every S frames once W are present
+    (the outputs of `clip_windows`, without the mirror). Runs on the model's device; the results
+    come back on the CPU."""
     cfg = model.cfg
     starts = sliding_starts(len(feats), cfg)
     windows = torch.stack([feats[s:s + cfg.W] for s in starts]).to(next(model.parameters()).device)
@@ -280,7 +281,8 @@ def feature_windows(model, feats: torch.Tensor) -> dict:
         windows = _gpu_shape(windows, 8)
     out = model.tokenize_train(windows)
     keep = ("ids", "dist", "logits") + (("aux", "reps") if "aux" in out else ())
-    return {**{k: out[k][:n].cpu() for k in keep}, "starts": starts}
+    res = {k: out[k][:n].cpu() for k in keep}
+    return {**res, "probs": res["logits"].softmax(-1), "starts": starts}
 
 
 def clip_windows(model, frames: np.ndarray, mirror: bool = False) -> dict:
@@ -294,7 +296,6 @@ def clip_windows(model, frames: np.ndarray, mirror: bool = False) -> dict:
     from streams.frame import mirrored
 
     out = feature_windows(model, encode_clip(model, frames))
-    out["probs"] = out["logits"].softmax(-1)
     if mirror:
-        out["probs"] = (out["probs"] + feature_windows(model, encode_clip(model, mirrored(frames)))["logits"].softmax(-1)) / 2
+        out["probs"] = (out["probs"] + feature_windows(model, encode_clip(model, mirrored(frames)))["probs"]) / 2
     return out
