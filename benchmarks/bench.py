@@ -161,7 +161,8 @@ def _windows(manifest: dict, n: int) -> list[dict]:
     from lvlm.finetune import build_examples
     from vst.cache import spread
 
-    _, ex = build_examples(run, cache, "test", None, windows_per_clip=1, progress=False)
+    _, ex = build_examples(run, cache, "test", None, windows_per_clip=1, progress=False,
+                           mirror=bool(manifest["lvlm"].get("head_mirror")))
     return [{"tokens": e["tokens"], "count": e["count"], "head": e["head_probs"]} for e in spread(ex, n)]
 
 

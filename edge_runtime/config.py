@@ -41,8 +41,9 @@ class EngineConfig(_Model):
     max_batch: int = Field(32, ge=1, le=1024, description="frames per frame-encoder call, across streams")
     max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a partial batch waits for more frames")
     threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads (0: its default)")
-    mirror: bool = Field(False, description="the VST head's label probabilities from each window and its mirror "
-                                            "image (one more frame-encoder pass per frame and token-engine pass per window)")
+    mirror: bool | None = Field(None, description="the VST head's label probabilities from each window and its mirror "
+                                                   "image (one more frame-encoder pass per frame and token-engine pass "
+                                                   "per window); None: as the bundle's label pool was fitted (lvlm.head_mirror)")
 
 
 class CurveConfig(_Model):
@@ -176,7 +177,8 @@ uri = "v4l2:///dev/video0"
 backend = "auto"          # auto | tensorrt | onnxruntime
 max_batch = 32
 max_wait_ms = 5
-mirror = false            # true: the head's label from each window and its mirror image (2x the encoder's work)
+# mirror = true           # the head's label from each window and its mirror image (2x the encoder's work);
+                          # unset: as the bundle's label pool was fitted (lvlm.head_mirror)
 
 [bus]                     # inproc:// in one process; ipc:// or tcp:// between services
 windows = "ipc:///run/lvlm-var/windows"

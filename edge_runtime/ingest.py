@@ -53,6 +53,19 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def head_mirror(cfg: Config, manifest: dict) -> bool:
+    """Whether the ingest reads the VST head from each window and its mirror image: engine.mirror,
+    else as the bundle's label pool was fitted. Reading a pool fitted on one reading with the other
+    works but is not what was calibrated: say so once."""
+    fitted = bool(manifest["lvlm"].get("head_mirror"))
+    if cfg.engine.mirror is None:
+        return fitted
+    if cfg.engine.mirror != fitted and manifest["lvlm"].get("label_pool"):
+        log.warning("engine.mirror = %s, but the bundle's label pool was fitted on the head read %s; labels may be "
+                    "less well calibrated", str(cfg.engine.mirror).lower(), "with its mirror image" if fitted else "plain")
+    return cfg.engine.mirror
+
+
 class Ingest:
     def __init__(self, cfg: Config, bundle: str, manifest: dict, bundle_id: str, sink: Sink, stop: threading.Event,
                  context: zmq.Context | None = None):
@@ -60,6 +73,7 @@ class Ingest:
         v = manifest["vst"]
         self.W, self.S, self.R, self.fps = v["W"], v["S"], v["resolution"], v["fps"]
         self.labels = manifest["labels"]
+        self.mirror = head_mirror(cfg, manifest)
         self.engines = Engines(bundle, manifest, cfg.engine.backend, cfg.engine.threads)
         self.hub = Hub(cfg.bus, context)
         self.frames: queue.Queue = queue.Queue(maxsize=max(cfg.engine.max_batch * 2, 8))
@@ -73,7 +87,7 @@ class Ingest:
             src = Source(s.uri, conversion, stream_id=s.id, realtime=s.realtime, max_reconnects=s.max_reconnects)
             self.streams[s.id] = StreamState(s.id, src, collections.deque(maxlen=self.W),
                                              capture=collections.deque(maxlen=self.W),
-                                             mirror_ring=collections.deque(maxlen=self.W) if cfg.engine.mirror else None)
+                                             mirror_ring=collections.deque(maxlen=self.W) if self.mirror else None)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Ingest":
@@ -146,7 +160,7 @@ class Ingest:
             try:
                 rgb = np.stack([f.rgb for f in batch])
                 feats = self.engines.encode(rgb)
-                mirror = self.engines.encode(mirrored(rgb)) if self.cfg.engine.mirror else [None] * len(batch)
+                mirror = self.engines.encode(mirrored(rgb)) if self.mirror else [None] * len(batch)
             except Exception as exc:  # noqa: BLE001 - an engine failure on one batch must not end the service
                 log.error("frame encoder failed on a batch of %d: %s", len(batch), exc)
                 continue

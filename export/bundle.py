@@ -120,7 +120,8 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     if quant != "F16":
         quantize(f16, os.path.join(out, gguf_name), quant)
     gguf_seconds = time.monotonic() - t0
-    _, windows = build_examples(vst_run, data, "test", protocol, windows_per_clip=1, progress=progress)
+    _, windows = build_examples(vst_run, data, "test", protocol, windows_per_clip=1, progress=progress,
+                                mirror=bool(meta.get("head_mirror")))
     windows = spread(windows, parity_windows)
     hf, _ = open_reader(adapter)
     sequences = [hf.ids(w["tokens"], w["count"]) + hf.label_ids[lab] for w, lab in zip(windows[:16], hf.labels * 16)]
@@ -154,7 +155,7 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
                  "counts": counts, "vocab_size": meta["token_id_base"] + len(prompt.added_tokens(meta["codes"], counts)),
                  "prompt_format_version": meta["prompt_format_version"],
                  "label_temperature": meta.get("label_temperature", 1.0), "label_pool": meta.get("label_pool"),
-                 "base": meta.get("base"), "adapter": os.path.abspath(adapter)},
+                 "head_mirror": bool(meta.get("head_mirror")), "base": meta.get("base"), "adapter": os.path.abspath(adapter)},
         "calibration": {"file": "calibration.npy", "frames": int(sum(len(f) for f in frames))},
         "parity": {"onnx": onnx, "gguf_f16_logits": logits, f"gguf_{quant.lower()}_labels": labels},
         "export_seconds": {"onnx": onnx["seconds"], "gguf": round(gguf_seconds, 1),
@@ -194,11 +195,12 @@ def read_manifest(folder: str) -> dict:
 
 def bundle_id(manifest: dict) -> str:
     """A short id of a bundle's content: its files' hashes, its labels and how its labels are read
-    (temperature, pool with the VST head), so that results name the bundle that made them and a
+    (temperature, pool with the VST head, the head's mirror reading), so that results name the bundle that made them and a
     bundle calibrated again is another bundle."""
     lv = manifest.get("lvlm", {})
     blob = json.dumps({"files": {k: v["sha256"] for k, v in sorted(manifest["files"].items())}, "labels": manifest["labels"],
-                       "reading": {k: lv.get(k) for k in ("label_temperature", "label_pool")}}, sort_keys=True)
+                       "reading": {k: lv.get(k) for k in ("label_temperature", "label_pool")}
+                       | ({"head_mirror": True} if lv.get("head_mirror") else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -241,12 +243,16 @@ def check_bundle(folder: str) -> dict:
     return {"bundle": os.path.abspath(folder), "id": bundle_id(m), "labels": len(m["labels"]), "W": vst["W"], "S": vst["S"],
             "T": vst["T"], "K": vst["K"], "fps": vst["fps"], "resolution": vst["resolution"], "quantization": lv["quantization"],
             "files": len(m["files"]), "bytes": size, "tensorrt_plans": plans, "tools": m.get("tools", {}),
-            "label_temperature": lv.get("label_temperature", 1.0), "label_pool": lv.get("label_pool")}
+            "label_temperature": lv.get("label_temperature", 1.0), "label_pool": lv.get("label_pool"),
+            "head_mirror": bool(lv.get("head_mirror"))}
 
 
 def _check_reading(folder: str, lv: dict) -> None:
-    """How the labels are read: a temperature > 0, and no pool or one with two weights >= 0."""
+    """How the labels are read: a temperature > 0, no pool or one with two weights >= 0, and the
+    head's mirror reading true or false."""
     t, pool = lv.get("label_temperature", 1.0), lv.get("label_pool")
+    if not isinstance(lv.get("head_mirror", False), bool):
+        raise BundleError(f"{folder}: head_mirror {lv['head_mirror']!r} in the manifest; it must be true or false")
     if not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0:
         raise BundleError(f"{folder}: label temperature {t!r} in the manifest; it must be a number > 0")
     if pool is not None and not (isinstance(pool, dict) and set(pool) == {"llm", "head"} and

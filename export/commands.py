@@ -73,6 +73,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"  {s['labels']} labels; VST W={s['W']} S={s['S']} T={s['T']} K={s['K']} at {s['resolution']} px, {s['fps']} fps; "
           f"language model {s['quantization']}; TensorRT plans: {plans}")
     pool = s["label_pool"]
-    print("  labels: " + (f"pooled, {pool['llm']:g} x log p(language model) + {pool['head']:g} x log p(VST head)" if pool else
+    print("  labels: " + (f"pooled, {pool['llm']:g} x log p(language model) + {pool['head']:g} x log p(VST head"
+                           f"{', mirror reading' if s['head_mirror'] else ''})" if pool else
                            f"the language model's at temperature {s['label_temperature']:g}"))
     return 0

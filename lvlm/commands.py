@@ -40,6 +40,7 @@ def register(cli) -> None:
     f.add_argument("--pool-windows", type=int, default=200,
                    help="of the calibration windows, how many fit the label pool with the VST head (every "
                         "label's probability, ~1 s a window on 2 CPU cores); 0: no pool, the model alone labels")
+    _mirror_arg(f)
     f.add_argument("--no-code-tie", dest="code_tie", action="store_false",
                    help="train each action token's embedding row alone, not tied to its VST code vector")
     f.add_argument("--prefix-grad", action=argparse.BooleanOptionalAction, default=d.prefix_grad,
@@ -59,6 +60,7 @@ def register(cli) -> None:
     c.add_argument("--windows-per-clip", type=int, default=3)
     c.add_argument("--calibration-windows", type=int, default=800)
     c.add_argument("--pool-windows", type=int, default=200)
+    _mirror_arg(c)
     c.set_defaults(func=cmd_calibrate)
 
     e = cli.group("eval", "evaluate a model").add_parser(
@@ -74,16 +76,25 @@ def register(cli) -> None:
     e.set_defaults(func=cmd_eval)
 
 
-def _examples(args: argparse.Namespace, views: int, calibrate: bool):
-    """(labels, training windows, calibration windows) of `args.vst` over `args.data`'s training split."""
-    from lvlm.finetune import build_examples, calibration_split
-    from vst.train import held_out
+def _mirror_arg(parser) -> None:
+    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
+                        help="fit the pool on the VST head's probabilities read from each window and its mirror image, "
+                             "as the runtime then reads them (the bundle's default for engine.mirror); --no-mirror: "
+                             "from the window alone")
 
-    vst_held = held_out(args.vst) if calibrate else set()
+
+def _examples(args: argparse.Namespace, views: int, calibrate: bool):
+    """(labels, training windows, calibration windows, whether the VST never saw the calibration
+    performers) of `args.vst` over `args.data`'s training split; the calibration windows' head
+    probabilities read as `args.mirror` says."""
+    from lvlm.finetune import build_examples, calibration_performers, calibration_split
+
+    held, vst_unseen = calibration_performers(args.vst, args.data, args.protocol, 0.15 if calibrate else 0.0)
     # calibration on performers the VST saw needs one more view: their augmented windows
     labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip,
-                                      views=max(views, 2) if calibrate and not vst_held else views)
-    return (labels, *calibration_split(examples, views, 0.15 if calibrate else 0.0, vst_held), bool(vst_held))
+                                      views=max(views, 2) if held and not vst_unseen else views,
+                                      mirror=held if args.mirror else False)
+    return (labels, *calibration_split(examples, views, held, vst_unseen), vst_unseen)
 
 
 def _calibrate(args, model, tokenizer, merged: str, labels, base: int, codes: int, held: list[dict], counts: int,
@@ -99,12 +110,12 @@ def _calibrate(args, model, tokenizer, merged: str, labels, base: int, codes: in
           f"{', '.join(cal['performers'])}{'' if vst_unseen else ' (augmented; the VST trained on them)'} "
           f"(ECE {cal['ece_t1']:.3f} -> {cal['ece']:.3f}, label top-1 {cal['top1']:.1%}; {cal['seconds']:.0f} s "
           f"through {cal['backend']})")
-    fields = {"label_temperature": cal["temperature"], "calibration": cal, "label_pool": None}
+    fields = {"label_temperature": cal["temperature"], "calibration": cal, "label_pool": None, "head_mirror": False}
     if "pool" in cal:
         p = cal["pool"]
-        fields["label_pool"] = p["weights"]
+        fields.update(label_pool=p["weights"], head_mirror=args.mirror)
         print(f"label pool {p['weights']['llm']:.2f} x log p(LLM) + {p['weights']['head']:.2f} x log p(VST head) on "
-              f"{p['windows']} of them: top-1 {p['top1']:.1%}, ECE {p['ece']:.3f} (LLM alone {p['llm_alone']['top1']:.1%}, "
+              f"{p['windows']} of them{' (head: mirror reading)' if args.mirror else ''}: top-1 {p['top1']:.1%}, ECE {p['ece']:.3f} (LLM alone {p['llm_alone']['top1']:.1%}, "
               f"head alone {p['head_alone']['top1']:.1%})")
     return fields
 

@@ -268,7 +268,8 @@ def run_eval(adapter: str, vst_run: str, cache_dir: str, protocol: str | None, o
 
     protocol = protocol or Cache.open(cache_dir).index["protocol"]
     reader, meta = open_reader(adapter, gguf)
-    labels, examples = build_examples(vst_run, cache_dir, "test", protocol, windows_per_clip=1, progress=progress)
+    labels, examples = build_examples(vst_run, cache_dir, "test", protocol, windows_per_clip=1, progress=progress,
+                                      mirror=bool(meta.get("head_mirror")))
     if labels != meta["labels"]:
         raise EvalError(f"{vst_run}'s classes differ from the labels {adapter} was fine-tuned on")
     if not examples:

@@ -250,26 +250,39 @@ def hold_out(examples: list[dict], share: float = 0.15, held: set[str] | None = 
     return train, [ex for ex in examples if performer_of(ex["clip"]) in held]
 
 
-def calibration_split(examples: list[dict], views: int, share: float = 0.15,
-                      vst_held: set[str] | None = None) -> tuple[list[dict], list[dict]]:
-    """(training, calibration) windows from `build_examples` output. Training: views 0..views-1
-    of the performers not held out. Calibration, when the VST was not trained on some performers
-    (`vst_held`, from `train vst --hold-out`): their windows as recorded (view 0), new to both
-    models like a test performer's. Otherwise (a VST trained on every performer; the examples
-    then need more than `views` views): the augmented views (view > 0) of the performers
-    `hold_out` keeps back, which read more like a test performer's than their plain windows. Both
-    still read better than the synthetic X-Sub test split, whose performers are harder
+def calibration_split(examples: list[dict], views: int, held: set[str], vst_unseen: bool = False) -> tuple[list[dict], list[dict]]:
+    """(training, calibration) windows from `build_examples` output, for the calibration performers
+    `held` (`calibration_performers`). Training: views 0..views-1 of the other performers.
+    Calibration, when the VST was not trained on them either (`vst_unseen`: `train vst
+    --hold-out`): their windows as recorded (view 0), new to both models like a test performer's.
+    Otherwise (a VST trained on every performer; the examples then need more than `views` views):
+    their augmented views (view > 0), which read more like a test performer's than their plain
+    windows. Both still read better than the synthetic X-Sub test split, whose performers are harder
     (docs/experiments.md: 94.0 % label top-1 on the augmented ones, 92.7 % on ones the VST never saw,
     against 84.5-85.8 % on test windows), so the fitted temperature comes out too sharp there."""
+    train, cal = hold_out(examples, held=held)
+    return [ex for ex in train if ex["view"] < views], [ex for ex in cal if (ex["view"] == 0) == vst_unseen]
+
+
+def calibration_performers(vst_run: str, cache_dir: str, protocol: str | None, share: float = 0.15) -> tuple[set[str], bool]:
+    """(performers whose windows calibrate the label, whether the VST was trained without them):
+    those `train vst --hold-out` kept from the VST, else `share` of the training split's
+    performers (`vst.ntu.held_out_performers`)."""
+    from vst.cache import Cache
+    from vst.ntu import held_out_performers
+    from vst.train import held_out
+
+    if share <= 0:
+        return set(), False
+    vst_held = held_out(vst_run)
     if vst_held:
-        train, held = hold_out(examples, held=vst_held)
-        return [ex for ex in train if ex["view"] < views], [ex for ex in held if ex["view"] == 0]
-    train, held = hold_out(examples, share)
-    return [ex for ex in train if ex["view"] < views], [ex for ex in held if ex["view"] > 0]
+        return vst_held, True
+    return held_out_performers([c["name"] for c in Cache.open(cache_dir).split("train", protocol)], share), False
 
 
 def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol: str | None = None,
-                   windows_per_clip: int = 3, progress: bool = True, views: int = 1, seed: int = 0) -> tuple[list[str], list[dict]]:
+                   windows_per_clip: int = 3, progress: bool = True, views: int = 1, seed: int = 0,
+                   mirror: bool | set[str] = False) -> tuple[list[str], list[dict]]:
     """(labels, examples): the VST's tokens for up to `windows_per_clip` sliding windows per clip
     (those covering most of the action first), with the clip's label and the reference
     explanation of what the window shows (`vst.actions.window_attributes`: its repetitions),
@@ -277,13 +290,17 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
     probability of every label, what the reader pools with) and, where the VST has
     a repetitions head, the count it reads (`count`, 1..max_reps; else None). `views` > 1 adds
     views of every clip through the VST's training augmentations (crop, colour, flip; a flipped
-    view gets the mirrored side in its attributes and reference explanation)."""
+    view gets the mirrored side in its attributes and reference explanation). `mirror`: the head's
+    probabilities from each window and its mirror image (`vst.windows.clip_windows`, the runtime's
+    engine.mirror), for every clip (True) or for the clips of the performers in a set (those whose
+    windows calibrate; no other example's head probabilities are read while fine-tuning)."""
     import numpy as np
     from tqdm import tqdm
 
     from vst.actions import mirror_attributes, window_attributes
     from vst.cache import Cache
     from vst.model import load_checkpoint, read_count
+    from vst.ntu import performer_of
     from vst.windows import Augment, action_frames, augment_frames, clip_windows
 
     model = load_checkpoint(vst_run)
@@ -300,7 +317,7 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
                 frames, flipped = augment_frames(frames, np.random.default_rng((seed, view, n)), Augment())
                 frames = frames.numpy()
                 attrs = mirror_attributes(attrs) if flipped else attrs
-            w = clip_windows(model, frames)
+            w = clip_windows(model, frames, mirror is True or (bool(mirror) and performer_of(clip["name"]) in mirror))
             lo, hi = action_frames(clip)
             overlap = [min(hi, s + model.cfg.W) - max(lo, s) for s in w["starts"]]
             best = sorted(range(len(overlap)), key=lambda i: -overlap[i])[:windows_per_clip]

@@ -114,6 +114,7 @@ def tiny_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
     # a pool with the VST head (what `finetune` fits on calibration windows; tested there), so that the
     # bundle, the worker and the benchmark read pooled labels as a default bundle does
     meta["label_pool"] = {"llm": 0.5, "head": 0.8}
+    meta["head_mirror"] = True  # fitted on the head's mirror reading, as `finetune` does by default
     merge(result["model"], tok, os.path.join(out, "merged"), meta)
     with open(os.path.join(out, "lvlm.json"), "w") as f:
         json.dump(meta, f)

@@ -86,6 +86,21 @@ def test_mirror_reading_averages_the_head_over_each_window_and_its_mirror(tiny_b
     assert differ >= len(mirror) // 2
 
 
+def test_engine_mirror_follows_the_bundle_unless_set(tiny_bundle, caplog):
+    """engine.mirror unset: as the bundle's pool was fitted (lvlm.head_mirror); set against it: a warning."""
+    from edge_runtime.ingest import head_mirror
+
+    bundle, manifest = tiny_bundle
+    plain = {**manifest, "lvlm": {**manifest["lvlm"], "head_mirror": False}}
+    cfg = {m: load(None, {"bundle": bundle, "streams": [{"id": "f", "uri": "test://"}], "engine": {"mirror": m}})
+           for m in (None, False, True)}
+    assert manifest["lvlm"]["head_mirror"] is True and head_mirror(cfg[None], manifest) is True
+    assert head_mirror(cfg[None], plain) is False
+    assert head_mirror(cfg[True], manifest) is True and not caplog.records
+    assert head_mirror(cfg[False], manifest) is False
+    assert "fitted on the head read with its mirror image" in caplog.text
+
+
 def test_worker_refuses_windows_its_bundle_cannot_read(tiny_bundle):
     import dataclasses
 

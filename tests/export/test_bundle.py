@@ -36,6 +36,7 @@ def test_bundle_holds_verified_engines_and_model(tiny_bundle, tiny_run):
     assert m["engines"]["token_engine"]["outputs"]["count"] == ["batch"]
     assert m["lvlm"]["counts"] == 6 and m["lvlm"]["prompt_format_version"] == 2
     assert m["lvlm"]["label_pool"] == {"llm": 0.5, "head": 0.8}  # the adapter's pool with the VST head travels
+    assert m["lvlm"]["head_mirror"] is True  # and which reading of the head it was fitted on
     assert m["lvlm"]["vocab_size"] == m["lvlm"]["token_id_base"] + 2 + 32 + 6
     f16 = p["gguf_f16_logits"]
     assert f16["positions"] > 500 and f16["max_probability_difference"] < 0.01
@@ -49,8 +50,12 @@ def test_bundle_holds_verified_engines_and_model(tiny_bundle, tiny_run):
     # the id names how labels are read too: the same files calibrated again are another bundle
     from export.bundle import bundle_id
 
-    for lvlm in ({"label_pool": None}, {"label_pool": {"llm": 0.5, "head": 1.0}}, {"label_temperature": 1.5}):
+    for lvlm in ({"label_pool": None}, {"label_pool": {"llm": 0.5, "head": 1.0}}, {"label_temperature": 1.5},
+                 {"head_mirror": False}):
         assert bundle_id({**m, "lvlm": {**m["lvlm"], **lvlm}}) != s["id"]
+    # a bundle from before the mirror reading keeps its id
+    old = {**m, "lvlm": {k: v for k, v in m["lvlm"].items() if k != "head_mirror"}}
+    assert bundle_id(old) == bundle_id({**old, "lvlm": {**old["lvlm"], "head_mirror": False}})
 
 
 def test_fp16_frame_encoder_matches_fp32(tiny_bundle, cache32):
@@ -110,14 +115,14 @@ def test_check_refuses_tampered_incomplete_and_foreign_bundles(tiny_bundle, tmp_
     # how the labels are read: a pool with a negative or missing weight, a temperature of 0
     m = json.load(open(os.path.join(out, "manifest.json")))
     for i, lvlm in enumerate(({"label_pool": {"llm": -1, "head": 1}}, {"label_pool": {"head": 1}},
-                              {"label_temperature": 0})):
+                              {"label_temperature": 0}, {"head_mirror": "yes"})):
         shutil.copytree(out, str(tmp_path / f"reading{i}"))
         json.dump({**m, "lvlm": {**m["lvlm"], **lvlm}}, open(tmp_path / f"reading{i}" / "manifest.json", "w"))
-        with pytest.raises(BundleError, match="label pool|label temperature"):
+        with pytest.raises(BundleError, match="label pool|label temperature|head_mirror"):
             check_bundle(str(tmp_path / f"reading{i}"))
     r = run_cli("check", out)
     assert r.returncode == 0 and "all hashes match" in r.stdout
-    assert "labels: pooled, 0.5 x log p(language model) + 0.8 x log p(VST head)" in r.stdout
+    assert "labels: pooled, 0.5 x log p(language model) + 0.8 x log p(VST head, mirror reading)" in r.stdout
 
 
 def _without_count_output(path):

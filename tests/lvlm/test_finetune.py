@@ -224,22 +224,43 @@ def test_held_out_windows_are_whole_performers():
 
 
 def test_calibration_uses_augmented_windows_of_held_out_performers():
-    from lvlm.finetune import calibration_split, hold_out
+    from lvlm.finetune import calibration_split
+    from vst.ntu import held_out_performers
 
     exs = [{"clip": f"S001C001P{p:03d}R001A001", "label": "x", "view": v} for v in range(3) for p in range(1, 21)]
-    _, held = hold_out(exs, 0.15)
-    held_people = {x["clip"] for x in held}
+    held = held_out_performers([x["clip"] for x in exs], 0.15)
+    assert len(held) == 3
     for views in (1, 2):
-        train, cal = calibration_split(exs, views, 0.15)
-        assert {x["view"] for x in train} == set(range(views)) and not held_people & {x["clip"] for x in train}
-        assert {x["view"] for x in cal} == {1, 2} and {x["clip"] for x in cal} == held_people
-    assert calibration_split(exs, 1, 0.0) == ([x for x in exs if x["view"] == 0], [])
-    # performers the VST did not train on: their windows as recorded, whatever the share
+        train, cal = calibration_split(exs, views, held)
+        assert {x["view"] for x in train} == set(range(views)) and not held & {x["clip"][8:12] for x in train}
+        assert {x["view"] for x in cal} == {1, 2} and {x["clip"][8:12] for x in cal} == held
+    assert calibration_split(exs, 1, set()) == ([x for x in exs if x["view"] == 0], [])
+    # performers the VST did not train on: their windows as recorded
     for views in (1, 2):
-        train, cal = calibration_split(exs, views, 0.0, {"P007", "P011"})
+        train, cal = calibration_split(exs, views, {"P007", "P011"}, vst_unseen=True)
         assert {x["view"] for x in train} == set(range(views)) and {x["view"] for x in cal} == {0}
         assert {x["clip"][8:12] for x in cal} == {"P007", "P011"} and len(cal) == 2
         assert not {"P007", "P011"} & {x["clip"][8:12] for x in train}
+
+
+def test_calibration_performers_and_their_mirror_read_head(tiny_run, cache32):
+    """The calibration performers come from the training split (or the VST's own hold-out), and
+    with `mirror` only their windows' head probabilities are the mirror reading's."""
+    from lvlm.finetune import build_examples, calibration_performers
+    from vst.cache import Cache
+    from vst.ntu import held_out_performers, performer_of
+
+    run = tiny_run[0]
+    clips = Cache.open(cache32).split("train")
+    held, unseen = calibration_performers(run, cache32, None, 0.5)
+    assert not unseen and held == held_out_performers([c["name"] for c in clips], 0.5) and held
+    assert calibration_performers(run, cache32, None, 0.0) == (set(), False)
+    _, plain = build_examples(run, cache32, "train", windows_per_clip=1, progress=False)
+    _, mixed = build_examples(run, cache32, "train", windows_per_clip=1, progress=False, mirror=held)
+    assert [x["tokens"] for x in plain] == [x["tokens"] for x in mixed]  # the tokens stay the window's own
+    for a, b in zip(plain, mixed):
+        same = np.allclose(a["head_probs"], b["head_probs"])
+        assert same == (performer_of(a["clip"]) not in held), a["clip"]
 
 
 @pytest.mark.slow
@@ -337,6 +358,7 @@ def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run,
     pool = meta["calibration"]["pool"]
     assert meta["label_pool"] == pool["weights"] and pool["windows"] == meta["calibration"]["windows"]
     assert all(0 <= w <= 1.5 for w in pool["weights"].values()) and pool["nll"] > 0 and "label pool" in r.stdout
+    assert meta["head_mirror"] is True and "(head: mirror reading)" in r.stdout  # the default, as the runtime reads it
     # the VST trained on every performer: augmented windows of one held back from the fine-tune
     assert meta["calibration"]["performers"] == ["P001"] and not meta["calibration"]["unseen_by_vst"]
     assert meta["calibration"]["backend"] == "llama.cpp (F16)" and not list((ad / "merged").glob("*.gguf"))
@@ -419,9 +441,10 @@ def test_calibrate_command_fits_an_adapter_again(cli_adapter, tiny_run, cache32,
     assert after == json.load(open(ad / "merged" / "lvlm.json"))
     # the same windows and model: the same temperature; no pool asked for, none kept
     assert after["label_temperature"] == before["label_temperature"] and after["label_pool"] is None
+    assert after["head_mirror"] is False  # no pool: the head is not read
     assert "pool" not in after["calibration"] and after["calibration"]["windows"] == before["calibration"]["windows"]
-    assert {k: v for k, v in after.items() if k not in ("calibration", "label_pool", "label_temperature")} == \
-        {k: v for k, v in before.items() if k not in ("calibration", "label_pool", "label_temperature")}
+    fitted = ("calibration", "label_pool", "label_temperature", "head_mirror")
+    assert {k: v for k, v in after.items() if k not in fitted} == {k: v for k, v in before.items() if k not in fitted}
     r = run_cli("calibrate", "--adapter", str(tmp_path / "nothing"), "--vst", tiny_run[0], "--data", cache32)
     assert r.returncode == 2 and "no lvlm.json" in r.stderr and "Traceback" not in r.stderr
 
