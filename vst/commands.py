@@ -55,7 +55,8 @@ def register(cli) -> None:
     t.add_argument("--views", type=int, default=None, help="augmented feature views per training clip (default 6)")
     t.add_argument("--skeleton-views", type=int, default=None,
                    help="stage 2 views per training clip made from its 3D skeleton seen from other azimuths "
-                        "(synthetic data, pose-only features; default 0)")
+                        "(synthetic data, pose-only features; default 6 under xview, the cross-view protocol, "
+                        "when the feature is the joints alone, else 0)")
     t.add_argument("--batch", type=int, default=None, help="stage 2 batch (default 64)")
     t.add_argument("--lr", type=float, default=None, help="stage 2 learning rate (default 3e-3)")
     t.add_argument("--minutes", type=float, default=None, help="stop after this long; continue later with --resume")

@@ -112,6 +112,15 @@ def test_skeleton_views_join_the_encoder_views_in_stage_two(cache32, tiny_run, t
     tc = TrainConfig(**{**FAST, "frame_steps": 4, "epochs": 2, "eval_every_epochs": 2, "skeleton_views": 1})
     assert train(cache32, out, tc, progress=False, overrides=TINY_VST)["steps"] == 2 * 5
     assert json.load(open(os.path.join(out, "train_config.json")))["skeleton_views"] == 1
+    # unset: the cross-view protocol gets them (the tiny VST's feature is the joints alone), X-Sub none
+    from vst.train import SKELETON_VIEWS_XVIEW
+
+    out = str(tmp_path / "xview")
+    tc = TrainConfig(**{**FAST, "protocol": "xview", "frame_steps": 4, "epochs": 2, "eval_every_epochs": 2})
+    assert tc.skeleton_views is None
+    train(cache32, out, tc, progress=False, overrides=TINY_VST)
+    assert json.load(open(os.path.join(out, "train_config.json")))["skeleton_views"] == SKELETON_VIEWS_XVIEW == 6
+    assert json.load(open(os.path.join(run, "train_config.json")))["skeleton_views"] == 0
 
 
 @pytest.mark.slow
