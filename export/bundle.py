@@ -195,8 +195,8 @@ def read_manifest(folder: str) -> dict:
 
 def bundle_id(manifest: dict) -> str:
     """A short id of a bundle's content: its files' hashes, its labels and how its labels are read
-    (temperature, pool with the VST head, the head's mirror reading), so that results name the bundle that made them and a
-    bundle calibrated again is another bundle."""
+    (temperature, pool with the VST head, the head's mirror reading), so that results name the
+    bundle that made them and a bundle calibrated again is another bundle."""
     lv = manifest.get("lvlm", {})
     blob = json.dumps({"files": {k: v["sha256"] for k, v in sorted(manifest["files"].items())}, "labels": manifest["labels"],
                        "reading": {k: lv.get(k) for k in ("label_temperature", "label_pool")}

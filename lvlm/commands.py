@@ -115,8 +115,8 @@ def _calibrate(args, model, tokenizer, merged: str, labels, base: int, codes: in
         p = cal["pool"]
         fields.update(label_pool=p["weights"], head_mirror=args.mirror)
         print(f"label pool {p['weights']['llm']:.2f} x log p(LLM) + {p['weights']['head']:.2f} x log p(VST head) on "
-              f"{p['windows']} of them{' (head: mirror reading)' if args.mirror else ''}: top-1 {p['top1']:.1%}, ECE {p['ece']:.3f} (LLM alone {p['llm_alone']['top1']:.1%}, "
-              f"head alone {p['head_alone']['top1']:.1%})")
+              f"{p['windows']} of them{' (head: mirror reading)' if args.mirror else ''}: top-1 {p['top1']:.1%}, "
+              f"ECE {p['ece']:.3f} (LLM alone {p['llm_alone']['top1']:.1%}, head alone {p['head_alone']['top1']:.1%})")
     return fields
 
 
