@@ -76,13 +76,16 @@ def plot_reliability(confidence, correct, path: str, title: str, bins: int = 10)
 
 
 TEMPERATURES = np.geomspace(0.5, 4.0, 31)
-POOL_WEIGHTS = np.round(np.arange(0.0, 1.501, 0.05), 2)
+POOL_WEIGHTS = np.round(np.arange(0.0, 1.501, 0.05), 2)  # the language model's
+# the head's reaches further: its mirror reading, a mean of two distributions, is softer and wants
+# sharpening (session 19's fit stopped at 1.5, the edge of the language model's grid)
+HEAD_WEIGHTS = np.round(np.arange(0.0, 3.001, 0.05), 2)
 
 
 def fit_pool(model: np.ndarray, head: np.ndarray, truth: np.ndarray) -> dict:
     """The weights (a, b) of the log-linear pool a * log p_llm + b * log p_head (normalised over
     the labels) that minimise the negative log-likelihood of the true labels, on a grid of
-    0..1.5 in steps of 0.05 (`model`, `head`: [windows, labels] probabilities; `truth`: label
+    0..1.5 (a) and 0..3 (b) in steps of 0.05 (`model`, `head`: [windows, labels] probabilities; `truth`: label
     indices), with the pool's top-1 and ECE there and those of each reader alone."""
     lm, lh = np.log(np.maximum(model, 1e-30)), np.log(np.maximum(head, 1e-12))
     rows = np.arange(len(truth))
@@ -91,7 +94,7 @@ def fit_pool(model: np.ndarray, head: np.ndarray, truth: np.ndarray) -> dict:
         z = a * lm + b * lh
         return z - np.logaddexp.reduce(z, axis=1, keepdims=True)
 
-    nll, a, b = min((-pooled(a, b)[rows, truth].mean(), a, b) for a in POOL_WEIGHTS for b in POOL_WEIGHTS if a or b)
+    nll, a, b = min((-pooled(a, b)[rows, truth].mean(), a, b) for a in POOL_WEIGHTS for b in HEAD_WEIGHTS if a or b)
 
     def scores(p):
         ok = p.argmax(1) == truth

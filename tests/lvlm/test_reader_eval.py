@@ -106,6 +106,11 @@ def test_the_pool_weights_follow_the_reader_that_knows():
         assert fit["top1"] >= fit[f"{knows}_alone"]["top1"] - 0.01 and fit["windows"] == 400
     both = fit_pool(informed(2.0), informed(2.0), truth)  # two independent readers: the pool beats either
     assert both["top1"] > max(both["llm_alone"]["top1"], both["head_alone"]["top1"]) and min(both["weights"].values()) > 0
+    # a head that is right but too soft (as a mean of two readings is) is sharpened past the model's grid
+    soft = informed(6.0) ** 0.4
+    soft /= soft.sum(1, keepdims=True)
+    fit = fit_pool(noise, soft, truth)
+    assert 1.5 < fit["weights"]["head"] <= 3.0 and fit["weights"]["llm"] == 0, fit
 
 
 def test_every_reference_explanation_is_faithful_and_wrong_details_are_not():
