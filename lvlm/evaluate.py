@@ -85,8 +85,8 @@ HEAD_WEIGHTS = np.round(np.arange(0.0, 3.001, 0.05), 2)
 def fit_pool(model: np.ndarray, head: np.ndarray, truth: np.ndarray) -> dict:
     """The weights (a, b) of the log-linear pool a * log p_llm + b * log p_head (normalised over
     the labels) that minimise the negative log-likelihood of the true labels, on a grid of
-    0..1.5 (a) and 0..3 (b) in steps of 0.05 (`model`, `head`: [windows, labels] probabilities; `truth`: label
-    indices), with the pool's top-1 and ECE there and those of each reader alone."""
+    0..1.5 (a) and 0..3 (b) in steps of 0.05 (`model`, `head`: [windows, labels] probabilities;
+    `truth`: label indices), with the pool's top-1 and ECE there and those of each reader alone."""
     lm, lh = np.log(np.maximum(model, 1e-30)), np.log(np.maximum(head, 1e-12))
     rows = np.arange(len(truth))
 
