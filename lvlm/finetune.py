@@ -236,20 +236,6 @@ def merge(model, tokenizer, out: str, meta: dict | None = None) -> str:
     return out
 
 
-def hold_out(examples: list[dict], share: float = 0.15, held: set[str] | None = None) -> tuple[list[dict], list[dict]]:
-    """(training, held-out) examples: the held-out windows come from whole performers
-    (`vst.ntu.held_out_performers` of `share`, or the performers named in `held`), so they are as
-    new to the language model as the test performers; clips without a performer id are split by name."""
-    from vst.ntu import held_out_performers, performer_of
-
-    if held is None:
-        held = held_out_performers([ex["clip"] for ex in examples], share)
-    train = [ex for ex in examples if performer_of(ex["clip"]) not in held]
-    if not train:  # one performer, or one clip: nothing to spare
-        return examples, []
-    return train, [ex for ex in examples if performer_of(ex["clip"]) in held]
-
-
 def calibration_split(examples: list[dict], views: int, held: set[str], vst_unseen: bool = False) -> tuple[list[dict], list[dict]]:
     """(training, calibration) windows from `build_examples` output, for the calibration performers
     `held` (`calibration_performers`). Training: views 0..views-1 of the other performers.
@@ -259,8 +245,15 @@ def calibration_split(examples: list[dict], views: int, held: set[str], vst_unse
     their augmented views (view > 0), which read more like a test performer's than their plain
     windows. Both still read better than the synthetic X-Sub test split, whose performers are harder
     (docs/experiments.md: 94.0 % label top-1 on the augmented ones, 92.7 % on ones the VST never saw,
-    against 84.5-85.8 % on test windows), so the fitted temperature comes out too sharp there."""
-    train, cal = hold_out(examples, held=held)
+    against 84.5-85.8 % on test windows), so the fitted temperature comes out too sharp there.
+    Clips without a performer id count as their own performer; when `held` would leave no
+    training window (one performer), nothing calibrates."""
+    from vst.ntu import performer_of
+
+    train = [ex for ex in examples if performer_of(ex["clip"]) not in held]
+    if not train:
+        train, held = examples, set()
+    cal = [ex for ex in examples if performer_of(ex["clip"]) in held]
     return [ex for ex in train if ex["view"] < views], [ex for ex in cal if (ex["view"] == 0) == vst_unseen]
 
 

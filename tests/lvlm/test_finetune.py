@@ -187,8 +187,8 @@ def test_label_temperature_is_fitted_on_held_out_windows(tuned):
     model = result["model"].eval()
 
     class Sharper(TransformersBackend):
-        def feed(self, ids):
-            return log_softmax(3.0 * super().feed(ids))
+        def feed(self, ids, rows=1):
+            return log_softmax(3.0 * super().feed(ids, rows))
 
     held = examples(24, 16, seed=5)
     for ex in held[::3]:
@@ -211,18 +211,6 @@ def test_label_temperature_is_fitted_on_held_out_windows(tuned):
     assert direct == pytest.approx(fits[1]["nll"], rel=1e-3)
 
 
-def test_held_out_windows_are_whole_performers():
-    from lvlm.finetune import hold_out
-
-    exs = [{"clip": f"S001C00{c}P{p:03d}R001A001", "label": "x"} for p in range(1, 21) for c in (1, 2, 3)]
-    train, held = hold_out(exs, 0.15)
-    people = lambda xs: {x["clip"][8:12] for x in xs}  # noqa: E731
-    assert len(train) + len(held) == 60 and len(people(held)) == 3 and not people(train) & people(held)
-    assert hold_out(exs, 0.0) == (exs, [])
-    one = [{"clip": "door_cam", "label": "x"}]  # a name the hash would hold out
-    assert hold_out(one * 3, 0.5) == (one * 3, [])  # never holds out everything
-
-
 def test_calibration_uses_augmented_windows_of_held_out_performers():
     from lvlm.finetune import calibration_split
     from vst.ntu import held_out_performers
@@ -235,6 +223,8 @@ def test_calibration_uses_augmented_windows_of_held_out_performers():
         assert {x["view"] for x in train} == set(range(views)) and not held & {x["clip"][8:12] for x in train}
         assert {x["view"] for x in cal} == {1, 2} and {x["clip"][8:12] for x in cal} == held
     assert calibration_split(exs, 1, set()) == ([x for x in exs if x["view"] == 0], [])
+    one = [{"clip": "door_cam", "label": "x", "view": 0}]  # no performer id: the clip is its own performer
+    assert calibration_split(one * 3, 1, {"door_cam"}) == (one * 3, [])  # never holds out everything
     # performers the VST did not train on: their windows as recorded
     for views in (1, 2):
         train, cal = calibration_split(exs, views, {"P007", "P011"}, vst_unseen=True)
