@@ -146,6 +146,38 @@ def test_bundle_gguf_reads_windows_like_transformers(tiny_bundle, tiny_adapter, 
     a, b = (r.read(windows[0]["tokens"], count=windows[0]["count"]) for r in (hf, gg))
     assert a.label in m["labels"] and b.label in m["labels"]
     assert abs(sum(a.distribution.values()) - sum(b.distribution.values())) < 0.25
+    # speculation: reading with the head feeds its label after the context; every trie node and
+    # the explanation are those read node by node
+    w = windows[0]
+    plain = gg.label_nodes(w["tokens"], w["count"])[0]
+    expect = {ids[:i]: plain(ids[:i], []) for ids in map(tuple, gg.label_ids.values()) for i in range(len(ids))}
+    for guess in m["labels"]:
+        nodes = gg.label_nodes(w["tokens"], w["count"], guess)[0]
+        for prefix, p in expect.items():
+            assert nodes(list(prefix), []) == pytest.approx(p, abs=0.01), (guess, prefix)  # log-probabilities
+    head = np.full(len(m["labels"]), 0.01)
+    head[m["labels"].index(b.label)] = 1.0
+    spec = gg.read(w["tokens"], count=w["count"], head=head)
+    assert (spec.label, spec.explanation) == (b.label, b.explanation)
+
+
+def test_llama_cpp_feeds_rows_of_one_call_like_one_token_at_a_time(tiny_bundle):
+    from lvlm.reader import LlamaCppBackend
+
+    out, m = tiny_bundle
+    backend = LlamaCppBackend.open(os.path.join(out, m["lvlm"]["file"]), threads=2, n_ctx=128)
+    ids = backend.tokenize("Label: drink water\nExplanation:")
+    rows = backend.feed(ids, rows=4)
+    assert rows.shape == (4, backend.vocab) and backend.n == len(ids)
+    after = backend.feed([ids[0]])  # the call after a batched one continues the same cache
+    backend.rewind(0)
+    one = [backend.feed(ids[:-3])[0]] + [backend.feed([t])[0] for t in ids[-3:]]
+    assert rows == pytest.approx(np.stack(one), abs=0.01)  # log-probabilities
+    assert backend.feed([ids[0]]) == pytest.approx(after, abs=0.01)
+    for bad in (0, len(ids) + 1):
+        with pytest.raises(ValueError, match="rows"):
+            backend.feed(ids, rows=bad)
+    backend.llm.close()
 
 
 def test_export_trt_answers_clearly_without_tensorrt(tiny_bundle):
