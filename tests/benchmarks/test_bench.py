@@ -21,6 +21,7 @@ def test_quick_bench_writes_json_markdown_and_plots(tiny_bundle, tmp_path):
     assert res["llm"]["label_ms_cached_prefix"]["p50"] > 0 and res["llm"]["llava15_ratio"] > 1
     assert res["llm"]["label_ms_llm_alone"]["p50"] > 0 and isinstance(res["llm"]["pooled"], bool)
     assert res["llm"]["label_ms_no_speculation"]["p50"] > 0 and res["llm"]["speculation_speedup_p50"] > 0
+    assert res["llm"]["explanation_tokens_per_s"] > 0 and res["llm"]["explanation_tokens_per_s_no_speculation"] > 0
     assert [s["streams"] for s in res["streams"]] == [1, 2] and all(s["windows"] > 0 for s in res["streams"])
     assert set(res["quantization"]) == {"F16", "Q8_0"}
     assert res["quantization"]["Q8_0"]["size_mb"] < res["quantization"]["F16"]["size_mb"]

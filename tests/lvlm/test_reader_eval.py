@@ -92,6 +92,32 @@ def test_reader_with_a_reused_prefix_cache_equals_full_forwards(tokenizer):
         for ids in reader.label_ids.values():
             for i in range(len(ids)):
                 assert np.allclose(nodes(ids[:i], [ids[i]]), full(ctx + ids[:i]), atol=1e-4), (guess, ids[:i])
+    # speculation in the explanation: the last explanation of the same label is the draft
+    drafted = Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, explanation_tokens=12)
+    drafted_feed = drafted.backend.feed
+    calls = []
+    drafted.backend.feed = lambda ids, rows=1: calls.append(len(ids)) or drafted_feed(ids, rows)
+    drafted.read([1, 2, 3, 4], explain=False)
+    label_calls = len(calls) - 1  # after the prefix's
+    calls.clear()
+    once = drafted.read([1, 2, 3, 4])
+    cold = len(calls) - label_calls  # the explanation's calls, no draft yet: one per token
+    calls.clear()
+    twice = drafted.read([1, 2, 3, 4])  # its own explanation is the draft: kept whole, in one call
+    warm = len(calls) - label_calls
+    expect = (first.label, greedy(ctx + reader.label_ids[first.label], 12))
+    assert (twice.label, twice.explanation) == (once.label, once.explanation) == expect
+    assert warm == 2 < cold, (warm, cold)  # the label's end and `Explanation:`, then the draft
+    for window in ([9, 9, 0, 15], [3, 1, 4, 1], [2, 7, 1, 8]):  # other windows: the draft only saves calls
+        drafted.speculate = True
+        fast = drafted.read(window)
+        drafted.speculate = False
+        slow = drafted.read(window)
+        assert (fast.label, fast.explanation) == (slow.label, slow.explanation)
+    from lvlm.reader import _align
+
+    assert _align([5, 6, 7, 8], 6, 1) == 2 and _align([5, 6, 7, 8], 7, 1) == 3  # found: after it
+    assert _align([5, 6, 7, 8], 9, 1) == 2 and _align([], 9, 0) == 1  # a word replaced: one further
     low = min(first.distribution, key=first.distribution.get)  # a guess the model outweighs
     head = [0.4 if lab == low else 0.2 for lab in LABELS]
     wrong = pooled_reader.read([1, 2, 3, 4], exhaustive=False, head=head)
