@@ -72,14 +72,20 @@ def open_bundle(path: str) -> tuple[dict, str]:
     return m, bundle_id(m)
 
 
-def install_signals(stop: threading.Event) -> None:
+def install_signals(stop: threading.Event) -> dict:
+    """SIGTERM and SIGINT set `stop` (from the main thread only); returns the handlers they
+    replace, for `serve` to put back when it returns (so that a caller running several services
+    in turn, as `bench` does, can still be interrupted between them)."""
     def handler(signum, _frame):
         log.info("signal %d: stopping", signum)
         stop.set()
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in old:
+        signal.signal(s, handler)
+    return old
 
 
 def serve(cfg: Config, ingest: bool = True, workers: int | None = None, until_done: bool = False,
@@ -90,7 +96,7 @@ def serve(cfg: Config, ingest: bool = True, workers: int | None = None, until_do
     from edge_runtime.sinks import build_sinks
 
     stop = stop or threading.Event()
-    install_signals(stop)
+    replaced = install_signals(stop)
     notifier = notifier or Notifier()
     manifest, bid = open_bundle(cfg.bundle)
     context = zmq.Context()
@@ -170,6 +176,8 @@ def serve(cfg: Config, ingest: bool = True, workers: int | None = None, until_do
         if sink is not None:
             sink.close()
         context.destroy(linger=0)
+        for s, h in replaced.items():
+            signal.signal(s, h)
     out = {"bundle": bid}
     if hub is not None:
         out.update(streams=hub.stats(), bus=dict(hub.hub.counters), ingest=dict(hub.counters))

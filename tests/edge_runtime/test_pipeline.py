@@ -41,7 +41,10 @@ def test_one_process_rtsp_to_labels(tiny_bundle, actions_video, rtsp_server, tmp
                       "bus": {"windows": "inproc://w", "collect": "inproc://c", "results": "inproc://r"},
                       "llm": {"threads": 1, "explain_interval_s": 0.0},
                       "sinks": {"console": False, "jsonl": str(tmp_path / "r.jsonl")}})
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     stats = serve(cfg, until_done=True, duration_s=60, extra_sinks=[rec])
+    # the signal handlers serve installs go when it returns (a caller can still be interrupted)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
     frames = stats["streams"]["cam1"]["frames"]
     assert frames >= 100 and stats["streams"]["cam1"]["windows"] == len(rec.windows) >= 5
     assert rec.windows[0].window_seq == 0 and all(w.provisional_label in manifest["labels"] for w in rec.windows)
