@@ -36,6 +36,9 @@ from lvlm import prompt
 from lvlm.trie import LabelTrie, decode_label
 
 
+SPAN = 8  # the first explanation guess's length in tokens (`Reader._explanation`)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Log-softmax over the last axis (each row of a 2-D array), in float64."""
     x = np.asarray(logits, dtype=np.float64)
@@ -211,10 +214,11 @@ class Reader:
         those the model would have chosen itself (its argmax at each position) are kept, the
         rest rewound. Explanations of one label differ in a word or two (the side, the count),
         so most of the sentence costs one call instead of one call per token, and the text is
-        the plain greedy one."""
+        the plain greedy one. The guess is at most `span` tokens: doubled while guesses are kept
+        whole, cut to what was kept after a miss, so a draft that does not fit costs little."""
         b, out = self.backend, []
         draft = self._drafts.get(label, []) if self.speculate else []
-        at = 0  # where in the draft the next token is expected
+        at, span = 0, SPAN  # where in the draft the next token is expected; the next guess's length
         while len(out) < self.explanation_tokens:
             nxt = int(np.argmax(lp))
             if nxt == self.stop:
@@ -223,7 +227,7 @@ class Reader:
             if len(out) == self.explanation_tokens:
                 break
             at = _align(draft, nxt, at)
-            guess = draft[at:at + self.explanation_tokens - len(out)]
+            guess = draft[at:at + min(span, self.explanation_tokens - len(out))]
             n = b.n
             rows = b.feed([nxt] + guess, rows=1 + len(guess))
             kept = 0
@@ -233,6 +237,7 @@ class Reader:
                 b.rewind(n + 1 + kept)
             out.extend(guess[:kept])
             at += kept
+            span = 2 * span if kept == len(guess) else max(1, kept)
             lp = rows[kept]
         if self.speculate:
             self._drafts[label] = out + [self.stop]
