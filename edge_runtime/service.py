@@ -96,10 +96,10 @@ def serve(cfg: Config, ingest: bool = True, workers: int | None = None, until_do
     from edge_runtime.sinks import build_sinks
 
     stop = stop or threading.Event()
-    replaced = install_signals(stop)
     notifier = notifier or Notifier()
     manifest, bid = open_bundle(cfg.bundle)
     context = zmq.Context()
+    replaced = install_signals(stop)
     n_workers = cfg.llm.workers if workers is None else workers
     hub = sink = metrics = None
     pool = []

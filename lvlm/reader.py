@@ -176,9 +176,7 @@ class Reader:
         def logprobs(prefix, allowed):
             key = tuple(prefix)
             if key not in cache:
-                common = 0
-                while common < min(len(path), len(key)) and path[common] == key[common]:
-                    common += 1
+                common = _shared(path, key)
                 b.rewind(n_ctx + common)
                 cache[key] = b.feed(list(key[common:]))[0]
                 path[:] = key
@@ -197,9 +195,7 @@ class Reader:
             return Reading(result.label, result.probability, result.distribution, None, t1 - t0, None, result.model)
         b = self.backend
         ids = self.label_ids[result.label]
-        common = 0  # the label's tokens already in the cache after the context
-        while common < min(len(self._path), len(ids)) and self._path[common] == ids[common]:
-            common += 1
+        common = _shared(self._path, ids)  # the label's tokens already in the cache after the context
         b.rewind(n_ctx + common)
         out = self._explanation(b.feed(ids[common:] + self.explanation_head)[0], result.label)
         text = prompt.parse_explanation(b.detokenize(out))
@@ -337,6 +333,14 @@ class LlamaCppBackend:
         logits = [np.ctypeslib.as_array(llm._ctx.get_logits_ith(i), shape=(self.vocab,))
                   for i in range(len(ids) - rows, len(ids))]
         return log_softmax(np.stack(logits))
+
+
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the common prefix of two token sequences."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _align(draft: list[int], token: int, at: int, reach: int = 3) -> int:
