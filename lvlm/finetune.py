@@ -252,7 +252,7 @@ def calibration_split(examples: list[dict], views: int, held: set[str], vst_unse
 
     train = [ex for ex in examples if performer_of(ex["clip"]) not in held]
     if not train:
-        train, held = examples, set()
+        return [ex for ex in examples if ex["view"] < views], []
     cal = [ex for ex in examples if performer_of(ex["clip"]) in held]
     return [ex for ex in train if ex["view"] < views], [ex for ex in cal if (ex["view"] == 0) == vst_unseen]
 
