@@ -57,6 +57,9 @@ def register(cli) -> None:
                    help="stage 2 views per training clip made from its 3D skeleton seen from other azimuths "
                         "(synthetic data, pose-only features; default 6 under xview, the cross-view protocol, "
                         "when the feature is the joints alone, else 0)")
+    t.add_argument("--count-views", type=int, default=None,
+                   help="skeleton views per training clip that only the count head reads, for a share of its "
+                        "windows (synthetic data, pose-only features; default 6, 0: none)")
     t.add_argument("--batch", type=int, default=None, help="stage 2 batch (default 64)")
     t.add_argument("--lr", type=float, default=None, help="stage 2 learning rate (default 3e-3)")
     t.add_argument("--minutes", type=float, default=None, help="stop after this long; continue later with --resume")
@@ -157,8 +160,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_range("hold-out", args.hold_out, 0.0, 0.5)
     if args.skeleton_views is not None:
         _check_range("skeleton-views", args.skeleton_views, 0, 12)
+    if args.count_views is not None:
+        _check_range("count-views", args.count_views, 0, 12)
     given = {"frame_steps": args.frame_steps, "epochs": args.epochs, "views": args.views, "batch": args.batch, "lr": args.lr,
-             "hold_out": args.hold_out, "skeleton_views": args.skeleton_views}
+             "hold_out": args.hold_out, "skeleton_views": args.skeleton_views, "count_views": args.count_views}
     tc = TrainConfig(protocol=args.protocol, size=args.size, minutes=args.minutes, seed=args.seed,
                      **{k: v for k, v in given.items() if v is not None})
     result = train(args.data, args.out, tc, resume=args.resume)

@@ -283,7 +283,8 @@ class VST(nn.Module):
         out = self.tokenize_train(feats)
         return out["ids"], out["dist"], out["logits"]
 
-    def tokenize_train(self, feats: torch.Tensor) -> dict:
+    def tokenize_train(self, feats: torch.Tensor, counts: bool = True) -> dict:
+        """counts=False leaves out `reps` (stage 2 then runs the count head over more windows itself)."""
         z = self.tokenizer(feats)
         q, ids, dist, commit = self.quantizer(z)
         out = {"z": F.normalize(z, dim=-1), "q": q, "ids": ids, "dist": dist, "commit": commit, "logits": self.head(q)}
@@ -291,7 +292,8 @@ class VST(nn.Module):
             out["z_logits"] = self.z_head(out["z"])
         if self.aux is not None:
             out["aux"] = self.aux(q)
-            out["reps"] = self.repetition_logits(feats, q, out["aux"])
+            if counts:
+                out["reps"] = self.repetition_logits(feats, q, out["aux"])
         return out
 
     def repetition_logits(self, feats: torch.Tensor, q: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:

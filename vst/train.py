@@ -53,6 +53,11 @@ class TrainConfig:
     skeleton_views: int | None = None
     skeleton_azimuth: float = 60.0  # largest camera move around the room, degrees either way
     skeleton_noise: float = 0.01  # joint noise of those views, normalised image units
+    # skeleton views (as above) that only the count head reads, for pose-only features: count_share of its
+    # windows come from them (the tokens and other heads never see them), so it learns to count from joints
+    # as noisy as a new performer's: 80.8 -> 84.9 % of the repeated X-Sub test windows (docs/experiments.md)
+    count_views: int = 6
+    count_share: float = 0.3
     epochs: int = 100  # stage 2, over the training clips
     batch: int = 64
     lr: float = 3e-3
@@ -101,7 +106,9 @@ def token_losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0
     cfg = model.cfg
     feats = F.dropout(batch["feats"], tc.feature_dropout, model.training)
     b = feats.shape[0]
-    out = model.tokenize_train(torch.cat([feats[:, : cfg.W], feats[:, cfg.S: cfg.S + cfg.W]]))
+    windows = torch.cat([feats[:, : cfg.W], feats[:, cfg.S: cfg.S + cfg.W]])
+    more = batch.get("count_feats")  # windows for the count head alone: one pass over both sets
+    out = model.tokenize_train(windows, counts=more is None)
     labels = batch["label"].repeat(2)
     ce = F.cross_entropy(out["logits"], labels, label_smoothing=0.05)
     ce_z = F.cross_entropy(out["z_logits"], labels, label_smoothing=0.05)
@@ -120,6 +127,9 @@ def token_losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0
             aux_loss = aux_loss + F.cross_entropy(aux[:, 2:][reps >= 0], reps[reps >= 0])
         loss = loss + tc.aux_weight * aux_loss
         stats["aux"] = aux_loss.item()
+        if more is not None:
+            out["reps"] = model.count(torch.cat([windows, more[:, : cfg.W], more[:, cfg.S: cfg.S + cfg.W]]))
+            reps = torch.cat([reps, batch["count_reps"].t().reshape(-1)])
         if model.count is not None and (reps >= 0).any():  # its own head and gradients: the tokens do not see it
             count_loss = F.cross_entropy(out["reps"][reps >= 0], reps[reps >= 0])
             loss = loss + count_loss
@@ -238,17 +248,17 @@ def _features(model: VST, cache: Cache, clips: list[dict], views: int, seed: int
     return out, flips
 
 
-def _skeleton_views(cache: Cache, clips: list[dict], cfg: VSTConfig, tc: TrainConfig, plain: list, progress: bool):
-    """tc.skeleton_views views per clip from its 3D skeleton (`skeleton_view`); a clip without one
-    keeps its unaugmented encoder features."""
+def _skeleton_views(cache: Cache, clips: list[dict], cfg: VSTConfig, tc: TrainConfig, plain: list, progress: bool,
+                    n: int, stream: int = 1000, desc: str = "skeleton view"):
+    """n views per clip from its 3D skeleton (`skeleton_view`), drawn from random stream `stream`;
+    a clip without one keeps its unaugmented encoder features."""
     from tqdm import tqdm
 
     out, flips = [], []
-    for v in range(tc.skeleton_views):
+    for v in range(n):
         feats, flipped = [], []
-        for i, clip in enumerate(tqdm(clips, desc=f"skeleton view {v + 1}/{tc.skeleton_views}", unit="clip",
-                                      disable=not progress)):
-            got = skeleton_view(cache, clip, cfg, np.random.default_rng((tc.seed, 1000 + v, i)), Augment(),
+        for i, clip in enumerate(tqdm(clips, desc=f"{desc} {v + 1}/{n}", unit="clip", disable=not progress)):
+            got = skeleton_view(cache, clip, cfg, np.random.default_rng((tc.seed, stream + v, i)), Augment(),
                                 tc.skeleton_azimuth, tc.skeleton_noise)
             feats.append(got[0] if got else plain[i])
             flipped.append(got[1] if got else False)
@@ -263,8 +273,12 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
     model, tc = run.model, run.tc
     views, flips = _features(model, cache, train_clips, tc.views, tc.seed, progress, "encode train")
     if tc.skeleton_views:  # `train` refuses them unless the feature is the joints alone
-        more, more_flips = _skeleton_views(cache, train_clips, model.cfg, tc, views[0], progress)
+        more, more_flips = _skeleton_views(cache, train_clips, model.cfg, tc, views[0], progress, tc.skeleton_views)
         views, flips = views + more, flips + more_flips
+    count_batch = round(tc.batch * tc.count_share / max(1e-9, 1 - tc.count_share)) if tc.count_views else 0
+    if count_batch:  # `train` sets no count views unless there is a count head and the feature is the joints alone
+        count_views = _skeleton_views(cache, train_clips, model.cfg, tc, views[0], progress, tc.count_views, 2000,
+                                      "count view")
     eval_feats = _features(model, cache, eval_clips, 1, tc.seed, progress, "encode test")[0][0]
     params = [p for n, p in model.named_parameters() if not n.startswith(("encoder.", "count."))]
     count_params = list(model.count.parameters()) if model.count is not None else []
@@ -279,6 +293,9 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
         step, best, best_record = state["step"], state["best"], state["best_record"]
     sampler = FeatureWindowSampler([[f.to(run.device) for f in view] for view in views], train_clips, flips,
                                    model.cfg, Augment(), seed=tc.seed * 1000 + step + 1)
+    if count_batch:  # its own random stream: the main sampler draws what it draws without it
+        count_sampler = FeatureWindowSampler([[f.to(run.device) for f in view] for view in count_views[0]], train_clips,
+                                             count_views[1], model.cfg, Augment(), seed=(tc.seed * 1000 + step + 1, 2000))
     bar = tqdm(total=total, initial=step, desc="stage 2/2 tokens", unit="step", disable=not progress)
     running: dict[str, float] = {}
     first: dict[str, float] = {}
@@ -286,6 +303,9 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
     model.encoder.eval()
     while step < total:
         batch = {k: v.to(run.device) for k, v in sampler.sample(tc.batch).items()}
+        if count_batch:
+            more = count_sampler.sample(count_batch)
+            batch.update(count_feats=more["feats"].to(run.device), count_reps=more["reps"].to(run.device))
         loss, stats = token_losses(model, batch, tc, step / total)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -345,8 +365,9 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
     if resume and os.path.exists(state_path):
         model = load_checkpoint(out, "last")
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        # the time limit is this call's; a run from before --hold-out trained on every performer
-        tc = TrainConfig(**{"hold_out": 0.0, **state["train_config"], "minutes": tc.minutes})
+        # the time limit is this call's; a run from before --hold-out trained on every performer, one from
+        # before count views without them
+        tc = TrainConfig(**{"hold_out": 0.0, "count_views": 0, **state["train_config"], "minutes": tc.minutes})
         torch.set_rng_state(state["torch_rng"])
     else:
         if tc.size not in SIZES:
@@ -361,6 +382,8 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
     pose_only = bool(model.cfg.pose_joints and not model.cfg.appearance)
     if tc.skeleton_views is None:
         tc = replace(tc, skeleton_views=SKELETON_VIEWS_XVIEW if tc.protocol == "xview" and pose_only else 0)
+    if not (pose_only and model.count is not None):
+        tc = replace(tc, count_views=0)  # they are joints, and only the count head reads them
     if tc.skeleton_views and not pose_only:
         raise ValueError("--skeleton-views needs a VST whose feature is the joints alone: "
                          + (f"{cache_dir} has no 2D skeletons" if not model.cfg.pose_joints else "this one has appearance features"))

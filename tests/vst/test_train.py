@@ -1,4 +1,5 @@
 """A tiny VST trains on a tiny synthetic set; evaluation and the glossary write all their outputs."""
+import copy
 import json
 import os
 
@@ -64,6 +65,42 @@ def test_the_count_head_trains_beside_the_tokens_without_changing_them(tiny_run,
     assert x["reps"].shape == (4, with_head.cfg.max_reps) and torch.equal(y["reps"], y["aux"][:, 2:])
 
 
+def test_count_views_reach_the_count_head_alone(tiny_run, cache32, tmp_path):
+    """Skeleton views that only the count head reads (the default): the run records them, and every
+    weight but the count head's is what a run without them trains."""
+    run, _ = tiny_run
+    out = str(tmp_path / "no-count-views")
+    train(cache32, out, TrainConfig(**{**FAST, "count_views": 0}), progress=False, overrides=TINY_VST)
+    recorded = [json.load(open(os.path.join(r, "train_config.json")))["count_views"] for r in (run, out)]
+    assert recorded == [TrainConfig.count_views, 0] and TrainConfig.count_views > 0
+    a, b = load_checkpoint(run).state_dict(), load_checkpoint(out).state_dict()
+    differ = {k for k in a if not torch.equal(a[k], b[k])}
+    assert differ and all(k.startswith("count.") for k in differ), differ
+    # one count-head pass over the batch's windows and the count views' windows; the other losses as without
+    model = load_checkpoint(run)
+    cache = Cache.open(cache32)
+    clips = cache.split("train")
+    views, flips = _features(model, cache, clips, 1, 0, False, "")
+    model.train()
+    batch = FeatureWindowSampler(views, clips, flips, model.cfg, Augment(), seed=5).sample(8)
+    more = FeatureWindowSampler(views, clips, flips, model.cfg, Augment(), seed=6).sample(3)
+    tc = TrainConfig(**{**FAST, "feature_dropout": 0.0})
+    calls, stats = [], []
+    for b in (batch, {**batch, "count_feats": more["feats"], "count_reps": more["reps"]}):
+        m = copy.deepcopy(model)  # a training-mode pass moves the codebook: each pass from the same state
+        m.count.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+        torch.manual_seed(0)  # and the heads' dropout the same
+        with torch.no_grad():
+            stats.append(token_losses(m, b, tc)[1])
+    plain, both = stats
+    assert calls == [16, 22]
+    assert {k: v for k, v in plain.items() if k != "count"} == {k: v for k, v in both.items() if k != "count"}
+    assert plain["count"] != both["count"]
+    r = run_cli("train", "vst", "--data", cache32, "--protocol", "xsub", "--out", out, "--count-views", "13")
+    assert r.returncode == 2 and r.stderr.strip().endswith("error: --count-views 13 out of range 0..12"), r.stderr
+    assert r.stderr.strip().count("\n") == 0
+
+
 def test_without_2d_skeletons_the_encoder_keeps_appearance_features(cache32, tmp_path):
     """Videos without 2D skeletons (NTU RGB videos alone) cannot teach the pose branch: it is off."""
     cache = tmp_path / "cache"
@@ -76,6 +113,7 @@ def test_without_2d_skeletons_the_encoder_keeps_appearance_features(cache32, tmp
     train(str(cache), out, TrainConfig(**{**FAST, "minutes": 0.0}), progress=False, overrides=TINY_VST)
     cfg = load_checkpoint(out, "last").cfg
     assert cfg.pose_joints == 0 and cfg.appearance and cfg.feature_size == TINY_VST["D"]
+    assert json.load(open(os.path.join(out, "train_config.json")))["count_views"] == 0  # joints: not this feature
     with pytest.raises(ValueError, match="--skeleton-views needs .* has no 2D skeletons"):  # nothing to see them from
         train(str(cache), str(tmp_path / "views"), TrainConfig(**{**FAST, "skeleton_views": 1}), progress=False,
               overrides=TINY_VST)
