@@ -142,9 +142,11 @@ def test_skeleton_views_join_the_encoder_views_in_stage_two(cache32, tiny_run, t
     clips = cache.split("train")
     plain = _features(model, cache, clips[:3], 1, 0, False, "")[0][0]
     tc = TrainConfig(**{**FAST, "skeleton_views": 2})
-    views, flips = _skeleton_views(cache, clips[:3], model.cfg, tc, plain, False)
+    views, flips = _skeleton_views(cache, clips[:3], model.cfg, tc, plain, False, tc.skeleton_views)
     assert len(views) == len(flips) == 2 and all(len(v) == 3 for v in views)
     assert all(f.shape == p.shape for v in views for f, p in zip(v, plain))
+    counted, _ = _skeleton_views(cache, clips[:3], model.cfg, tc, plain, False, 2, 2000)  # the count head's own draws
+    assert all(not torch.equal(a, b) for v, w in zip(views, counted) for a, b in zip(v, w))
     out = str(tmp_path / "run")
     # 10 stage-2 steps: torch's OneCycleLR alone would divide by zero (one warm-up step)
     tc = TrainConfig(**{**FAST, "frame_steps": 4, "epochs": 2, "eval_every_epochs": 2, "skeleton_views": 1})
