@@ -106,7 +106,11 @@ def token_losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0
     cfg = model.cfg
     feats = F.dropout(batch["feats"], tc.feature_dropout, model.training)
     b = feats.shape[0]
-    windows = torch.cat([feats[:, : cfg.W], feats[:, cfg.S: cfg.S + cfg.W]])
+
+    def windows_of(spans: torch.Tensor) -> torch.Tensor:  # [B, W+S, D] -> the pairs' first windows, then their second
+        return torch.cat([spans[:, : cfg.W], spans[:, cfg.S: cfg.S + cfg.W]])
+
+    windows = windows_of(feats)
     more = batch.get("count_feats")  # windows for the count head alone: one pass over both sets
     out = model.tokenize_train(windows, counts=more is None)
     labels = batch["label"].repeat(2)
@@ -128,7 +132,7 @@ def token_losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0
         loss = loss + tc.aux_weight * aux_loss
         stats["aux"] = aux_loss.item()
         if more is not None:
-            out["reps"] = model.count(torch.cat([windows, more[:, : cfg.W], more[:, cfg.S: cfg.S + cfg.W]]))
+            out["reps"] = model.count(torch.cat([windows, windows_of(more)]))
             reps = torch.cat([reps, batch["count_reps"].t().reshape(-1)])
         if model.count is not None and (reps >= 0).any():  # its own head and gradients: the tokens do not see it
             count_loss = F.cross_entropy(out["reps"][reps >= 0], reps[reps >= 0])
