@@ -7,6 +7,11 @@ no llama.cpp): each comparison is made against the CPU in the same run.
   python -m benchmarks.cuda_check ort BUNDLE CACHE OUT  the bundle's ONNX engines in ONNX Runtime CUDA against
                                                       CPU on the cache's test clips: feature error, token
                                                       agreement, frames/s at batch 1 / 8 / 64
+  python -m benchmarks.cuda_check recipe ROOT OUT     the default synthetic dataset rendered straight into a
+                                                      cache under ROOT (no GStreamer: the frames skip the video
+                                                      codec), the default VST recipe trained on it on this
+                                                      machine's training device, stage by stage timed, and its
+                                                      X-Sub test reading (plain and mirror)
   python -m benchmarks.cuda_check finetune VST CACHE OUT [BASE] [--random-weights]
                                                       the language-model fine-tune (the default 450 steps) on
                                                       CUDA, a few steps of it on the CPU from the same seed, and
@@ -131,6 +136,87 @@ def train_check(cache: str, out: str, frame_steps: int = 300, epochs: int = 10, 
         result["frame_stage_speedup"] = round(ok[1]["frame_stage_s"] / ok[0]["frame_stage_s"], 2)
         result["token_stage_speedup"] = round(ok[1]["token_stage_s"] / ok[0]["token_stage_s"], 2)
         result["first_loss_rel_diff"] = abs(ok[0]["frame_first_loss"] - ok[1]["frame_first_loss"]) / ok[1]["frame_first_loss"]
+    return result
+
+
+def _render_job(args) -> tuple:
+    from vst.synth import render_clip
+
+    cfg, name, data = args
+    clip = render_clip(cfg, name)
+    np.savez(os.path.join(data, "skeletons", name.stem + ".npz"), joints_world=clip.joints_world,
+             joints3d=clip.joints3d, joints2d=clip.joints2d)
+    return name, clip.frames, clip.attributes
+
+
+def render_cache(cfg, root: str, protocol: str = "xsub", workers: int | None = None) -> str:
+    """A synthetic dataset rendered straight into a frame cache, ROOT/cache (skeletons in ROOT/data),
+    for a GPU machine without GStreamer. Clips, labels, attributes and skeletons are `data synth`'s;
+    the frames skip the H.264 round trip, so they are not bit-identical to a prepared cache's."""
+    import multiprocessing as mp
+
+    from streams.pipeline import CONVERSION_VERSION
+    from vst.cache import write_index
+    from vst.ntu import class_names, split_of
+
+    data, cache = os.path.join(root, "data"), os.path.join(root, "cache")
+    os.makedirs(os.path.join(data, "skeletons"), exist_ok=True)
+    os.makedirs(cache, exist_ok=True)
+    clips, offset = [], 0
+    jobs = [(cfg, name, data) for name in cfg.names()]
+    with open(os.path.join(cache, "frames.u8"), "wb") as f, mp.Pool(workers or os.cpu_count()) as pool:
+        for name, frames, attributes in pool.imap(_render_job, jobs, chunksize=4):
+            f.write(np.ascontiguousarray(frames).tobytes())
+            clips.append({"name": name.stem, "action": name.action, "split": split_of(name, protocol),
+                          "offset": offset, "frames": len(frames), "attributes": attributes})
+            offset += len(frames)
+    write_index(cache, {"width": cfg.size, "height": cfg.size, "fps": cfg.fps, "crop": True, "version": CONVERSION_VERSION},
+                protocol, data, clips, class_names(data))
+    return cache
+
+
+def recipe_check(root: str, synth=None, tc=None, overrides: dict | None = None, workers: int | None = None) -> dict:
+    """The default recipe end to end on this machine's training device (CUDA when present): render
+    (`render_cache`), train (stage 1, stage-2 encoding, stage-2 steps, timed from the run's history),
+    and the test reading plain and mirrored. `synth`, `tc`, `overrides`: smaller settings for tests."""
+    import torch
+
+    from vst.evaluate import run_eval
+    from vst.synth import SynthConfig
+    from vst.train import TrainConfig, train
+
+    synth, tc = synth or SynthConfig(), tc or TrainConfig()
+    t0 = time.monotonic()
+    cache = render_cache(synth, root, tc.protocol, workers)
+    result = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "cpu_threads": os.cpu_count(), "render_s": round(time.monotonic() - t0, 1)}
+    with open(os.path.join(cache, "index.json")) as f:
+        index = json.load(f)
+    result["clips"], result["frames"] = len(index["clips"]), index["total_frames"]
+    run = os.path.join(root, "vst")
+    t0 = time.monotonic()
+    trained = train(cache, run, tc, progress=False, overrides=overrides)
+    result["train_s"] = round(time.monotonic() - t0, 1)
+    if torch.cuda.is_available():
+        result["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    history = [json.loads(line) for line in open(os.path.join(run, "history.jsonl"))]
+    frames = next(h for h in history if h["stage"] == "frames")
+    tokens = [h for h in history if h["stage"] == "tokens"]
+    first = tokens[0]
+    # the first stage-2 record comes after encoding the views and `first["step"]` steps; the steps between
+    # records run at one rate, so the encoding is what is left
+    per_step = (tokens[-1]["elapsed_s"] - first["elapsed_s"]) / max(tokens[-1]["step"] - first["step"], 1)
+    result["stages_s"] = {"frames": frames["elapsed_s"],
+                          "token_encoding": round(first["elapsed_s"] - frames["elapsed_s"] - per_step * first["step"], 1),
+                          "token_steps": round(per_step * tokens[-1]["step"], 1)}
+    result["steps"] = {"frames": frames["step"], "tokens": trained["steps"]}
+    for mirror in (False, True):
+        t0 = time.monotonic()
+        m = run_eval(run, cache, tc.protocol, os.path.join(root, "eval-mirror" if mirror else "eval"), progress=False, mirror=mirror)
+        result["eval_mirror" if mirror else "eval"] = {
+            "top1": m["top1"], "window_top1": m["window_top1"], "codes_used": m["codes_used"],
+            "token_stability": m["token_stability"], **{k: v for k, v in m["attributes"].items() if v is not None},
+            "seconds": round(time.monotonic() - t0, 1)}
     return result
 
 
@@ -304,12 +390,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["ort"] and len(argv) == 4:
         _write(argv[3], "ort", ort_check(argv[1], argv[2]))
         return 0
+    if argv[:1] == ["recipe"] and len(argv) == 3:
+        _write(argv[2], "recipe", recipe_check(argv[1]))
+        return 0
     if argv[:1] == ["finetune"] and 4 <= len(argv) <= 6:
         rest = [a for a in argv[4:] if a != "--random-weights"]
         _write(argv[3], "finetune", finetune_check(argv[1], argv[2], argv[3], *(rest or ["smollm2-135m"])[:1],
                                                    random_weights="--random-weights" in argv[4:]))
         return 0
-    print("usage: python -m benchmarks.cuda_check env [OUT] | train CACHE OUT | ort BUNDLE CACHE OUT | "
+    print("usage: python -m benchmarks.cuda_check env [OUT] | train CACHE OUT | recipe ROOT OUT | ort BUNDLE CACHE OUT | "
           "finetune VST CACHE OUT [BASE] [--random-weights]", file=sys.stderr)
     return 2
 

@@ -45,6 +45,21 @@ def _decode_job(args):
         return None, str(exc)
 
 
+def write_index(out: str, conversion: dict, protocol: str, data: str, clips: list[dict], classes: dict[int, str],
+                failed: list[str] | None = None) -> None:
+    """CACHE/index.json for frames already in CACHE/frames.u8 (clips back to back, in `clips` order);
+    written last, so a cache without it is incomplete."""
+    index = {
+        "format_version": FORMAT_VERSION, "conversion": conversion,
+        "protocol": protocol, "data": os.path.abspath(data), "total_frames": sum(c["frames"] for c in clips),
+        "classes": {str(k): v for k, v in sorted(classes.items()) if k in {c["action"] for c in clips}},
+        "clips": clips, "failed": failed or [],
+    }
+    with open(os.path.join(out, "index.json.tmp"), "w") as f:
+        json.dump(index, f)
+    os.replace(os.path.join(out, "index.json.tmp"), os.path.join(out, "index.json"))
+
+
 @dataclass
 class Cache:
     root: str
@@ -150,15 +165,7 @@ def prepare(data: str, protocol: str, out: str, size: int = 112, fps: int = 15, 
     if not clips:
         raise DatasetError(f"no clip of {data} could be decoded: {failed[0] if failed else 'none found'}")
     os.replace(tmp_frames, os.path.join(out, "frames.u8"))
-    index = {
-        "format_version": FORMAT_VERSION,
-        "conversion": {"width": size, "height": size, "fps": fps, "crop": crop, "version": CONVERSION_VERSION},
-        "protocol": protocol, "data": os.path.abspath(data), "total_frames": offset,
-        "classes": {str(k): v for k, v in sorted(class_names(data).items()) if k in {c["action"] for c in clips}},
-        "clips": clips, "failed": failed,
-    }
-    with open(os.path.join(out, "index.json.tmp"), "w") as f:
-        json.dump(index, f)
-    os.replace(os.path.join(out, "index.json.tmp"), os.path.join(out, "index.json"))
+    write_index(out, {"width": size, "height": size, "fps": fps, "crop": crop, "version": CONVERSION_VERSION},
+                protocol, data, clips, class_names(data), failed)
     return {"clips": len(clips), "failed": len(failed), "frames": offset,
             "bytes": offset * size * size * 3, "seconds": round(time.monotonic() - t0, 1)}

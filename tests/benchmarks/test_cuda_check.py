@@ -62,3 +62,30 @@ def test_onnx_runtime_is_not_asked_for_tensorrt_without_its_libraries(monkeypatc
     monkeypatch.setattr(engines, "tensorrt_libraries", lambda: True)
     assert engines.ort_providers(listed) == listed
     assert engines.ort_providers(["AzureExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_recipe_check_renders_a_cache_then_trains_and_reads_it(tmp_path):
+    from dataclasses import replace
+
+    import numpy as np
+
+    from benchmarks.cuda_check import recipe_check
+    from tests.conftest import FAST, TINY
+    from vst.cache import Cache
+    from vst.ntu import ClipName
+    from vst.synth import render_clip
+    from vst.train import TrainConfig
+
+    synth = replace(TINY, size=32)
+    tc = TrainConfig(**{**FAST, "frame_steps": 20, "epochs": 4, "eval_every_epochs": 2})
+    res = recipe_check(str(tmp_path), synth, tc, TINY_VST, workers=2)
+    cache = Cache.open(str(tmp_path / "cache"))
+    assert res["clips"] == len(cache.clips) == len(synth.names()) and res["frames"] == len(cache.frames)
+    clip = cache.clips[7]  # rendered frames in place, and the clip's skeleton beside them
+    assert np.array_equal(cache.clip_frames(clip), render_clip(synth, ClipName.parse(clip["name"])).frames)
+    assert cache.has_skeleton(clip) and cache.split("train") and cache.split("test")
+    assert res["steps"] == {"frames": 20, "tokens": res["steps"]["tokens"]} and res["steps"]["tokens"] > 0
+    assert all(v >= 0 for v in res["stages_s"].values()) and res["train_s"] >= res["stages_s"]["frames"]
+    for reading in ("eval", "eval_mirror"):
+        assert 0 <= res[reading]["top1"] <= 1 and 0 < res[reading]["codes_used"] <= 1
+    assert res["render_s"] > 0 and (gpu_available() or res["device"] == "cpu")
