@@ -48,7 +48,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from streams.gst import init
+
     src = _source(args)
+    init()  # GStreamer's own start (a registry rescan can take seconds) is not the source's time
     first = last = None
     count = 0
     t0 = time.monotonic()
