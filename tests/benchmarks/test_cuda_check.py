@@ -84,7 +84,7 @@ def test_recipe_check_renders_a_cache_then_trains_and_reads_it(tmp_path):
     clip = cache.clips[7]  # rendered frames in place, and the clip's skeleton beside them
     assert np.array_equal(cache.clip_frames(clip), render_clip(synth, ClipName.parse(clip["name"])).frames)
     assert cache.has_skeleton(clip) and cache.split("train") and cache.split("test")
-    assert res["steps"] == {"frames": 20, "tokens": res["steps"]["tokens"]} and res["steps"]["tokens"] > 0
+    assert res["steps"]["frames"] == 20 and res["steps"]["tokens"] > 0
     assert all(v >= 0 for v in res["stages_s"].values()) and res["train_s"] >= res["stages_s"]["frames"]
     for reading in ("eval", "eval_mirror"):
         assert 0 <= res[reading]["top1"] <= 1 and 0 < res[reading]["codes_used"] <= 1
