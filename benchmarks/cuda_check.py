@@ -181,6 +181,7 @@ def recipe_check(root: str, synth=None, tc=None, overrides: dict | None = None, 
     and the test reading plain and mirrored. `synth`, `tc`, `overrides`: smaller settings for tests."""
     import torch
 
+    from vst.cache import Cache
     from vst.evaluate import run_eval
     from vst.synth import SynthConfig
     from vst.train import TrainConfig, train
@@ -190,9 +191,8 @@ def recipe_check(root: str, synth=None, tc=None, overrides: dict | None = None, 
     cache = render_cache(synth, root, tc.protocol, workers)
     result = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
               "cpu_threads": os.cpu_count(), "render_s": round(time.monotonic() - t0, 1)}
-    with open(os.path.join(cache, "index.json")) as f:
-        index = json.load(f)
-    result["clips"], result["frames"] = len(index["clips"]), index["total_frames"]
+    rendered = Cache.open(cache)
+    result["clips"], result["frames"] = len(rendered.clips), rendered.index["total_frames"]
     run = os.path.join(root, "vst")
     t0 = time.monotonic()
     trained = train(cache, run, tc, progress=False, overrides=overrides)

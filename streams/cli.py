@@ -48,14 +48,11 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from streams.gst import init
-
     src = _source(args)
-    init()  # GStreamer's own start (a registry rescan can take seconds) is not the source's time
     first = last = None
     count = 0
-    t0 = time.monotonic()
     with src:
+        t0 = time.monotonic()  # from here: GStreamer's own start (a registry rescan can take seconds) is not the source's
         while time.monotonic() - t0 < args.seconds:
             frame = src.read(0.1)
             if frame is None:
