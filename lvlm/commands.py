@@ -37,10 +37,7 @@ def register(cli) -> None:
                    help="windows of held-out training performers that fit the label temperature: those the "
                         "VST was not trained on either (train vst --hold-out), else augmented windows of 15 %% "
                         "of the performers; 0: none")
-    f.add_argument("--pool-windows", type=int, default=200,
-                   help="of the calibration windows, how many fit the label pool with the VST head (every "
-                        "label's probability, ~1 s a window on 2 CPU cores); 0: no pool, the model alone labels")
-    _mirror_arg(f)
+    _pool_args(f)
     f.add_argument("--no-code-tie", dest="code_tie", action="store_false",
                    help="train each action token's embedding row alone, not tied to its VST code vector")
     f.add_argument("--prefix-grad", action=argparse.BooleanOptionalAction, default=d.prefix_grad,
@@ -59,8 +56,7 @@ def register(cli) -> None:
     c.add_argument("--protocol", default=None, help="default: the cache's")
     c.add_argument("--windows-per-clip", type=int, default=3)
     c.add_argument("--calibration-windows", type=int, default=800)
-    c.add_argument("--pool-windows", type=int, default=200)
-    _mirror_arg(c)
+    _pool_args(c)
     c.set_defaults(func=cmd_calibrate)
 
     e = cli.group("eval", "evaluate a model").add_parser(
@@ -76,7 +72,11 @@ def register(cli) -> None:
     e.set_defaults(func=cmd_eval)
 
 
-def _mirror_arg(parser) -> None:
+def _pool_args(parser) -> None:
+    parser.add_argument("--pool-windows", type=int, default=None,
+                        help="of the calibration windows, how many fit the label pool with the VST head (every label's "
+                             "probability, ~0.5 s a window on 2 CPU cores; default: all of them, as fits on 200 "
+                             "swung with the sample); 0: no pool, the model alone labels")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                         help="fit the pool on the VST head's probabilities read from each window and its mirror image, "
                              "as the runtime then reads them (the bundle's default for engine.mirror); --no-mirror: "
@@ -103,8 +103,9 @@ def _calibrate(args, model, tokenizer, merged: str, labels, base: int, codes: in
     from vst.cache import spread
     from vst.ntu import performer_of
 
-    cal = _fit_temperature(model, tokenizer, merged, labels, base, codes, spread(held, args.calibration_windows),
-                           counts, args.pool_windows)
+    windows = spread(held, args.calibration_windows)
+    cal = _fit_temperature(model, tokenizer, merged, labels, base, codes, windows, counts,
+                           len(windows) if args.pool_windows is None else args.pool_windows)
     cal.update(performers=sorted({performer_of(ex["clip"]) for ex in held}), unseen_by_vst=vst_unseen)
     print(f"label temperature {cal['temperature']:.3f} on {cal['windows']} windows of held-out performers "
           f"{', '.join(cal['performers'])}{'' if vst_unseen else ' (augmented; the VST trained on them)'} "

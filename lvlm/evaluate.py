@@ -114,8 +114,8 @@ def fit_temperature(reader, examples: list[dict], progress: bool = True, pool_wi
     probability at T = 1. A second read decodes at the fitted temperature, unless that is 1.
 
     pool_windows: on that many of the windows (spread over them; they need `head_probs`), every
-    label's probability too (one model call per trie node, ~1 s a window on 2 CPU cores) and the
-    pool with the VST head fitted on them (`fit_pool`, result["pool"])."""
+    label's probability too (one model call per label path, ~0.5 s a window on 2 CPU cores) and
+    the pool with the VST head fitted on them (`fit_pool`, result["pool"])."""
     from tqdm import tqdm
 
     from lvlm.reader import log_softmax, tempered

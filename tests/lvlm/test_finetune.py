@@ -344,7 +344,7 @@ def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run,
     assert meta["codes"] == 32 and meta["token_id_base"] == len(pristine_tokenizer) and len(meta["labels"]) == 3
     assert (ad / "merged" / "model.safetensors").exists()
     assert meta["label_temperature"] > 0 and meta["calibration"]["windows"] > 0
-    # the label pool with the VST head, fitted on the calibration windows (all of them: fewer than --pool-windows)
+    # the label pool with the VST head, fitted on every calibration window (the default)
     pool = meta["calibration"]["pool"]
     assert meta["label_pool"] == pool["weights"] and pool["windows"] == meta["calibration"]["windows"]
     assert 0 <= pool["weights"]["llm"] <= 1.5 and 0 <= pool["weights"]["head"] <= 3.0  # the fit's grids
