@@ -108,14 +108,15 @@ def fit_pool(model: np.ndarray, head: np.ndarray, truth: np.ndarray) -> dict:
 def fit_temperature(reader, examples: list[dict], progress: bool = True, pool_windows: int = 0) -> dict:
     """The label temperature that minimises the negative log-likelihood of the true labels on
     held-out windows (temperature scaling, Guo et al. 2017), with the ECE before and after.
-    A window is read once for the fit: only the trie nodes on its true label's path are
-    evaluated, and the NLL at every temperature follows from them in closed form
+    A window is read once for the fit: the NLL at every temperature follows from the trie nodes
+    on its true label's path in closed form
     (log p_T(t) = lp(t) / T - logsumexp(lp / T)); the best-first decode gives the label and its
     probability at T = 1. A second read decodes at the fitted temperature, unless that is 1.
 
     pool_windows: on that many of the windows (spread over them; they need `head_probs`), every
-    label's probability too (one model call per label path, ~0.5 s a window on 2 CPU cores) and
-    the pool with the VST head fitted on them (`fit_pool`, result["pool"])."""
+    label's probability too and the pool with the VST head fitted on them (`fit_pool`,
+    result["pool"]). A reader whose backend reads token trees has every node of each window at
+    once anyway (`Reader.every_node`); any other reads one model call per label path there."""
     from tqdm import tqdm
 
     from lvlm.reader import log_softmax, tempered
@@ -133,8 +134,8 @@ def fit_temperature(reader, examples: list[dict], progress: bool = True, pool_wi
     at_one = []
     pooling = {id(ex) for ex in spread([ex for ex in examples if "head_probs" in ex], pool_windows)}
     model, head, truth = [], [], []
-    for ex in tqdm(examples, desc="calibrate", unit="window", disable=not progress):
-        nodes, _ = reader.label_nodes(ex["tokens"], ex.get("count"))
+    for ex, nodes in zip(examples, tqdm(reader.every_node(examples), desc="calibrate", unit="window",
+                                        total=len(examples), disable=not progress)):
         path = reader.label_ids[ex["label"]]
         for k, tok in enumerate(path):
             nll -= log_softmax(nodes(path[:k], [tok])[None, :] / TEMPERATURES[:, None])[:, tok]
@@ -147,9 +148,9 @@ def fit_temperature(reader, examples: list[dict], progress: bool = True, pool_wi
     best = int(np.argmin(nll))
     at_best = at_one
     if best != one:
-        at_best = [decode(ex, reader.label_nodes(ex["tokens"], ex.get("count"))[0], float(TEMPERATURES[best]))
-                   for ex in tqdm(examples, desc=f"calibrate at T={TEMPERATURES[best]:.3f}", unit="window",
-                                  disable=not progress)]
+        at_best = [decode(ex, nodes, float(TEMPERATURES[best]))
+                   for ex, nodes in zip(examples, tqdm(reader.every_node(examples), desc=f"calibrate at T={TEMPERATURES[best]:.3f}",
+                                                       unit="window", total=len(examples), disable=not progress))]
     (conf1, ok1), (conf, ok) = np.array(at_one, float).T, np.array(at_best, float).T
     fitted = {"temperature": round(float(TEMPERATURES[best]), 4), "windows": len(examples),
               "top1": float(ok.mean()), "nll": float(nll[best] / len(examples)), "nll_t1": float(nll[one] / len(examples)),

@@ -35,15 +35,15 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class FinetuneConfig:
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    lora_dropout: float = 0.0  # 0.05 until session 24: dropout made a step ~28 % dearer, for < 1 epoch of data
     lr: float = 2e-3  # the peak of the one-cycle schedule (session 14; constant 1e-3 before)
     schedule: str = "one-cycle"  # `vst.train.one_cycle`: 10 % warm-up to lr, cosine down to ~0; or "constant"
     batch: int = 8
-    steps: int = 450  # ~3 s each on 2 CPU cores: the whole command stays inside the 30-minute budget
+    steps: int = 450  # 2.8 s each on 2 CPU cores (session 24): 21 min of steps, 28.3 min for the whole command
     seed: int = 0
     checkpoint_every: int = 25  # steps between resumable checkpoints (OUT/finetune_state.pt)
     code_tie: bool = True  # with a VST codebook: each action token's row + a learned map of its code vector
-    prefix_grad: bool = True  # gradients through the shared instruction prefix (False: a no-grad prefix, ~13 % cheaper steps)
+    prefix_grad: bool = False  # gradients through the shared instruction prefix too (True until session 24; ~20 % dearer steps)
     count_token: bool = True  # with a VST repetitions head: the window's count token ends the video block
 
 
@@ -70,7 +70,12 @@ def shared_prefix_loss(model, prefix, ids, labels, mask, prefix_grad: bool = Tru
     for layer in cache.layers:
         layer.batch_repeat_interleave(ids.shape[0])
     full_mask = torch.cat([torch.ones(ids.shape[0], prefix.numel(), dtype=mask.dtype, device=mask.device), mask], dim=1)
-    return model(input_ids=ids, attention_mask=full_mask, cache=cache, labels=labels).loss
+    # logits only where they predict an answer token (the label, explanation and end of turn: ~60 %
+    # of a row's positions); the same loss, a little less work (not measurable alone on 2 cores)
+    start = max(int((labels != -100).int().argmax(dim=1).min()), 1)
+    keep = torch.arange(start - 1, ids.shape[1] - 1, device=ids.device)
+    logits = model(input_ids=ids, attention_mask=full_mask, cache=cache, logits_to_keep=keep).logits
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, start:].flatten(), ignore_index=-100)
 
 
 def _batches(encoded, batch: int, pad: int, rng):
@@ -118,6 +123,41 @@ def _code_tie(codebook, hidden: int):
     return CodeTie()
 
 
+def _sparse_token_rows(peft_model) -> None:
+    """Make peft's trainable token rows cost what they are: peft's own forward copies the whole
+    embedding matrix with the rows written in (`index_copy`) on every call, for the input
+    embedding and again for the tied output projection, and autograd then builds a gradient of
+    the whole matrix to pick the rows from (15-20 % of a step for SmolLM2's 49k x 576 matrix on 2
+    CPU cores). Here the frozen matrix is used as it is and only the rows' own positions (inputs) or
+    columns (logits) come from the trainable rows: the same values and gradients."""
+    import types
+
+    import torch
+    import torch.nn.functional as F
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    def forward(self, x, *args, **kwargs):
+        if self.disable_adapters or self.merged or len(self.active_adapters) != 1:
+            return self.forward_adapters(x, self.active_adapters, *args, **kwargs)
+        name, layer = self.active_adapters[0], self.base_layer
+        index = torch.as_tensor(self.token_indices[name], device=layer.weight.device)
+        rows = self.trainable_tokens_delta[name].to(layer.weight)
+        if isinstance(layer, torch.nn.Embedding):
+            slot = torch.full((layer.weight.shape[0],), -1, device=x.device)
+            slot[index] = torch.arange(len(index), device=x.device)
+            at = slot[x]
+            out = torch.where((at >= 0)[..., None], rows[at.clamp(min=0)], F.embedding(x, layer.weight, layer.padding_idx))
+            scale = self._get_embed_scale()
+            return out if scale is None else out * scale.to(out.dtype)
+        if isinstance(layer, torch.nn.Linear) and layer.bias is None:  # an output projection tied to the embedding
+            return F.linear(x, layer.weight).index_copy_(-1, index, F.linear(x, rows))
+        return self.forward_adapters(x, self.active_adapters, *args, **kwargs)
+
+    for module in peft_model.modules():
+        if isinstance(module, TrainableTokensLayer):
+            module.forward = types.MethodType(forward, module)
+
+
 def finetune(model, tokenizer, base: int, codes: int, labels: list[str], examples: list[dict], out: str,
              cfg: FinetuneConfig, progress: bool = True, resume: bool = False, codebook=None, counts: int = 0) -> dict:
     """Train a LoRA adapter on `examples`; saves it (adapter + tokenizer + lvlm.json) to `out`.
@@ -143,6 +183,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
                       target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM",
                       trainable_token_indices=list(range(base, base + codes + 2 + counts)))
     peft_model = get_peft_model(model, lora)
+    _sparse_token_rows(peft_model)
     tied_rows = None
     if codebook is not None and cfg.code_tie:
         if codebook.shape[0] != codes:
@@ -178,6 +219,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         old = state["config"]
         if (state["examples"] != len(examples) or old["seed"] != cfg.seed or old["batch"] != cfg.batch
                 or old.get("schedule", "constant") != cfg.schedule or old.get("prefix_grad", True) != cfg.prefix_grad
+                or old.get("lora_dropout", 0.05) != cfg.lora_dropout
                 or state.get("counts", 0) != counts
                 or (cfg.schedule != "constant" and (old["steps"], old["lr"]) != (cfg.steps, cfg.lr))
                 or set(state["trainable"]) != set(trainable)):
@@ -275,7 +317,7 @@ def calibration_performers(vst_run: str, cache_dir: str, protocol: str | None, s
 
 def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol: str | None = None,
                    windows_per_clip: int = 3, progress: bool = True, views: int = 1, seed: int = 0,
-                   mirror: bool | set[str] = False) -> tuple[list[str], list[dict]]:
+                   mirror: bool | set[str] = False, augmented: set[str] | None = None) -> tuple[list[str], list[dict]]:
     """(labels, examples): the VST's tokens for up to `windows_per_clip` sliding windows per clip
     (those covering most of the action first), with the clip's label and the reference
     explanation of what the window shows (`vst.actions.window_attributes`: its repetitions),
@@ -286,7 +328,9 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
     view gets the mirrored side in its attributes and reference explanation). `mirror`: the head's
     probabilities from each window and its mirror image (`vst.windows.clip_windows`, the runtime's
     engine.mirror), for every clip (True) or for the clips of the performers in a set (those whose
-    windows calibrate; no other example's head probabilities are read while fine-tuning)."""
+    windows calibrate; no other example's head probabilities are read while fine-tuning).
+    `augmented`: the views after the first only for the clips of these performers (the
+    calibration's, when only they need them); None: for every clip."""
     import numpy as np
     from tqdm import tqdm
 
@@ -303,8 +347,10 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
     out = []
     clips = [c for c in cache.split(split, protocol) if c["action"] in model.cfg.classes]
     for view in range(views):
-        for n, clip in enumerate(tqdm(clips, desc=f"examples {split}" + (f" view {view + 1}/{views}" if views > 1 else ""),
-                                      unit="clip", disable=not progress)):
+        todo = [(n, clip) for n, clip in enumerate(clips)  # n seeds the view's augmentation
+                if not view or augmented is None or performer_of(clip["name"]) in augmented]
+        for n, clip in tqdm(todo, desc=f"examples {split}" + (f" view {view + 1}/{views}" if views > 1 else ""),
+                            unit="clip", disable=not progress):
             frames, attrs = cache.clip_frames(clip), clip.get("attributes") or {}
             if view:
                 frames, flipped = augment_frames(frames, np.random.default_rng((seed, view, n)), Augment())

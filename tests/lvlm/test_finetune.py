@@ -113,6 +113,42 @@ def test_code_tie_moves_the_action_rows_in_and_out_and_folds_into_them(pristine_
     assert not torch.allclose(tied_rows[2:18], free[2:18])
 
 
+def test_sparse_token_rows_give_peft_s_values_and_gradients(pristine_tokenizer):
+    """`_sparse_token_rows`: the trainable token rows without peft's copy of the whole embedding
+    matrix per call give the same logits and the same gradients, through the input embedding and
+    the tied output projection, with the code tie's parametrisation on the rows."""
+    from peft import LoraConfig, get_peft_model
+    from torch.nn.utils import parametrize
+
+    from lvlm.finetune import _code_tie, _sparse_token_rows
+
+    tok = copy.deepcopy(pristine_tokenizer)
+    base = add_action_tokens(model := tiny_llama(len(tok)), tok, 16)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"],
+                                                  trainable_token_indices=list(range(base, base + 18))))
+    rows = next(m for n, m in peft_model.named_modules() if n.endswith("trainable_tokens_delta"))
+    parametrize.register_parametrization(rows, "default", _code_tie(CODEBOOK, rows["default"].shape[1]))
+    with torch.no_grad():
+        rows.parametrizations["default"].original.normal_()  # rows and map away from their start
+        rows.parametrizations["default"][0].map.normal_()
+    x = torch.tensor([[1, 2, base, base + 2, base + 9, base + 1, 7]])
+    target = torch.tensor([[2, base, base + 2, base + 9, base + 1, 7, base + 17]])
+    trainable = {n: q for n, q in peft_model.named_parameters() if q.requires_grad}
+
+    def run():
+        peft_model.zero_grad()
+        logits = peft_model(input_ids=x).logits
+        torch.nn.functional.cross_entropy(logits[0], target[0]).backward()
+        return logits.detach(), {n: q.grad.clone() for n, q in trainable.items()}
+
+    logits, grads = run()
+    _sparse_token_rows(peft_model)
+    sparse_logits, sparse_grads = run()
+    assert torch.allclose(sparse_logits, logits, atol=1e-5)
+    assert len(grads) == 6 and all(torch.allclose(grads[n], sparse_grads[n], atol=1e-5) for n in grads), grads.keys()
+    assert all(g.abs().sum() > 0 for n, g in grads.items() if "trainable_tokens" in n)  # the rows and the code map learn
+
+
 @pytest.mark.slow
 def test_finetune_with_count_tokens_trains_their_rows(pristine_tokenizer, tmp_path):
     tok = copy.deepcopy(pristine_tokenizer)
@@ -189,6 +225,9 @@ def test_label_temperature_is_fitted_on_held_out_windows(tuned):
     class Sharper(TransformersBackend):
         def feed(self, ids, rows=1):
             return log_softmax(3.0 * super().feed(ids, rows))
+
+        def feed_trees(self, contexts, tree, parents):
+            return log_softmax(3.0 * super().feed_trees(contexts, tree, parents))
 
     held = examples(24, 16, seed=5)
     for ex in held[::3]:
@@ -318,6 +357,12 @@ def test_examples_come_from_the_vst_windows(tiny_run, cache32):
         assert a["explanation"] == a["attributes"]["explanation"]
         if a["label"] == "hand waving":
             assert f"{a['attributes']['side']} hand" in a["explanation"]
+    # the augmented view for some performers' clips only (the calibration's): the same windows as theirs above
+    from vst.ntu import performer_of
+
+    some = {performer_of(exs[0]["clip"])}
+    _, part = build_examples(run, cache32, "train", windows_per_clip=2, progress=False, views=2, augmented=some)
+    assert part == exs + [a for a in augmented if performer_of(a["clip"]) in some] and len(part) < len(two)
 
 
 @pytest.fixture(scope="module")
@@ -352,7 +397,7 @@ def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run,
     assert meta["head_mirror"] is True and "(head: mirror reading)" in r.stdout  # the default, as the runtime reads it
     # the VST trained on every performer: augmented windows of one held back from the fine-tune
     assert meta["calibration"]["performers"] == ["P001"] and not meta["calibration"]["unseen_by_vst"]
-    assert meta["calibration"]["backend"] == "llama.cpp (F16)" and not list((ad / "merged").glob("*.gguf"))
+    assert meta["calibration"]["backend"] == "transformers (label trie batched)"
     assert meta == json.load(open(ad / "lvlm.json"))
     assert meta["config"]["seed"] == 3 and meta["config"]["schedule"] == "one-cycle"
     # the tiny VST has a repetitions head: format 2, its counts as tokens after the action tokens
@@ -363,30 +408,33 @@ def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run,
 
 
 @pytest.mark.slow
-def test_temperature_fit_through_llama_cpp_matches_transformers(cli_adapter):
-    """The fine-tune fits the label temperature through llama.cpp on an F16 GGUF of the merged
-    model; the same windows through transformers give the same fit."""
+def test_temperature_fit_in_batched_trees_matches_llama_cpp(cli_adapter, tmp_path):
+    """The fine-tune fits the label temperature and the pool through transformers, the label
+    trie of many windows in one forward; llama.cpp on an F16 GGUF of the merged model, one call
+    per label path, gives the same fit."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from export.gguf_export import write_gguf
     from lvlm.commands import _fit_temperature
     from lvlm.evaluate import fit_temperature
-    from lvlm.reader import Reader, TransformersBackend
+    from lvlm.reader import LlamaCppBackend, Reader
 
     ad, _ = cli_adapter
     meta = json.load(open(ad / "lvlm.json"))
     rng = np.random.default_rng(3)
     windows = [{"tokens": [int(t) for t in rng.integers(0, meta["codes"], 8)], "count": i % meta["counts"] + 1,
-                "label": meta["labels"][i % 3]} for i in range(9)]
+                "label": meta["labels"][i % 3], "head_probs": list(rng.dirichlet(np.ones(3)))} for i in range(9)]
     model, tok = AutoModelForCausalLM.from_pretrained(ad / "merged"), AutoTokenizer.from_pretrained(ad / "merged")
-    fast = _fit_temperature(model, tok, str(ad / "merged"), meta["labels"], meta["token_id_base"], meta["codes"], windows,
-                            meta["counts"])
-    slow = fit_temperature(Reader(TransformersBackend(model.eval(), tok), meta["labels"], meta["token_id_base"],
-                                  meta["codes"], counts=meta["counts"]), windows, progress=False)
-    assert fast["backend"] == "llama.cpp (F16)" and fast["windows"] == 9
+    fast = _fit_temperature(model, tok, meta["labels"], meta["token_id_base"], meta["codes"], windows, meta["counts"], 9)
+    backend = LlamaCppBackend.open(write_gguf(str(ad / "merged"), str(tmp_path / "m.gguf")))
+    slow = fit_temperature(Reader(backend, meta["labels"], meta["token_id_base"], meta["codes"], counts=meta["counts"]),
+                           windows, progress=False, pool_windows=9)
+    backend.llm.close()
+    assert fast["backend"] == "transformers (label trie batched)" and fast["windows"] == 9
     # F16 weights against float32: the NLL to 1 %, the temperature to one step of the grid (7 %)
     assert fast["nll_t1"] == pytest.approx(slow["nll_t1"], rel=1e-2)
     assert 1 / 1.08 <= fast["temperature"] / slow["temperature"] <= 1.08, (fast, slow)
-    assert not list((ad / "merged").glob("*.gguf"))
+    assert fast["pool"]["windows"] == 9 and fast["pool"]["nll"] == pytest.approx(slow["pool"]["nll"], rel=2e-2)
 
 
 @pytest.mark.slow
@@ -403,11 +451,11 @@ def test_finetune_calibrates_on_the_performers_the_vst_did_not_train_on(tiny_run
     json.dump({**record, "held_out": ["P002"]}, open(run / "train_config.json", "w"))
     base = cli_adapter[0].parent / "tiny-llama"
     r = run_cli("finetune", "--vst", str(run), "--data", cache32, "--base", str(base), "--out", str(tmp_path / "ad"),
-                "--steps", "2", "--batch", "4", "--calibration-windows", "6", "--no-prefix-grad", "--no-count-token",
-                timeout=300)
+                "--steps", "2", "--batch", "4", "--calibration-windows", "6", "--prefix-grad", "--lora-dropout", "0.1",
+                "--no-count-token", timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     meta = json.load(open(tmp_path / "ad" / "lvlm.json"))
-    assert meta["config"]["prefix_grad"] is False
+    assert meta["config"]["prefix_grad"] is True and meta["config"]["lora_dropout"] == 0.1
     assert meta["counts"] == 0 and not meta["config"]["count_token"]  # format 1's video block
     assert meta["calibration"]["performers"] == ["P002"] and meta["calibration"]["unseen_by_vst"]
     # trained on P001's windows alone: its 18 clips give 27 (up to 3 each; the short ones fewer)

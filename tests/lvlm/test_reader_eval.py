@@ -144,6 +144,35 @@ def test_reader_with_a_reused_prefix_cache_equals_full_forwards(tokenizer):
         Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, pool={"llm": -1.0, "head": 1.0})
 
 
+def test_every_node_in_batched_trees_equals_the_nodes_read_one_by_one(tokenizer):
+    """`Reader.every_node` through transformers: windows in batches, each window's context and
+    the whole label trie in one row, give every inner node's log-probabilities as reading the
+    window alone does, and leave the prefix cache as it was."""
+    model = tiny_llama(len(tokenizer)).eval()
+    base = add_action_tokens(model, tokenizer, 16, counts=6)
+    reader = Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, counts=6)
+    windows = [{"tokens": [int(t) for t in np.random.default_rng(i).integers(0, 16, 4)], "count": i % 6 + 1}
+               for i in range(5)]
+    calls = []
+    trees = reader.backend.feed_trees
+    reader.backend.feed_trees = lambda *a: calls.append(len(a[0])) or trees(*a)
+    batched = list(reader.every_node(windows, batch=2))
+    assert calls == [2, 2, 1]  # batches of two windows, the rest in the last
+    inner = [key for key in reader._below]
+    assert len(inner) == reader.trie.nodes
+    for w, nodes in zip(windows, batched):
+        alone = reader.label_nodes(w["tokens"], w["count"], whole=False)[0]
+        for key in inner:
+            assert np.allclose(nodes(list(key), []), alone(list(key), []), atol=1e-4), (w, key)
+    before = reader.read([1, 2, 3, 4], explain=False, count=2).distribution
+    list(reader.every_node(windows[:1]))
+    assert reader.read([1, 2, 3, 4], explain=False, count=2).distribution == before
+    with pytest.raises(ValueError, match="one length"):
+        reader.backend.feed_trees([[1, 2], [1]], [3], [-1])
+    with pytest.raises(ValueError, match="parent"):
+        reader.backend.feed_trees([[1, 2]], [3, 4], [-1, 1])
+
+
 def test_the_pool_weights_follow_the_reader_that_knows():
     """fit_pool weights the reader whose probabilities carry the label; the pool reads at least as well as it."""
     from lvlm.evaluate import fit_pool
