@@ -71,14 +71,16 @@ def _graphs(model, fp16: bool = False):
             super().__init__()
             self.tokenizer, self.quantizer, self.head, self.aux = vst.tokenizer, vst.quantizer, vst.head, vst.aux
             self.count, self.repetition_logits = vst.count, vst.repetition_logits  # registered, then read by the method
+            self.window_features = vst.window_features  # the pose front end's person normalisation, inside the graph
 
         def forward(self, feats):
+            feats = self.window_features(feats)
             _, ids, dist = self.quantizer.lookup(self.tokenizer(feats))
             q = self.quantizer.codebook[ids]
             out = (ids.to(torch.int32), dist, self.head(q))
             return out if self.aux is None else (*out, read_count(self.repetition_logits(feats, q)).to(torch.int32))
 
-    return FrameEncoderGraph(model).eval(), TokenEngineGraph(copy.deepcopy(model).eval()).eval()
+    return FrameEncoderGraph(model).eval() if model.encoder is not None else None, TokenEngineGraph(copy.deepcopy(model).eval()).eval()
 
 
 def token_engine_outputs(cfg) -> dict[str, list]:
@@ -88,18 +90,21 @@ def token_engine_outputs(cfg) -> dict[str, list]:
 
 
 def export_engines(model, out: str) -> dict[str, str]:
-    """Write frame_encoder.onnx and token_engine.onnx for a VST; returns their paths."""
+    """Write frame_encoder.onnx (not for a pose front-end VST: its frame engines are the pose
+    models, `export.pose_assets`) and token_engine.onnx for a VST; returns their paths."""
     import onnx
     import torch
 
     cfg = model.cfg
     enc, tok = _graphs(model.eval())
     os.makedirs(out, exist_ok=True)
-    paths = {"frame_encoder": os.path.join(out, "frame_encoder.onnx"), "token_engine": os.path.join(out, "token_engine.onnx"),
-             "frame_encoder_fp16": os.path.join(out, "frame_encoder.fp16.onnx")}
+    paths = {"token_engine": os.path.join(out, "token_engine.onnx")}
+    if enc is not None:
+        paths.update(frame_encoder=os.path.join(out, "frame_encoder.onnx"),
+                     frame_encoder_fp16=os.path.join(out, "frame_encoder.fp16.onnx"))
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and shape-inference notes
-        for name, graph in (("frame_encoder", enc), ("frame_encoder_fp16", _graphs(model, fp16=True)[0])):
+        for name, graph in (("frame_encoder", enc), ("frame_encoder_fp16", _graphs(model, fp16=True)[0]))[:2 if enc else 0]:
             torch.onnx.export(graph, (torch.zeros(2, cfg.R, cfg.R, 3, dtype=torch.uint8),), paths[name],
                               input_names=["frames"], output_names=["features"], opset_version=OPSET,
                               dynamic_axes={"frames": {0: "n"}, "features": {0: "n"}}, dynamo=False)
@@ -162,7 +167,10 @@ def engine_parity(model, run_encoder, run_tokenizer, clips: list[np.ndarray]) ->
 
 
 def onnx_parity(model, paths: dict[str, str], clips: list[np.ndarray]) -> dict:
-    s = onnx_sessions({k: paths[k] for k in ("frame_encoder", "token_engine")})
+    """For a pose front-end VST the clips are pose features (`vst.windows.clip_input`), which go
+    to the token engine as they are."""
+    s = onnx_sessions({k: paths[k] for k in ("frame_encoder", "token_engine") if k in paths})
     names = [o.name for o in s["token_engine"].get_outputs()]
-    return engine_parity(model, lambda x: s["frame_encoder"].run(None, {"frames": x})[0],
+    encoder = (lambda x: s["frame_encoder"].run(None, {"frames": x})[0]) if "frame_encoder" in s else (lambda x: x)
+    return engine_parity(model, encoder,
                          lambda f: dict(zip(names, s["token_engine"].run(None, {"features": f}))), clips)

@@ -48,8 +48,9 @@ def register(cli) -> None:
     t.add_argument("--data", required=True, help="prepared cache (lvlm-var data prepare)")
     t.add_argument("--protocol", required=True, choices=tuple(PROTOCOLS))
     t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--size", choices=("small", "base"), default="small",
-                   help="both R=112; small (the default) trains on a 2-core CPU in ~17 min, base is wider")
+    t.add_argument("--size", choices=("pose", "small", "base"), default="pose",
+                   help="pose (the default): the temporal half for the pretrained pose front end, trained on the "
+                        "synthetic skeletons; small, base: the own frame encoder (R=112), base is wider")
     t.add_argument("--frame-steps", type=int, default=None, help="stage 1 steps (single frames; default 6000)")
     t.add_argument("--epochs", type=int, default=None, help="stage 2 epochs over cached features (default 100)")
     t.add_argument("--views", type=int, default=None, help="augmented feature views per training clip (default 6)")

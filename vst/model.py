@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vst.joints import JOINT_NAMES, POSE_CHANNELS, J
 from vst.quantizer import VectorQuantizer
 
 
@@ -49,6 +50,10 @@ class VSTConfig:
     count_head: bool = False
     pose_joints: int = 0  # > 0: a heatmap branch at R/8 locates this many 2D joints; their (x, y) join the feature
     appearance: bool = True  # with pose_joints: False keeps only the joints in the feature
+    # "cnn": the own FrameEncoder reads R x R frames; "pose": the pretrained pose front end
+    # (`edge_runtime.pose`, BlazePose) gives each frame's 25 joints as (x, y, visibility) and the
+    # VST is its temporal half alone, trained on the synthetic clips' skeletons (`vst.joints`)
+    frontend: str = "cnn"
 
     def __post_init__(self):
         self.widths = tuple(self.widths)
@@ -59,13 +64,17 @@ class VSTConfig:
             raise ValueError(f"S={self.S} must be a multiple of the segment length W/T={self.W // self.T}")
         if self.R % 16:
             raise ValueError(f"R={self.R} must be a multiple of 16")
+        if self.frontend not in ("cnn", "pose"):
+            raise ValueError(f"frontend={self.frontend!r}: 'cnn' or 'pose'")
         if self.pose_joints not in (0, 25):
             raise ValueError(f"pose_joints={self.pose_joints}: 0 (no pose branch) or the 25 NTU joints")
 
     @property
     def feature_size(self) -> int:
         """Size of a frame feature between the two engines: D appearance features and/or the x, y
-        of every joint."""
+        of every joint; for the pose front end (x, y, visibility) of every joint."""
+        if self.frontend == "pose":
+            return len(JOINT_NAMES) * POSE_CHANNELS
         return (self.D if self.appearance or not self.pose_joints else 0) + 2 * self.pose_joints
 
     @property
@@ -96,6 +105,8 @@ class VSTConfig:
 SIZES = {
     "small": dict(R=112, widths=(16, 32, 64, 128), D=192, hidden=192, code_dim=48, spatial_channels=24, pose_joints=25,
                   appearance=False, count_head=True),
+    # the temporal half for the pose front end: no frame encoder to train
+    "pose": dict(R=112, D=192, hidden=192, code_dim=48, pose_joints=0, appearance=False, count_head=True, frontend="pose"),
     "base": dict(R=112, widths=(24, 48, 96, 160), D=256, hidden=256, code_dim=64, spatial_channels=32, pose_joints=25,
                  appearance=False, count_head=True),
 }
@@ -188,6 +199,20 @@ class PoseHeatmaps(nn.Module):
         return heat.flatten(2).softmax(-1) @ self.grid.to(heat.dtype)
 
 
+def person_normalise(feats: torch.Tensor) -> torch.Tensor:
+    """Pose features [B, W, 25 * 3] (x, y in units of the frame height, visibility) -> the same
+    with x, y relative to the person over the window: centred on the window's mean hip centre,
+    in units of its mean torso length (hips to shoulders). The window's own motion stays (a jump
+    rises, a fall drops), where the person stands and how large they appear go."""
+    b, w = feats.shape[:2]
+    x = feats.reshape(b, w, len(JOINT_NAMES), POSE_CHANNELS)
+    xy, vis = x[..., :2], x[..., 2:]
+    hip, shoulder = xy[:, :, J["spine_base"]], xy[:, :, J["spine_shoulder"]]
+    centre = hip.mean(1, keepdim=True).unsqueeze(2)  # B, 1, 1, 2
+    torso = (shoulder - hip).norm(dim=-1).mean(1).clamp_min(1e-3).view(b, 1, 1, 1)
+    return torch.cat([(xy - centre) / torso, vis], -1).reshape(b, w, -1)
+
+
 def with_differences(feats: torch.Tensor) -> torch.Tensor:
     """[B, W, F] -> [B, W, 2F]: each frame's features, then their change from the frame before (0 for the first)."""
     return torch.cat([feats, torch.cat([torch.zeros_like(feats[:, :1]), feats[:, 1:] - feats[:, :-1]], dim=1)], dim=2)
@@ -259,7 +284,7 @@ class VST(nn.Module):
         if not cfg.classes:
             raise ValueError("VSTConfig.classes is empty")
         self.cfg = cfg
-        self.encoder = FrameEncoder(cfg)
+        self.encoder = FrameEncoder(cfg) if cfg.frontend == "cnn" else None  # pose: the front end is pretrained
         self.tokenizer = TemporalTokenizer(cfg)
         self.quantizer = VectorQuantizer(cfg.K, cfg.code_dim)
         self.head = SemanticHead(cfg, len(cfg.classes))
@@ -276,6 +301,8 @@ class VST(nn.Module):
 
     # ---- the two engines ----------------------------------------------------------------------
     def encode_frames(self, frames_u8: torch.Tensor) -> torch.Tensor:
+        if self.encoder is None:
+            raise ValueError("this VST reads the pose front end's joints; it has no frame encoder")
         return self.encoder(frames_u8)
 
     def tokenize(self, feats: torch.Tensor):
@@ -285,6 +312,7 @@ class VST(nn.Module):
 
     def tokenize_train(self, feats: torch.Tensor, counts: bool = True) -> dict:
         """counts=False leaves out `reps` (stage 2 then runs the count head over more windows itself)."""
+        feats = self.window_features(feats)
         z = self.tokenizer(feats)
         q, ids, dist, commit = self.quantizer(z)
         out = {"z": F.normalize(z, dim=-1), "q": q, "ids": ids, "dist": dist, "commit": commit, "logits": self.head(q)}
@@ -295,6 +323,11 @@ class VST(nn.Module):
             if counts:
                 out["reps"] = self.repetition_logits(feats, q, out["aux"])
         return out
+
+    def window_features(self, feats: torch.Tensor) -> torch.Tensor:
+        """What the temporal half reads of a window's frame features: for the pose front end the
+        joints relative to the person (`person_normalise`), else the features as they are."""
+        return person_normalise(feats) if self.cfg.frontend == "pose" else feats
 
     def repetition_logits(self, feats: torch.Tensor, q: torch.Tensor, aux: torch.Tensor | None = None) -> torch.Tensor:
         """The logits `read_count` reads [B, max_reps]: the count head's where there is one, else the

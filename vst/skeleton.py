@@ -15,13 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-JOINT_NAMES = (
-    "spine_base", "spine_mid", "neck", "head", "shoulder_left", "elbow_left", "wrist_left", "hand_left",
-    "shoulder_right", "elbow_right", "wrist_right", "hand_right", "hip_left", "knee_left", "ankle_left",
-    "foot_left", "hip_right", "knee_right", "ankle_right", "foot_right", "spine_shoulder",
-    "handtip_left", "thumb_left", "handtip_right", "thumb_right",
-)
-J = {name: i for i, name in enumerate(JOINT_NAMES)}
+from vst.joints import JOINT_NAMES, J  # noqa: F401 - the layout, shared with the runtime
+
 SIDES = {"left": 1.0, "right": -1.0}  # sign of the body-local x axis
 
 

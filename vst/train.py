@@ -36,7 +36,8 @@ from vst.cache import Cache, spread
 from vst.evaluate import check_cache, evaluate, stability_text
 from vst.model import SIZES, VST, VSTConfig, load_checkpoint, save_checkpoint
 from vst.ntu import DatasetError, held_out_performers, performer_of
-from vst.windows import Augment, FeatureWindowSampler, augment_frames, encode_clip, frame_batches, skeleton_view
+from vst.windows import (Augment, FeatureWindowSampler, augmented_input, clip_input, encode_clip, frame_batches,
+                         skeleton_view)
 
 
 @dataclass
@@ -132,7 +133,7 @@ def token_losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0
         loss = loss + tc.aux_weight * aux_loss
         stats["aux"] = aux_loss.item()
         if more is not None:
-            out["reps"] = model.count(torch.cat([windows, windows_of(more)]))
+            out["reps"] = model.count(model.window_features(torch.cat([windows, windows_of(more)])))
             reps = torch.cat([reps, batch["count_reps"].t().reshape(-1)])
         if model.count is not None and (reps >= 0).any():  # its own head and gradients: the tokens do not see it
             count_loss = F.cross_entropy(out["reps"][reps >= 0], reps[reps >= 0])
@@ -232,7 +233,9 @@ def _stage_frames(run: _Run, cache: Cache, clips: list[dict], state: dict | None
 
 @torch.no_grad()
 def _features(model: VST, cache: Cache, clips: list[dict], views: int, seed: int, progress: bool, desc: str):
-    """Per view, per clip: encoder features [n, D]; view 0 unaugmented, the others augmented."""
+    """Per view, per clip: encoder features [n, D]; view 0 unaugmented, the others augmented
+    (for a pose front-end VST: pose features, the others other camera views with the front end's
+    error, `vst.windows.pose_view`)."""
     from tqdm import tqdm
 
     model.eval()
@@ -240,11 +243,11 @@ def _features(model: VST, cache: Cache, clips: list[dict], views: int, seed: int
     for v in range(views):
         feats, flipped = [], []
         for i, clip in enumerate(tqdm(clips, desc=f"{desc} view {v + 1}/{views}", unit="clip", disable=not progress)):
-            frames = cache.clip_frames(clip)
             f = False
             if v:
-                x, f = augment_frames(frames, np.random.default_rng((seed, v, i)), Augment())
-                frames = x.numpy()
+                frames, f = augmented_input(model.cfg, cache, clip, np.random.default_rng((seed, v, i)))
+            else:
+                frames = clip_input(model.cfg, cache, clip)
             feats.append(encode_clip(model, frames).cpu())
             flipped.append(f)
         out.append(feats)
@@ -304,7 +307,8 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
     running: dict[str, float] = {}
     first: dict[str, float] = {}
     model.train()
-    model.encoder.eval()
+    if model.encoder is not None:
+        model.encoder.eval()
     while step < total:
         batch = {k: v.to(run.device) for k, v in sampler.sample(tc.batch).items()}
         if count_batch:
@@ -328,7 +332,8 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
         if (step % steps_per_epoch == 0 and round(epoch) % tc.eval_every_epochs == 0) or step == total or out_of_time:
             m = evaluate(model, cache, eval_clips, features=eval_feats)
             model.train()
-            model.encoder.eval()
+            if model.encoder is not None:
+                model.encoder.eval()
             record = {"stage": "tokens", "step": step, "epoch": round(epoch, 2), "elapsed_s": round(time.monotonic() - run.t0, 1),
                       **first, **{k: round(v, 4) for k, v in running.items()},
                       **{k: m[k] for k in ("top1", "window_top1", "codes_used", "perplexity", "token_stability")}}
@@ -379,6 +384,9 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
         classes = sorted({c["action"] for c in train_clips})
         cfg = VSTConfig(classes=classes, fps=cache.index["conversion"]["fps"], **{**SIZES[tc.size], **(overrides or {})})
         cfg.aux_side = any(c.get("attributes") for c in train_clips)
+        if cfg.frontend == "pose" and not all(cache.has_skeleton(c) for c in train_clips):
+            raise DatasetError(f"{cache_dir}: the pose front end's VST trains on synthetic skeletons, and some "
+                               "training clips have none; use --size small for real videos alone")
         if cfg.pose_joints and not any(cache.has_skeleton(c) for c in train_clips):
             cfg.pose_joints, cfg.appearance = 0, True  # no 2D skeletons to teach the pose branch (e.g. NTU videos alone)
         seed_everything(tc.seed)
@@ -386,7 +394,7 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
     pose_only = bool(model.cfg.pose_joints and not model.cfg.appearance)
     if tc.skeleton_views is None:
         tc = replace(tc, skeleton_views=SKELETON_VIEWS_XVIEW if tc.protocol == "xview" and pose_only else 0)
-    if not (pose_only and model.count is not None):
+    if not (pose_only and model.count is not None) or model.cfg.frontend == "pose":  # pose: every view is joints
         tc = replace(tc, count_views=0)  # they are joints, and only the count head reads them
     if tc.skeleton_views and not pose_only:
         raise ValueError("--skeleton-views needs a VST whose feature is the joints alone: "
@@ -404,7 +412,9 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
     run = _Run(out, model, tc, device)
     done = True
     best = state["best_record"] if state else None
-    if state is None or state["stage"] == "frames":
+    if model.encoder is None:
+        state = state if state is None or state["stage"] == "tokens" else None  # nothing to train per frame
+    elif state is None or state["stage"] == "frames":
         done = _stage_frames(run, cache, train_clips, state, progress)
         state = None
     if done:

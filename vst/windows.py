@@ -12,11 +12,9 @@ import torch.nn.functional as F
 from vst.actions import action_span, window_attributes
 from vst.cache import Cache
 from vst.model import VSTConfig, joint_features
-from vst.skeleton import J, JOINT_NAMES
+from vst.joints import JOINT_NAMES, MIRROR, POSE_CHANNELS, J
 
 SIDES = ("left", "right")
-# joint index of each NTU joint's mirror image (left <-> right)
-MIRROR = [J[n.replace("left", "@").replace("right", "left").replace("@", "right")] for n in JOINT_NAMES]
 
 
 @dataclass
@@ -133,6 +131,81 @@ def skeleton_view(cache: Cache, clip: dict, cfg: VSTConfig, rng: np.random.Gener
     flipped = bool(rng.random() < a.flip)
     uv = move_points(uv, cfg.R, crop_box(cfg.R, rng, a), flipped) + rng.normal(0, noise, uv.shape).astype(np.float32)
     return torch.from_numpy(joint_features(uv)), flipped
+
+
+def pose_features(uv, visibility=None):
+    """Joints [n, 25, 2] (x, y in units of the frame height) and their visibility [n, 25] (None:
+    all 1) -> the pose front end's frame features [n, 75] (`vst.joints`), float32."""
+    uv = np.asarray(uv, np.float32)
+    vis = np.ones(uv.shape[:-1] + (1,), np.float32) if visibility is None else np.asarray(visibility, np.float32)[..., None]
+    return np.concatenate([uv, vis], -1).reshape(len(uv), -1)
+
+
+def mirror_pose(feats):
+    """Pose features [..., 75] (numpy or torch) seen in a mirror: x negated, left and right
+    joints swapped. The person normalisation inside the token engine centres x again, so -x is
+    the mirror image whatever the frame's width."""
+    x = feats.reshape(*feats.shape[:-1], len(MIRROR), POSE_CHANNELS)[..., MIRROR, :]  # a copy
+    x[..., 0] = -x[..., 0]
+    return x.reshape(feats.shape)
+
+
+# what stands in for the pose front end's error on the synthetic clips' true joints, in units of
+# the person's torso length: frame-to-frame jitter, a per-clip offset of each joint (its landmarks
+# sit elsewhere on the body than the synthetic figure's joints), occluded or out-of-view joints
+POSE_JITTER = 0.04
+POSE_OFFSET = 0.06
+POSE_OCCLUDED = 0.08  # share of joints hidden for a whole clip
+POSE_CUT = 0.15  # share of clips whose lower body is out of the view
+
+
+def pose_view(cache: Cache, clip: dict, rng: np.random.Generator | None, a: Augment, max_azimuth: float = 60.0):
+    """(features [n, 75], flipped) of a synthetic clip for the pose front end: its 3D skeleton
+    seen by its camera moved up to `max_azimuth` degrees around the room, flipped at random, with
+    the front end's error (jitter, per-joint offsets, hidden joints at low visibility). rng None:
+    the camera's own view, exactly (what evaluation and the language model's examples read).
+    None for a clip without skeletons."""
+    from vst.render import joints_seen_from
+
+    world, flat = cache.skeleton(clip, "joints_world"), cache.skeleton(clip, "joints2d")
+    if world is None or flat is None:
+        return None
+    azimuth = 0.0 if rng is None else float(rng.uniform(-max_azimuth, max_azimuth))
+    uv = joints_seen_from(clip["attributes"], world, flat, azimuth)
+    uv = uv[cache.source_index(clip, np.arange(clip["frames"]), len(uv))].astype(np.float32)
+    vis = np.ones(uv.shape[:2], np.float32)
+    flipped = False
+    if rng is not None:
+        torso = float(np.linalg.norm(uv[:, J["spine_shoulder"]] - uv[:, J["spine_base"]], axis=-1).mean()) or 0.1
+        uv = uv + rng.normal(0, POSE_OFFSET * torso, (1, uv.shape[1], 2)) + rng.normal(0, POSE_JITTER * torso, uv.shape)
+        hidden = rng.random(uv.shape[1]) < POSE_OCCLUDED
+        if rng.random() < POSE_CUT:  # the frame's lower edge cuts the legs off
+            hidden |= np.isin(np.arange(uv.shape[1]), [J[n] for n in JOINT_NAMES if n.split("_")[0] in ("knee", "ankle", "foot")])
+        vis = np.where(hidden[None], rng.uniform(0.0, 0.4, vis.shape), rng.uniform(0.8, 1.0, vis.shape)).astype(np.float32)
+        uv = uv + hidden[None, :, None] * rng.normal(0, 2 * POSE_JITTER * torso, uv.shape)
+        flipped = bool(rng.random() < a.flip)
+    feats = pose_features(uv, vis)
+    return (mirror_pose(feats) if flipped else feats), flipped
+
+
+def clip_input(cfg: VSTConfig, cache: Cache, clip: dict) -> np.ndarray:
+    """What the VST's first engine reads of a cached clip: its frames (uint8 [n, R, R, 3]), or for
+    a pose front-end VST the pose features of its camera's view [n, 75] (`pose_view`)."""
+    if cfg.frontend != "pose":
+        return cache.clip_frames(clip)
+    got = pose_view(cache, clip, None, Augment())
+    if got is None:
+        raise ValueError(f"{clip['name']}: a pose front-end VST reads skeletons, and this clip has none")
+    return got[0]
+
+
+def augmented_input(cfg: VSTConfig, cache: Cache, clip: dict, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """(input, flipped): `clip_input` through the training augmentations (frames: crop, colour,
+    flip; pose: another camera view, the front end's error, flip)."""
+    if cfg.frontend == "pose":
+        return pose_view(cache, clip, rng, Augment())
+    frames, flipped = augment_frames(cache.clip_frames(clip), rng, Augment())
+    return frames.numpy(), flipped
 
 
 def speed_indices(n: int, span: int, rng: np.random.Generator, speed: tuple[float, float]) -> np.ndarray:
@@ -258,8 +331,11 @@ def _gpu_shape(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_clip(model, frames: np.ndarray, batch_frames: int = 512) -> torch.Tensor:
-    """Every frame of a clip through the frame encoder once: [n, D] (padded to at least W frames)."""
+    """Every frame of a clip through the frame encoder once: [n, D] (padded to at least W frames).
+    A pose front-end VST's input already is its features (`clip_input`)."""
     frames = pad_to(frames, model.cfg.W)
+    if model.cfg.frontend == "pose":
+        return torch.from_numpy(np.ascontiguousarray(frames, np.float32))
     x = torch.from_numpy(np.array(frames)).to(next(model.parameters()).device)
     n = len(x)
     if x.device.type == "cuda":
@@ -297,5 +373,6 @@ def clip_windows(model, frames: np.ndarray, mirror: bool = False) -> dict:
 
     out = feature_windows(model, encode_clip(model, frames))
     if mirror:
-        out["probs"] = (out["probs"] + feature_windows(model, encode_clip(model, mirrored(frames)))["probs"]) / 2
+        seen = mirror_pose(frames) if model.cfg.frontend == "pose" else mirrored(frames)
+        out["probs"] = (out["probs"] + feature_windows(model, encode_clip(model, seen))["probs"]) / 2
     return out
