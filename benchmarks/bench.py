@@ -3,14 +3,18 @@ measured side by side in one run. Writes OUT/bench.json, OUT/bench.md and PNG pl
 (latency CDF, fps vs number of streams), every figure naming the machine and the versions.
 
   1. frame encoder   frames/s at batch 1 and 8: PyTorch eager vs ONNX Runtime (CPU, or the
-                     providers present); FLOPs per frame and the share of the CPU's measured peak
+                     providers present); FLOPs per frame and the share of the CPU's measured peak.
+                     A pose front-end bundle: the pose models' ms per frame and the whole front
+                     end's (detector, tracked landmarks) on ONNX Runtime vs LiteRT, one thread each
   2. feature caching cost per window: two engines (S new frames + the token engine) vs
                      re-encoding all W frames per window with the same encoder
   3. language model  label latency p50/p99 with and without the cached instruction prefix;
                      explanation tokens/s; prompt tokens per second of video vs LLaVA-1.5's
                      576 image tokens per frame at 1 frame/s
-  4. end to end      live 15 fps test-pattern streams through the whole pipeline (one process):
-                     the most streams kept in real time (frame drops < 1 %), latencies, CPU, RSS
+  4. end to end      live 15 fps streams through the whole pipeline (one process): test patterns,
+                     or for a pose front-end bundle a rendered person over a local RTSP server; the
+                     most streams kept in real time (frame drops < 1 %), latencies, CPU, RSS; for a
+                     pose bundle also without the language model (the ingest's own capacity)
   5. quantization    label agreement with F16 and label latency of F16 / Q8_0 / Q5_K_M / Q4_K_M
 """
 from __future__ import annotations
@@ -146,6 +150,71 @@ def bench_encoder(bundle: str, manifest: dict, seconds: float) -> dict:
     return out
 
 
+def person_frames(n: int = 30, size: int = 360, frame: tuple[int, int] = (640, 360)) -> np.ndarray:
+    """n frames of a rendered person (a held-out performer waving), centred in a 16:9 view as
+    the ingest hands them to the pose front end."""
+    from vst.ntu import ClipName
+    from vst.synth import SynthConfig, render_clip
+
+    clip = render_clip(SynthConfig(size=size, fps=15), ClipName(setup=1, camera=1, performer=3, replication=1, action=23))
+    w, h = frame
+    out = np.zeros((n, h, w, 3), np.uint8)
+    idx = (np.arange(h) * size / h).astype(int)
+    for k in range(n):
+        out[k, :, (w - h) // 2:(w - h) // 2 + h] = clip.frames[k % len(clip.frames)][idx][:, idx]
+    return out
+
+
+def bench_pose(bundle: str, manifest: dict, seconds: float) -> dict:
+    """The pose models and the whole front end (detector every `detect_every` frames, landmarks
+    on the tracked person every frame) in ms per frame, ONNX Runtime vs LiteRT, one thread each
+    (an ingest serves several streams; one core per engine call is what it has)."""
+    from edge_runtime.engines import Engines, OrtEngine
+    from edge_runtime.pose import DETECTOR_SIZE, LANDMARK_SIZE, PoseFrontEnd
+    from export.pose_assets import fetch
+    from export.tflite_onnx import LiteRTEngine
+
+    tflite = fetch()
+    onnx = {role: os.path.join(bundle, manifest["engines"][role]["file"]) for role in ("pose_detector", "pose_landmarks")}
+    variants = {
+        "onnxruntime CPU": (OrtEngine(onnx["pose_detector"], threads=1), OrtEngine(onnx["pose_landmarks"], threads=1)),
+        "LiteRT": (LiteRTEngine(tflite["detector"]), LiteRTEngine(tflite[manifest["pose"]["landmark_model"]])),
+    }
+    frames = person_frames()
+    rng = np.random.default_rng(0)
+    det_x = rng.uniform(-1, 1, (1, DETECTOR_SIZE, DETECTOR_SIZE, 3)).astype(np.float32)
+    lmk_x = {b: rng.uniform(0, 1, (b, LANDMARK_SIZE, LANDMARK_SIZE, 3)).astype(np.float32) for b in (1, 4)}
+    out = {"landmark_model": manifest["pose"]["landmark_model"], "ms": {}, "people_found": {}}
+    for name, (det, lmk) in variants.items():
+        front = PoseFrontEnd(det, lmk)
+        k = iter(range(10 ** 9))
+        found = []
+
+        def step():
+            found.append(len(front.process([("bench", frames[next(k) % len(frames)])])[0]))
+
+        out["ms"][name] = {
+            "detector": 1000 * statistics.median(timeit(lambda: det.run({"input_1": det_x}), seconds)),
+            "landmarks": 1000 * statistics.median(timeit(lambda: lmk.run({"input_1": lmk_x[1]}), seconds)),
+            "landmarks_per_person_batch4": 1000 * statistics.median(timeit(lambda: lmk.run({"input_1": lmk_x[4]}), seconds)) / 4,
+            "front_end_per_frame": 1000 * statistics.median(timeit(step, max(seconds, 2.0), min_runs=30)),
+        }
+        out["people_found"][name] = float(np.mean(found))
+    ort_ms, lite_ms = (out["ms"][n]["front_end_per_frame"] for n in variants)
+    out["ort_vs_litert_front_end"] = lite_ms / ort_ms
+    out["pytorch"] = "none: BlazePose ships as TFLite only; the ONNX conversion is the project's own (export.tflite_onnx)"
+    engines = Engines(bundle, manifest, "auto")
+    v = manifest["vst"]
+    W, S = v["W"], v["S"]
+    feats = np.random.default_rng(0).standard_normal((1, W, v["D"]), dtype=np.float32)
+    t_tok = statistics.median(timeit(lambda: engines.tokenize(feats), seconds))
+    per_frame = min(ort_ms, lite_ms) / 1000
+    out["caching"] = {"W": W, "S": S, "two_engines_ms_per_window": 1000 * (S * per_frame + t_tok),
+                      "reencode_ms_per_window": 1000 * (W * per_frame + t_tok), "token_engine_ms": 1000 * t_tok,
+                      "speedup": (W * per_frame + t_tok) / (S * per_frame + t_tok), "ideal": W / S}
+    return out
+
+
 def _windows(manifest: dict, n: int) -> list[dict]:
     """Test windows ({"tokens", "count", "head"}: the VST head's label probabilities) of the
     bundle's VST on its cache, or random windows (no head) when they are not here."""
@@ -260,40 +329,71 @@ def rss_mb() -> float:
         return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
-def bench_streams(bundle: str, counts: list[int], seconds: float) -> list[dict]:
-    """Whole pipeline in one process on N live 15 fps test-pattern streams. Frame drops are the
-    sources' own count (a live source keeps only the newest frame: a frame replaced before the
-    pipeline took it is a drop); fps per stream is measured between frames."""
+def person_video(out: str, seconds: float) -> str:
+    """An H.264 file of consecutive synthetic actions (held-out performers), at least `seconds`
+    long, rendered once into OUT."""
+    from edge_runtime.demo import render_video
+
+    path = os.path.join(out, "person.mp4")
+    if not os.path.exists(path):
+        render_video(path, actions=max(2, int(seconds / 3) + 2), seed=5, fps=15, size=256)
+    return path
+
+
+def bench_streams(bundle: str, counts: list[int], seconds: float, out: str | None = None, llm: bool = True) -> list[dict]:
+    """Whole pipeline in one process on N live 15 fps streams: test patterns, or for a pose
+    front-end bundle (which reads people) a rendered person served over a local RTSP server.
+    Frame drops are the sources' own count (a live source keeps only the newest frame: a frame
+    replaced before the pipeline took it is a drop); fps per stream is measured between frames.
+    llm=False: the ingest alone (no LLM worker), its own capacity."""
+    from edge_runtime.service import open_bundle
+    from streams.rtsp_server import RtspServer
+
+    manifest, _ = open_bundle(bundle)
+    server = None
+    if manifest["vst"].get("frontend") == "pose":
+        server = RtspServer()
+        video = person_video(out or os.path.dirname(os.path.abspath(bundle)), seconds + 5)
+        uris = [server.add_file(f"/p{i}", video) for i in range(max(counts))]
+        server.start()
+    else:
+        uris = [f"test://{['ball', 'smpte', 'snow', 'circular'][i % 4]}" for i in range(max(counts))]
+    try:
+        return [_stream_row(bundle, uris[:n], seconds, llm) for n in counts]
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _stream_row(bundle: str, uris: list[str], seconds: float, llm: bool) -> dict:
     from edge_runtime.config import load
     from edge_runtime.demo import Recorder
     from edge_runtime.service import serve
 
-    rows = []
-    for n in counts:
-        rec = Recorder()
-        cfg = load(None, {"bundle": bundle, "name": "bench",
-                          "streams": [{"id": f"s{i}", "uri": f"test://{['ball', 'smpte', 'snow', 'circular'][i % 4]}"}
-                                      for i in range(n)],
-                          "bus": {"windows": "inproc://w", "collect": "inproc://c", "results": "inproc://r"},
-                          "llm": {"threads": 1, "explain": False, "deadline_s": 2.0}, "sinks": {"console": False}})
-        rss = [rss_mb()]
-        cpu0, t0 = time.process_time(), time.monotonic()
-        stats = serve(cfg, duration_s=seconds, extra_sinks=[rec], on_tick=lambda hub, pool: rss.append(rss_mb()))
-        cpu = (time.process_time() - cpu0) / (time.monotonic() - t0)
-        streams = stats["streams"].values()
-        frames, drops = sum(s["frames"] for s in streams), sum(s["drops"] for s in streams)
-        tok = [w.capture_to_tokens_ms for w in rec.windows]
-        lab = [r.capture_to_tokens_ms + r.tokens_to_label_ms for r in rec.results]
-        rows.append({"streams": n, "seconds": seconds, "fps_per_stream": float(np.mean([s["fps"] for s in streams])),
-                     "frames": frames, "frame_drop_share": drops / max(frames + drops, 1),
-                     "capture_to_provisional_ms": {"p50": float(np.percentile(tok, 50)) if tok else None,
-                                                   "p99": float(np.percentile(tok, 99)) if tok else None},
-                     "capture_to_label_ms": {"p50": float(np.percentile(lab, 50)) if lab else None,
-                                             "p99": float(np.percentile(lab, 99)) if lab else None},
-                     "windows": len(rec.windows), "results": len(rec.results),
-                     "stale_or_superseded": sum(w.get("stale", 0) + w.get("superseded", 0) for w in stats.get("workers", {}).values()),
-                     "cpu_cores_used": cpu, "max_rss_mb": max(rss), "label_latencies_ms": lab})
-    return rows
+    rec = Recorder()
+    cfg = load(None, {"bundle": bundle, "name": "bench",
+                      "streams": [{"id": f"s{i}", "uri": uri} for i, uri in enumerate(uris)],
+                      "bus": {"windows": "inproc://w", "collect": "inproc://c", "results": "inproc://r"},
+                      "llm": {"threads": 1, "explain": False, "deadline_s": 2.0}, "sinks": {"console": False}})
+    rss = [rss_mb()]
+    cpu0, t0 = time.process_time(), time.monotonic()
+    stats = serve(cfg, workers=None if llm else 0, duration_s=seconds, extra_sinks=[rec],
+                  on_tick=lambda hub, pool: rss.append(rss_mb()))
+    cpu = (time.process_time() - cpu0) / (time.monotonic() - t0)
+    streams = stats["streams"].values()
+    frames, drops = sum(s["frames"] for s in streams), sum(s["drops"] for s in streams)
+    tok = [w.capture_to_tokens_ms for w in rec.windows]
+    lab = [r.capture_to_tokens_ms + r.tokens_to_label_ms for r in rec.results]
+    return {"streams": len(uris), "seconds": seconds, "llm": llm, "fps_per_stream": float(np.mean([s["fps"] for s in streams])),
+            "frames": frames, "frame_drop_share": drops / max(frames + drops, 1),
+            "frames_without_person": sum(s.get("frames_without_person", 0) for s in streams),
+            "capture_to_provisional_ms": {"p50": float(np.percentile(tok, 50)) if tok else None,
+                                          "p99": float(np.percentile(tok, 99)) if tok else None},
+            "capture_to_label_ms": {"p50": float(np.percentile(lab, 50)) if lab else None,
+                                    "p99": float(np.percentile(lab, 99)) if lab else None},
+            "windows": len(rec.windows), "results": len(rec.results),
+            "stale_or_superseded": sum(w.get("stale", 0) + w.get("superseded", 0) for w in stats.get("workers", {}).values()),
+            "cpu_cores_used": cpu, "max_rss_mb": max(rss), "label_latencies_ms": lab}
 
 
 def plots(result: dict, out: str) -> list[str]:
@@ -326,6 +426,10 @@ def plots(result: dict, out: str) -> list[str]:
     if rows:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r["streams"] for r in rows], [r["fps_per_stream"] for r in rows], "o-", label="decoded fps per stream")
+        alone = result.get("streams_without_llm") or []
+        if alone:
+            ax.plot([r["streams"] for r in alone], [r["fps_per_stream"] for r in alone], "s--",
+                    label="decoded fps per stream, no language model")
         ax.axhline(15 * 0.99, ls="--", c="grey", lw=1, label="real time (15 fps, 1 % drops)")
         ax.set_xlabel("concurrent streams")
         ax.set_ylabel("fps per stream")
@@ -352,8 +456,17 @@ def markdown(r: dict) -> str:
              f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; Python {m['python']}; "
              + ", ".join(f"{k} {v}" for k, v in m["versions"].items()), f"Bundle: {r['bundle']} ({r['bundle_id']})", ""]
     e = r["encoder"]
-    lines += ["## 1. Frame encoder", "", "| engine | frames/s |", "| --- | ---: |"]
-    lines += [f"| {k} | {v:,.0f} |" for k, v in e["fps"].items()]
+    if "ms" in e:  # the pose front end
+        lines += ["## 1. Pose front end (one thread per engine)", "",
+                  f"| runtime | detector ms | landmarks ({e['landmark_model']}) ms | landmarks per person at batch 4 ms | "
+                  "front end ms per frame | people found per frame |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {k} | {v['detector']:.1f} | {v['landmarks']:.1f} | {v['landmarks_per_person_batch4']:.1f} | "
+                  f"{v['front_end_per_frame']:.1f} | {e['people_found'][k]:.2f} |" for k, v in e["ms"].items()]
+        lines += ["", f"The front end on ONNX Runtime is {e['ort_vs_litert_front_end']:.2f}x LiteRT's speed (LiteRT ms / ONNX "
+                      f"Runtime ms; the detector runs on every 15th frame while a person is tracked). PyTorch: {e['pytorch']}."]
+    else:
+        lines += ["## 1. Frame encoder", "", "| engine | frames/s |", "| --- | ---: |"]
+        lines += [f"| {k} | {v:,.0f} |" for k, v in e["fps"].items()]
     if "flops_per_frame" in e:
         lines += ["", f"ONNX Runtime / PyTorch eager: {e['ort_vs_pytorch_batch1']:.2f}x at batch 1, {e['ort_vs_pytorch_batch8']:.2f}x at batch 8. "
                       f"{e['flops_per_frame'] / 1e6:.1f} MFLOPs per frame; the fastest rate uses {e['share_of_peak']:.1%} of the "
@@ -384,21 +497,33 @@ def markdown(r: dict) -> str:
                   f"{lm['prompt_tokens_per_video_second']:.1f} here vs 576 for LLaVA-1.5 image tokens at 1 frame/s "
                   f"({lm['llava15_ratio']:.0f}x fewer)."]
     if r.get("streams"):
-        lines += ["", "## 4. End to end (one process, live 15 fps test patterns)", "",
-                  "| streams | fps/stream | drops | capture->provisional p50/p99 ms | capture->label p50/p99 ms | CPU cores | RSS MB |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for s in r["streams"]:
+        what = "a rendered person over RTSP" if "streams_without_llm" in r else "test patterns"
+        lines += ["", f"## 4. End to end (one process, live 15 fps streams of {what})", "",
+                  "| streams | language model | fps/stream | drops | capture->provisional p50/p99 ms | capture->label p50/p99 ms "
+                  "| CPU cores | RSS MB |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for s in r["streams"] + r.get("streams_without_llm", []):
             cp, cl = s["capture_to_provisional_ms"], s["capture_to_label_ms"]
             fmt = lambda d: f"{d['p50']:.0f}/{d['p99']:.0f}" if d["p50"] is not None else "-"  # noqa: E731
-            lines.append(f"| {s['streams']} | {s['fps_per_stream']:.1f} | {s['frame_drop_share']:.1%} | {fmt(cp)} | {fmt(cl)} | "
+            lines.append(f"| {s['streams']} | {'yes' if s.get('llm', True) else 'no'} | {s['fps_per_stream']:.1f} | "
+                         f"{s['frame_drop_share']:.1%} | {fmt(cp)} | {fmt(cl)} | "
                          f"{s['cpu_cores_used']:.2f} | {s['max_rss_mb']:.0f} |")
         lines += ["", f"Most streams in real time (drops < 1 %): {r['max_realtime_streams']} (the largest count tried: "
                       f"{max(s['streams'] for s in r['streams'])})."]
+        if "streams_without_llm" in r:
+            ratio = r["realtime_streams_ratio"]
+            lines += ["", f"Without the language model's worker: {r['max_realtime_streams_without_llm']}; with it the ingest keeps "
+                          + (f"{ratio:.2f}x that." if ratio is not None else "- (none in real time alone).")]
     if r.get("quantization"):
         lines += ["", "## 5. Quantization", "", "| GGUF | MB | label agreement with F16 | label p50 ms |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {q} | {v['size_mb']:.0f} | {v['agreement_with_f16']:.1%} | {v['label_ms_p50']:.1f} |"
                   for q, v in r["quantization"].items()]
     return "\n".join(lines) + "\n"
+
+
+def realtime_streams(rows: list[dict]) -> int:
+    """The most streams of a run kept in real time (frame drops < 1 %)."""
+    ok = [r["streams"] for r in rows if r["frame_drop_share"] < 0.01]
+    return max(ok) if ok else 0
 
 
 def run_bench(bundle: str, out: str, quick: bool = False, progress: bool = True) -> dict:
@@ -414,13 +539,19 @@ def run_bench(bundle: str, out: str, quick: bool = False, progress: bool = True)
 
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "bundle": os.path.abspath(bundle), "bundle_id": bid, "quick": quick,
               "machine": machine()}
+    pose = manifest["vst"].get("frontend") == "pose"
     say("1/5 end to end (first, so the RSS is the runtime's own)")
-    counts = [1, 2] if quick else [1, 2, 4, 6, 8]
-    result["streams"] = bench_streams(bundle, counts, 6.0 if quick else 20.0)
-    ok = [r["streams"] for r in result["streams"] if r["frame_drop_share"] < 0.01]
-    result["max_realtime_streams"] = max(ok) if ok else 0
-    say("2-3/5 frame encoder and feature caching")
-    result["encoder"] = bench_encoder(bundle, manifest, seconds)
+    counts = ([1, 2] if quick else [1, 2, 3, 4, 5]) if pose else ([1, 2] if quick else [1, 2, 4, 6, 8])
+    duration = 6.0 if quick else 20.0
+    result["streams"] = bench_streams(bundle, counts, duration, out)
+    result["max_realtime_streams"] = realtime_streams(result["streams"])
+    if pose:  # what the language model's worker costs the ingest: the same streams without it
+        result["streams_without_llm"] = bench_streams(bundle, counts, duration, out, llm=False)
+        alone = realtime_streams(result["streams_without_llm"])
+        result["max_realtime_streams_without_llm"] = alone
+        result["realtime_streams_ratio"] = result["max_realtime_streams"] / alone if alone else None
+    say("2-3/5 " + ("pose front end" if pose else "frame encoder") + " and feature caching")
+    result["encoder"] = bench_pose(bundle, manifest, seconds) if pose else bench_encoder(bundle, manifest, seconds)
     windows = _windows(manifest, 8 if quick else 60)
     say("4/5 language model")
     result["llm"] = bench_llm(bundle, manifest, windows)

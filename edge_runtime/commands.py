@@ -155,7 +155,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
                 print(json.dumps(dataclasses.asdict(r)), flush=True)
             else:
-                print(f"{r.stream} #{r.window_seq}: {r.label} (p={r.probability:.2f}; VST {r.provisional_label} "
+                print(f"{messages.who(r)} #{r.window_seq}: {r.label} (p={r.probability:.2f}; VST {r.provisional_label} "
                       f"{r.provisional_score:.2f}) {r.explanation or ''}", flush=True)
     except KeyboardInterrupt:
         pass

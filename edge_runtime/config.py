@@ -46,6 +46,15 @@ class EngineConfig(_Model):
                                                    "per window); None: as the bundle's label pool was fitted (lvlm.head_mirror)")
 
 
+class PoseConfig(_Model):
+    detect_every: int = Field(15, ge=1, le=1000, description="pose front end: frames between person-detector runs "
+                                                             "while people are tracked (it also runs whenever nobody is)")
+    max_people: int = Field(4, ge=1, le=64, description="pose front end: people tracked per stream, each with its own windows")
+    min_detection: float = Field(0.5, gt=0, lt=1, description="pose front end: the detector's score that starts a track")
+    min_presence: float = Field(0.5, gt=0, lt=1, description="pose front end: the landmark model's presence score "
+                                                             "below which a track ends")
+
+
 class CurveConfig(_Model):
     server_secret_key: str | None = Field(None, description="ingest: its secret key file (lvlm-var keys generate)")
     authorized_keys: str | None = Field(None, description="ingest: folder of client public keys allowed to connect")
@@ -103,6 +112,7 @@ class Config(_Model):
     bundle: str = Field(description="bundle directory (lvlm-var export bundle)")
     streams: list[StreamConfig] = Field(default_factory=list, description="video sources")
     engine: EngineConfig = EngineConfig()
+    pose: PoseConfig = PoseConfig()
     bus: BusConfig = BusConfig()
     llm: LLMConfig = LLMConfig()
     sinks: SinkConfig = SinkConfig()
@@ -179,6 +189,12 @@ max_batch = 32
 max_wait_ms = 5
 # mirror = true           # the head's label from each window and its mirror image (2x the encoder's work);
                           # unset: as the bundle's label pool was fitted (lvlm.head_mirror)
+
+[pose]                    # the pose front end (bundles whose VST reads BlazePose's joints)
+detect_every = 15         # frames between person-detector runs while people are tracked
+max_people = 4            # tracks per stream, each with its own windows and results
+min_detection = 0.5
+min_presence = 0.5        # below it a track ends (the person left or is hidden)
 
 [bus]                     # inproc:// in one process; ipc:// or tcp:// between services
 windows = "ipc:///run/lvlm-var/windows"

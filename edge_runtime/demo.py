@@ -118,11 +118,13 @@ def run_demo(bundle: str, actions: int, seed: int, out: str | None, console: boo
     fps = manifest["vst"]["fps"]
     out = out or os.path.join(os.path.dirname(os.path.abspath(bundle)), "demo")
     os.makedirs(out, exist_ok=True)
-    video = os.path.join(out, f"actions-{actions}-{seed}.mp4")
+    # the pose front end reads the whole view, larger than the own encoder's R x R frames
+    size = 256 if manifest["vst"].get("frontend") == "pose" else 112
+    video = os.path.join(out, f"actions-{actions}-{seed}-{size}px.mp4")
     truth_path = video + ".json"
     if not (os.path.exists(video) and os.path.exists(truth_path)):
         print(f"[demo] rendering {actions} actions by held-out performers ...", flush=True)
-        segments = render_video(video, actions, seed, fps=fps)
+        segments = render_video(video, actions, seed, fps=fps, size=size)
         with open(truth_path, "w") as f:
             json.dump(segments, f, indent=1)
     with open(truth_path) as f:

@@ -3,8 +3,10 @@
     backend "tensorrt"     the bundle's TensorRT plans for this GPU (key: TensorRT version + compute capability)
     backend "onnxruntime"  the ONNX files with the best provider present: TensorRT, CUDA, then CPU
     backend "auto"         TensorRT plans when the bundle has them for this device, else ONNX Runtime
-The choice is logged. Both take uint8 RGB frames exactly as the streams deliver them (the
-normalisation is inside the graph) and return numpy arrays.
+The choice is logged. A bundle of the pose front end (the default) has three engines, BlazePose's
+detector and landmark model (driven by `edge_runtime.pose`) and the token engine; one of the own
+frame encoder has two. All take arrays as the streams and the ring buffers give them and return
+numpy arrays.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import os
 
 import numpy as np
 
-from export.bundle import BundleError
+from export.bundle import BundleError, engine_roles
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,15 @@ class OrtEngine:
 
 
 class Engines:
-    """encode(frames uint8 [N, R, R, 3]) -> [N, D]; tokenize(features [B, W, D]) -> {"ids", "distances",
-    "logits" and, from a VST with a repetitions head, "count"} (the token engine's outputs)."""
+    """encode(frames uint8 [N, R, R, 3]) -> [N, D] (the own frame encoder), or `pose_front_end()`
+    (the pose front end's engines); tokenize(features [B, W, D]) -> {"ids", "distances", "logits"
+    and, from a VST with a repetitions head, "count"} (the token engine's outputs)."""
 
     def __init__(self, bundle: str, manifest: dict, backend: str = "auto", threads: int = 0):
         self.manifest = manifest
         self.backend = None
+        self.roles = engine_roles(manifest)
+        self.engines: dict = {}
         if backend in ("auto", "tensorrt"):
             from export.tensorrt import device_plans
 
@@ -78,21 +83,30 @@ class Engines:
             if plans is not None:
                 from export.tensorrt import TensorRTEngine
 
-                self.encoder = TensorRTEngine(os.path.join(bundle, plans["plans"]["frame_encoder"]))
-                self.tokenizer = TensorRTEngine(os.path.join(bundle, plans["plans"]["token_engine"]))
+                self.engines = {r: TensorRTEngine(os.path.join(bundle, plans["plans"][r])) for r in self.roles}
                 self.backend = f"tensorrt {plans['tensorrt']} {plans['precision']} ({plans['gpu']})"
             elif backend == "tensorrt":
                 raise BundleError(f"{bundle}: no TensorRT plans for this machine's TensorRT and GPU; "
                                   f"build them with `lvlm-var export trt {bundle}` or use backend = \"onnxruntime\"")
         if self.backend is None:
             e = manifest["engines"]
-            self.encoder = OrtEngine(os.path.join(bundle, e["frame_encoder"]["file"]), threads)
-            self.tokenizer = OrtEngine(os.path.join(bundle, e["token_engine"]["file"]), threads)
-            self.backend = f"onnxruntime {self.encoder.providers[0]}"
+            self.engines = {r: OrtEngine(os.path.join(bundle, e[r]["file"]), threads) for r in self.roles}
+            self.backend = f"onnxruntime {self.engines['token_engine'].providers[0]}"
+        self.tokenizer = self.engines["token_engine"]
         log.info("VST engines: %s", self.backend)
 
+    @property
+    def pose(self) -> bool:
+        return "pose_landmarks" in self.engines
+
+    def pose_front_end(self, settings=None):
+        """A `PoseFrontEnd` over this bundle's pose engines (one per ingest: it holds the tracks)."""
+        from edge_runtime.pose import PoseFrontEnd, PoseSettings
+
+        return PoseFrontEnd(self.engines["pose_detector"], self.engines["pose_landmarks"], settings or PoseSettings())
+
     def encode(self, frames: np.ndarray) -> np.ndarray:
-        return self.encoder.run({"frames": np.ascontiguousarray(frames, dtype=np.uint8)})["features"]
+        return self.engines["frame_encoder"].run({"frames": np.ascontiguousarray(frames, dtype=np.uint8)})["features"]
 
     def tokenize(self, feats: np.ndarray) -> dict[str, np.ndarray]:
         return self.tokenizer.run({"features": np.ascontiguousarray(feats, dtype=np.float32)})

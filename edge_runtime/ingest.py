@@ -1,6 +1,8 @@
-"""The ingest service: streams -> FrameEncoder (batched across streams) -> per-stream feature ring
--> TokenEngine every S frames -> TokenWindow on the bus; results from the LLM workers come back
-through the hub, are published (topic = stream id) and go to the sinks.
+"""The ingest service: streams -> frame features (batched across streams) -> a feature ring per
+person track (the pose front end: one track per person, `edge_runtime.pose`; the own frame
+encoder: one for the whole view) -> TokenEngine every S frames of a track -> TokenWindow on the
+bus; results from the LLM workers come back through the hub, are published (topic = stream id)
+and go to the sinks.
 
 Threads: one reader per source (frames into a bounded queue: live sources already keep only
 the newest frame, files block here so they lose none), one engine thread (batches frames, owns
@@ -34,18 +36,28 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class TrackState:
+    """One person's (or, without the pose front end, the whole view's) last W frame features."""
+
+    id: int | None
+    ring: collections.deque
+    capture: collections.deque
+    mirror_ring: collections.deque | None = None  # the mirror images' features (engine.mirror)
+    frames: int = 0
+    windows: int = 0
+
+
+@dataclass
 class StreamState:
     id: str
     source: Source
-    ring: collections.deque
     frames: int = 0  # frames encoded
     windows: int = 0
     fps: float = 0.0
     last_ns: int = 0
-    capture: collections.deque = field(default_factory=lambda: collections.deque())
     ended: bool = False
     error: str | None = None
-    mirror_ring: collections.deque | None = None  # the mirror images' features (engine.mirror)
+    tracks: dict = field(default_factory=dict)  # track id (None: the whole view) -> TrackState
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -82,12 +94,20 @@ class Ingest:
         self.counters = {"bad_messages": 0, "results": 0}
         self.threads: list[threading.Thread] = []
         self.frames_flowing = threading.Event()  # set whenever frames arrive: the watchdog pings only then
-        conversion = Conversion(width=self.R, height=self.R, fps=self.fps)
+        self.pose = None
+        if self.engines.pose:  # the whole view, letterboxed, at the size the bundle names
+            from edge_runtime.pose import PoseSettings
+
+            p = cfg.pose
+            self.pose = self.engines.pose_front_end(PoseSettings(detect_every=p.detect_every, max_people=p.max_people,
+                                                                 min_detection=p.min_detection, min_presence=p.min_presence))
+            width, height = manifest["pose"]["frame"]
+            conversion = Conversion(width=width, height=height, fps=self.fps, crop=False)
+        else:
+            conversion = Conversion(width=self.R, height=self.R, fps=self.fps)
         for s in cfg.streams:
             src = Source(s.uri, conversion, stream_id=s.id, realtime=s.realtime, max_reconnects=s.max_reconnects)
-            self.streams[s.id] = StreamState(s.id, src, collections.deque(maxlen=self.W),
-                                             capture=collections.deque(maxlen=self.W),
-                                             mirror_ring=collections.deque(maxlen=self.W) if self.mirror else None)
+            self.streams[s.id] = StreamState(s.id, src)
 
     # ---- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "Ingest":
@@ -157,6 +177,9 @@ class Ingest:
                 except queue.Empty:
                     break
             self.frames_flowing.set()
+            if self.pose is not None:
+                self._pose_batch(batch)
+                continue
             try:
                 rgb = np.stack([f.rgb for f in batch])
                 feats = self.engines.encode(rgb)
@@ -165,36 +188,75 @@ class Ingest:
                 log.error("frame encoder failed on a batch of %d: %s", len(batch), exc)
                 continue
             for frame, feat, mirror_feat in zip(batch, feats, mirror):
-                self._add(self.streams[frame.stream_id], frame, feat, mirror_feat)
+                st = self.streams[frame.stream_id]
+                self._frame(st, frame)
+                self._add(st, self._track(st, None), frame, feat, mirror_feat)
 
-    def _add(self, st: StreamState, frame, feat: np.ndarray, mirror_feat: np.ndarray | None = None) -> None:
-        st.ring.append(feat)
-        if st.mirror_ring is not None:
-            st.mirror_ring.append(mirror_feat)
-        st.capture.append(frame.capture_wall_ns)
+    def _pose_batch(self, batch: list) -> None:
+        """Frames through the pose front end, one frame per stream per call (a stream's next frame
+        is tracked from this one's landmarks); each person's feature goes to their track."""
+        from vst.joints import mirror_pose
+
+        rounds: list[list] = []
+        for frame in batch:
+            slot = next((r for r in rounds if all(f.stream_id != frame.stream_id for f in r)), None)
+            if slot is None:
+                rounds.append(slot := [])
+            slot.append(frame)
+        for frames in rounds:
+            try:
+                people = self.pose.process([(f.stream_id, f.rgb) for f in frames])
+            except Exception as exc:  # noqa: BLE001 - an engine failure on one batch must not end the service
+                log.error("pose front end failed on a batch of %d: %s", len(frames), exc)
+                continue
+            for frame, persons in zip(frames, people):
+                st = self.streams[frame.stream_id]
+                self._frame(st, frame)
+                alive = self.pose.alive(frame.stream_id)
+                for gone in [t for t in st.tracks if t not in alive]:  # a person who left ends their track
+                    del st.tracks[gone]
+                for p in persons:
+                    self._add(st, self._track(st, p.track), frame, p.feature,
+                              mirror_pose(p.feature) if self.mirror else None)
+
+    def _track(self, st: StreamState, track: int | None) -> TrackState:
+        if track not in st.tracks:
+            st.tracks[track] = TrackState(track, collections.deque(maxlen=self.W), collections.deque(maxlen=self.W),
+                                          collections.deque(maxlen=self.W) if self.mirror else None)
+        return st.tracks[track]
+
+    def _frame(self, st: StreamState, frame) -> None:
         st.frames += 1
         if st.last_ns:
             dt = (frame.capture_wall_ns - st.last_ns) / 1e9
             if dt > 0:
                 st.fps = 0.9 * st.fps + 0.1 / dt if st.fps else 1 / dt
         st.last_ns = frame.capture_wall_ns
-        if st.frames >= self.W and (st.frames - self.W) % self.S == 0:
-            self._window(st)
 
-    def _window(self, st: StreamState) -> None:
-        out = self.engines.tokenize(np.stack(st.ring)[None])
+    def _add(self, st: StreamState, tr: TrackState, frame, feat: np.ndarray, mirror_feat: np.ndarray | None = None) -> None:
+        tr.ring.append(feat)
+        if tr.mirror_ring is not None:
+            tr.mirror_ring.append(mirror_feat)
+        tr.capture.append(frame.capture_wall_ns)
+        tr.frames += 1
+        if tr.frames >= self.W and (tr.frames - self.W) % self.S == 0:
+            self._window(st, tr)
+
+    def _window(self, st: StreamState, tr: TrackState) -> None:
+        out = self.engines.tokenize(np.stack(tr.ring)[None])
         p = softmax(np.asarray(out["logits"][0], np.float64))
-        if st.mirror_ring is not None:  # the label from the window and its mirror image; tokens and count its own
-            p = (p + softmax(np.asarray(self.engines.tokenize(np.stack(st.mirror_ring)[None])["logits"][0], np.float64))) / 2
+        if tr.mirror_ring is not None:  # the label from the window and its mirror image; tokens and count its own
+            p = (p + softmax(np.asarray(self.engines.tokenize(np.stack(tr.mirror_ring)[None])["logits"][0], np.float64))) / 2
         head = int(p.argmax())
         now = time.time_ns()
-        w = TokenWindow(stream=st.id, window_seq=st.windows, t_start_ns=st.capture[0], t_end_ns=st.capture[-1],
+        w = TokenWindow(stream=st.id, window_seq=st.windows, t_start_ns=tr.capture[0], t_end_ns=tr.capture[-1],
                         tokens=tuple(int(x) for x in out["ids"][0]), distances=tuple(float(x) for x in out["distances"][0]),
                         count=int(out["count"][0]) if "count" in out else None,
                         provisional_label=self.labels[head], provisional_score=float(p[head]),
                         provisional_probs=tuple(float(x) for x in p),
-                        capture_to_tokens_ms=(now - st.capture[-1]) / 1e6, sent_ns=now, bundle=self.bundle_id)
+                        capture_to_tokens_ms=(now - tr.capture[-1]) / 1e6, sent_ns=now, bundle=self.bundle_id, track=tr.id)
         st.windows += 1
+        tr.windows += 1
         self.hub.send_window(messages.encode(w))
         self.sink.window(w)
 
@@ -234,6 +296,10 @@ class Ingest:
             snap = st.source.stats()
             out[sid] = {"state": snap.state.value, "frames": st.frames, "windows": st.windows, "fps": round(st.fps, 2),
                         "drops": snap.drops, "reconnects": snap.reconnects, "error": st.error or snap.last_error}
+            if self.pose is not None:
+                tracks = self.pose.stream(sid)
+                out[sid].update(people=len(tracks.tracks), tracks_started=tracks.started, tracks_ended=tracks.ended,
+                                frames_without_person=tracks.frames_without_person)
         return out
 
     def healthy(self) -> tuple[bool, str]:

@@ -34,6 +34,7 @@ class TokenWindow:
     bundle: str  # bundle id
     count: int | None = None  # repetitions the VST's head counts in the window (a VST without the head: None)
     provisional_probs: tuple[float, ...] | None = None  # the head's probability of every label, in the bundle's order
+    track: int | None = None  # the person's track in the stream (pose front end); None: the whole view
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class ActionResult:
     bundle: str
     worker: str = ""
     count: int | None = None  # the window's count token, where the bundle's language model reads one
+    track: int | None = None  # the person's track in the stream, as in the window
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,11 @@ class Health:
 KINDS = {"window": TokenWindow, "result": ActionResult, "health": Health}
 KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 _TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,)}
+
+
+def who(msg) -> str:
+    """A window's or result's stream and, with the pose front end, its person: "door", "door/2"."""
+    return msg.stream if msg.track is None else f"{msg.stream}/{msg.track}"
 
 
 def encode(msg) -> bytes:

@@ -27,6 +27,7 @@ from vst.joints import BLAZEPOSE_TO_NTU
 DETECTOR_SIZE = 224
 LANDMARK_SIZE = 256
 LANDMARKS = 33  # the body's; the model gives 39, the last six for regions of interest
+FACE = 11  # landmarks 0-10: nose, eyes, ears, mouth
 
 
 def ssd_anchors() -> np.ndarray:
@@ -80,21 +81,19 @@ def warp(rgb: np.ndarray, region: Region, size: int) -> np.ndarray:
     """The region of an RGB frame [H, W, 3] resampled (bilinear) to float32 [size, size, 3] in
     [0, 1]; outside the frame is black."""
     h, w = rgb.shape[:2]
+    padded = np.zeros((h + 2, w + 2, 3), np.uint8)  # a black border: points outside sample it
+    padded[1:-1, 1:-1] = rgb
     t = ((np.arange(size, dtype=np.float32) + 0.5) / size - 0.5) * region.size
     c, s = math.cos(region.angle), math.sin(region.angle)
-    x = region.cx + t[None, :] * c - t[:, None] * s - 0.5
-    y = region.cy + t[None, :] * s + t[:, None] * c - 0.5
-    x0, y0 = np.floor(x).astype(np.int32), np.floor(y).astype(np.int32)
-    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    flat = rgb.reshape(-1, 3)
-    out = np.zeros((size, size, 3), np.float32)
-    for dy_, wy in ((0, 1 - fy), (1, fy)):
-        for dx_, wx in ((0, 1 - fx), (1, fx)):
-            xi, yi = x0 + dx_, y0 + dy_
-            ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-            px = flat[np.where(ok, yi * w + xi, 0)].astype(np.float32)
-            out += px * (wx * wy * ok[..., None])
-    return out * (1.0 / 255.0)
+    x = np.clip(region.cx + 0.5 + t[None, :] * c - t[:, None] * s, 0, w + 0.999)
+    y = np.clip(region.cy + 0.5 + t[None, :] * s + t[:, None] * c, 0, h + 0.999)
+    x0, y0 = x.astype(np.int32), y.astype(np.int32)
+    fx, fy = (x - x0.astype(np.float32))[..., None], (y - y0.astype(np.float32))[..., None]
+    flat = padded.reshape(-1, 3)
+    i = y0 * (w + 2) + x0
+    top = flat[i] * (1 - fx) + flat[i + 1] * fx
+    bottom = flat[i + w + 2] * (1 - fx) + flat[i + w + 3] * fx
+    return (top + (bottom - top) * fy) * np.float32(1 / 255)
 
 
 def unproject(points: np.ndarray, region: Region, size: int) -> np.ndarray:
@@ -114,7 +113,7 @@ def letterbox_region(h: int, w: int) -> Region:
 def decode_detections(boxes: np.ndarray, scores: np.ndarray, min_score: float, nms: float) -> list[dict]:
     """The detector's raw outputs for one frame ([2254, 12], [2254, 1]) -> people (score,
     box and keypoints in the 224 px input, normalised to [0, 1]) after weighted NMS."""
-    s = 1 / (1 + np.exp(-np.clip(scores[:, 0], -100, 100)))
+    s = 1 / (1 + np.exp(-np.clip(scores[:, 0], -80, 80)))  # exp(80) still fits a float32
     keep = np.nonzero(s >= min_score)[0]
     if not len(keep):
         return []
@@ -162,7 +161,27 @@ class Person:
 class Track:
     id: int
     region: Region
+    face: tuple[float, float, float, float]  # the face's box in pixels: the detector's, then the landmarks'
+    body: tuple[float, float, float, float] | None = None  # the landmarks' box, once tracked
     age: int = 0  # frames tracked
+
+
+def _same_face(a: tuple, b: tuple) -> bool:
+    """Two face boxes of one person: centres closer than half the larger face. (The crop regions
+    are no test: two people shoulder to shoulder have regions that overlap by half.)"""
+    size = max(a[2] - a[0], a[3] - a[1], b[2] - b[0], b[3] - b[1])
+    return math.hypot((a[0] + a[2] - b[0] - b[2]) / 2, (a[1] + a[3] - b[1] - b[3]) / 2) < size / 2
+
+
+def _inside(point: tuple[float, float], box: tuple[float, float, float, float], margin: float = 0.25) -> bool:
+    """The point lies in the box grown by `margin` of its larger side on every edge."""
+    m = margin * max(box[2] - box[0], box[3] - box[1])
+    return box[0] - m <= point[0] <= box[2] + m and box[1] - m <= point[1] <= box[3] + m
+
+
+def _box(points: np.ndarray) -> tuple[float, float, float, float]:
+    lo, hi = points.min(0), points.max(0)
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
 
 @dataclass
@@ -170,6 +189,7 @@ class StreamTracks:
     """The tracks of one stream, and its counters."""
 
     tracks: list[Track] = field(default_factory=list)
+    lost: list[tuple[Track, int]] = field(default_factory=list)  # tracks out of sight, and for how many frames
     next_id: int = 0
     since_detect: int = 0
     started: int = 0
@@ -184,7 +204,8 @@ class PoseSettings:
     min_detection: float = 0.5  # detector score
     min_presence: float = 0.5  # landmark model's presence score: below it the track ends
     nms: float = 0.3
-    same_person: float = 0.4  # IoU of two regions above which they are one person
+    same_person: float = 0.6  # IoU of two tracks' bodies above which they converged on one person
+    keep_lost: int = 15  # frames a track out of sight is kept: a person found again where it was lost is that track
 
 
 class PoseFrontEnd:
@@ -202,7 +223,13 @@ class PoseFrontEnd:
     def end_stream(self, stream_id: str) -> None:
         st = self.streams.pop(stream_id, None)
         if st is not None:
-            st.ended += len(st.tracks)
+            st.ended += len(st.tracks) + len(st.lost)
+
+    def alive(self, stream_id: str) -> set[int]:
+        """The ids of a stream's tracks, those in sight and those lost a moment ago (their windows
+        go on when they are found again)."""
+        st = self.stream(stream_id)
+        return {t.id for t in st.tracks} | {t.id for t, _ in st.lost}
 
     def process(self, frames: list[tuple[str, np.ndarray]]) -> list[list[Person]]:
         """(stream id, RGB uint8 [H, W, 3]) per frame, each stream at most once (a stream's next
@@ -211,6 +238,10 @@ class PoseFrontEnd:
             raise ValueError("PoseFrontEnd.process: one frame per stream per call")
         cfg = self.settings
         states = [self.stream(sid) for sid, _ in frames]
+        for st in states:  # a track lost for longer than keep_lost has ended
+            kept = [(t, n + 1) for t, n in st.lost if n < cfg.keep_lost]
+            st.ended += len(st.lost) - len(kept)
+            st.lost = kept
         detect = [i for i, st in enumerate(states) if not st.tracks or st.since_detect >= cfg.detect_every]
         if detect:
             batch = np.stack([warp(frames[i][1], letterbox_region(*frames[i][1].shape[:2]), DETECTOR_SIZE)
@@ -233,7 +264,7 @@ class PoseFrontEnd:
                                          frames[i][1].shape[0])
                 if person is None:
                     states[i].tracks.remove(track)
-                    states[i].ended += 1
+                    states[i].lost.append((track, 0))
                 else:
                     people[i].append(person)
         for i, st in enumerate(states):
@@ -249,10 +280,17 @@ class PoseFrontEnd:
         pad = np.array([(side - w) / 2, (side - h) / 2])
         for det in decode_detections(boxes, scores, cfg.min_detection, cfg.nms):
             kp = det["keypoints"] * side - pad  # the letterboxed input's units -> the frame's pixels
-            region = aligned_region(kp[0], kp[1])
-            if len(st.tracks) >= cfg.max_people or any(iou(region.box(), t.region.box()) > cfg.same_person for t in st.tracks):
+            face = tuple(float(x) for x in (det["box"].reshape(2, 2) * side - pad).reshape(-1))
+            if len(st.tracks) >= cfg.max_people or any(_same_face(face, t.face) for t in st.tracks):
                 continue
-            st.tracks.append(Track(st.next_id, region))
+            centre = ((face[0] + face[2]) / 2, (face[1] + face[3]) / 2)
+            found = next((t for t, _ in st.lost if t.body and _inside(centre, t.body)), None)
+            if found is not None:  # the same person, back where they were lost (a fall, a turn, a moment hidden)
+                st.lost = [(t, n) for t, n in st.lost if t is not found]
+                found.region, found.face = aligned_region(kp[0], kp[1]), face
+                st.tracks.append(found)
+                continue
+            st.tracks.append(Track(st.next_id, aligned_region(kp[0], kp[1]), face))
             st.next_id += 1
             st.started += 1
 
@@ -263,6 +301,7 @@ class PoseFrontEnd:
         pts = unproject(lm[:, :2], track.region, LANDMARK_SIZE)
         vis = 1 / (1 + np.exp(-lm[:LANDMARKS, 3]))
         track.region = aligned_region(pts[33], pts[34])
+        track.face, track.body = _box(pts[:FACE]), _box(pts[:LANDMARKS][vis > 0.5] if (vis > 0.5).sum() > 1 else pts[:LANDMARKS])
         track.age += 1
         joints, jvis = ntu_joints(pts[:LANDMARKS], vis)
         feature = np.concatenate([joints / frame_height, jvis[:, None]], 1).reshape(-1).astype(np.float32)
@@ -272,7 +311,29 @@ class PoseFrontEnd:
         """Two tracks that converged on one person: the younger one ends."""
         for a in sorted(st.tracks, key=lambda t: t.id):
             for b in [t for t in st.tracks if t.id > a.id]:
-                if a in st.tracks and b in st.tracks and iou(a.region.box(), b.region.box()) > self.settings.same_person:
+                if a in st.tracks and b in st.tracks and a.body and b.body and iou(a.body, b.body) > self.settings.same_person:
                     st.tracks.remove(b)
                     st.ended += 1
                     people[:] = [p for p in people if p.track != b.id]
+
+
+def clip_features(front: PoseFrontEnd, frames, stream: str = "clip") -> np.ndarray | None:
+    """A recorded clip's RGB frames through the front end, offline: the VST features [n, 75] of
+    its main person (the track seen in most frames); where they are not seen a frame holds their
+    last feature (before they are first seen, their first). None when nobody is seen."""
+    seen: list[dict[int, np.ndarray]] = []
+    for rgb in frames:
+        seen.append({p.track: p.feature for p in front.process([(stream, rgb)])[0]})
+    front.end_stream(stream)
+    counts: dict[int, int] = {}
+    for people in seen:
+        for t in people:
+            counts[t] = counts.get(t, 0) + 1
+    if not counts:
+        return None
+    main = max(counts, key=counts.get)
+    feats = [people.get(main) for people in seen]
+    last = next(f for f in feats if f is not None)
+    for i, f in enumerate(feats):
+        feats[i] = last = f if f is not None else last
+    return np.stack(feats)

@@ -140,7 +140,8 @@ def serve(cfg: Config, ingest: bool = True, workers: int | None = None, until_do
                 stats = hub.stats()
                 if metrics is not None:
                     for sid, s in stats.items():
-                        metrics.stream(sid, s["fps"], s["frames"], s["drops"], s["reconnects"])
+                        metrics.stream(sid, s["fps"], s["frames"], s["drops"], s["reconnects"],
+                                       s if "people" in s else None)
                     metrics.llm_dropped.labels("no_worker").set(hub.hub.counters["windows_dropped_no_worker"])
                     metrics.bad_messages.set(hub.counters["bad_messages"])
                 notifier.status(", ".join(f"{sid} {s['state']} {s['fps']:.1f} fps" for sid, s in stats.items()))

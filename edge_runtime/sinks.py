@@ -16,7 +16,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from edge_runtime.config import AlertRule, SinkConfig
-from edge_runtime.messages import ActionResult, TokenWindow
+from edge_runtime.messages import ActionResult, TokenWindow, who
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,17 @@ class Console(Sink):
 
     def window(self, w: TokenWindow) -> None:
         with self._lock:
-            self.rows.setdefault(w.stream, {}).update(provisional=f"{w.provisional_label} ({w.provisional_score:.2f})")
+            self.rows.setdefault(who(w), {"stream": w.stream}).update(provisional=f"{w.provisional_label} ({w.provisional_score:.2f})")
             self._draw()
 
     def result(self, r: ActionResult) -> None:
         with self._lock:
-            row = self.rows.setdefault(r.stream, {})
+            row = self.rows.setdefault(who(r), {"stream": r.stream})
             row.update(label=r.label, probability=r.probability, latency=r.capture_to_tokens_ms + r.tokens_to_label_ms)
             if r.explanation:
                 row["explanation"] = r.explanation
             if not self.tty:
-                print(f"{r.stream} #{r.window_seq}: {r.label} (p={r.probability:.2f}, VST {r.provisional_label}) "
+                print(f"{who(r)} #{r.window_seq}: {r.label} (p={r.probability:.2f}, VST {r.provisional_label}) "
                       f"{r.explanation or ''} [{row['latency']:.0f} ms]", file=self.out, flush=True)
             self._draw(force=True)
 
@@ -65,7 +65,7 @@ class Console(Sink):
         self._last = time.monotonic()
         lines = [f"{'stream':<12} {'fps':>5} {'provisional (VST)':<28} {'label (LLM)':<28} {'p':>5} {'ms':>6}  explanation"]
         for sid, row in sorted(self.rows.items()):
-            fps = self.fps(sid)
+            fps = self.fps(row["stream"])
             lines.append(f"{sid[:12]:<12} {fps if fps is None else f'{fps:.1f}'!s:>5} {row.get('provisional', '')[:28]:<28} "
                          f"{row.get('label', '')[:28]:<28} {row.get('probability', 0):>5.2f} {row.get('latency', 0):>6.0f}  "
                          f"{row.get('explanation', '')[:70]}")
@@ -125,7 +125,7 @@ class Alerts(Sink):
 
     def result(self, r: ActionResult) -> None:
         for i, rule in enumerate(self.rules):
-            key = (i, r.stream)
+            key = (i, who(r))  # per person where the pose front end tracks people
             hit = (not rule.labels or r.label in rule.labels) and r.probability >= rule.min_probability
             if not hit:
                 self.since.pop(key, None)
@@ -136,12 +136,12 @@ class Alerts(Sink):
                 first = r.t_end_ns
             if (r.t_end_ns - first) / 1e9 < rule.min_duration_s:
                 continue
-            fired = (i, r.stream, r.label)
+            fired = (i, who(r), r.label)
             now = time.monotonic()
             if now - self.last_fired.get(fired, -1e18) < rule.cooldown_s:
                 continue
             self.last_fired[fired] = now
-            body = {"stream": r.stream, "label": r.label, "probability": r.probability, "explanation": r.explanation,
+            body = {"stream": r.stream, "track": r.track, "label": r.label, "probability": r.probability, "explanation": r.explanation,
                     "window_seq": r.window_seq, "t_end_ns": r.t_end_ns, "bundle": r.bundle}
             try:
                 self.queue.put_nowait((rule, body))
@@ -191,6 +191,11 @@ class Metrics(Sink):
         self.frames = Gauge("lvlm_var_stream_frames", "frames decoded", ["stream"], registry=r)
         self.drops = Gauge("lvlm_var_stream_frame_drops", "frames dropped by the source's buffer policy", ["stream"], registry=r)
         self.reconnects = Gauge("lvlm_var_stream_reconnects", "source reconnects", ["stream"], registry=r)
+        self.people = Gauge("lvlm_var_stream_people", "people tracked now (pose front end)", ["stream"], registry=r)
+        self.tracks = Gauge("lvlm_var_stream_tracks", "person tracks started and ended (pose front end)",
+                            ["stream", "event"], registry=r)
+        self.no_person = Gauge("lvlm_var_stream_frames_without_person", "frames with nobody in view (pose front end)",
+                               ["stream"], registry=r)
         self.windows = Counter("lvlm_var_windows", "token windows produced", ["stream"], registry=r)
         self.results = Counter("lvlm_var_results", "LLM results received", ["stream"], registry=r)
         buckets = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -244,11 +249,18 @@ class Metrics(Sink):
         if r.tokens_to_explanation_ms is not None:
             self.lat_expl.observe(r.tokens_to_explanation_ms)
 
-    def stream(self, sid: str, fps: float, frames: int, drops: int, reconnects: int) -> None:
+    def stream(self, sid: str, fps: float, frames: int, drops: int, reconnects: int, people: dict | None = None) -> None:
+        """people: the pose front end's counters of the stream (people, tracks_started,
+        tracks_ended, frames_without_person), where the bundle has one."""
         self.fps.labels(sid).set(fps)
         self.frames.labels(sid).set(frames)
         self.drops.labels(sid).set(drops)
         self.reconnects.labels(sid).set(reconnects)
+        if people:
+            self.people.labels(sid).set(people["people"])
+            self.tracks.labels(sid, "started").set(people["tracks_started"])
+            self.tracks.labels(sid, "ended").set(people["tracks_ended"])
+            self.no_person.labels(sid).set(people["frames_without_person"])
 
     def alerts(self, sent: int, failed: int, dropped: int) -> None:
         for k, v in (("sent", sent), ("failed", failed), ("dropped", dropped)):

@@ -50,8 +50,8 @@ class LLMWorker:
         self.cfg, self.bundle, self.manifest, self.bundle_id, self.stop = cfg, bundle, manifest, bundle_id, stop
         self.context = context or zmq.Context.instance()
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        self.slots: dict[str, TokenWindow] = {}
-        self.order: list[str] = []  # round-robin order of streams seen
+        self.slots: dict[tuple, TokenWindow] = {}  # (stream, track) -> its newest window
+        self.order: list[tuple] = []  # round-robin order of the (stream, track) pairs seen
         self.turn = 0
         self.cond = threading.Condition()
         self.counters = {"received": 0, "read": 0, "stale": 0, "superseded": 0, "bad_messages": 0, "failed": 0}
@@ -99,12 +99,12 @@ class LLMWorker:
                     continue
                 with self.cond:
                     self.counters["received"] += 1
-                    if w.stream in self.slots:
+                    key = (w.stream, w.track)
+                    if key in self.slots:
                         self.counters["superseded"] += 1
-                    else:
-                        if w.stream not in self.order:
-                            self.order.append(w.stream)
-                    self.slots[w.stream] = w
+                    elif key not in self.order:
+                        self.order.append(key)
+                    self.slots[key] = w
                     self.cond.notify()
         finally:
             s.close(0)
@@ -115,6 +115,8 @@ class LLMWorker:
                 self.cond.wait(0.1)
             if self.stop.is_set():
                 return None
+            if len(self.order) > 256:  # tracks come and go: forget those without a window waiting
+                self.order, self.turn = [k for k in self.order if k in self.slots], 0
             for i in range(len(self.order)):
                 sid = self.order[(self.turn + i) % len(self.order)]
                 if sid in self.slots:
@@ -175,7 +177,7 @@ class LLMWorker:
                     probability=r.probability, explanation=r.explanation, capture_to_tokens_ms=w.capture_to_tokens_ms,
                     tokens_to_label_ms=since_tokens_ms - (r.explanation_s or 0) * 1000,
                     tokens_to_explanation_ms=since_tokens_ms if r.explanation_s is not None else None,
-                    bundle=self.bundle_id, worker=self.name, count=w.count if reader.counts else None)
+                    bundle=self.bundle_id, worker=self.name, count=w.count if reader.counts else None, track=w.track)
                 self.counters["read"] += 1
                 try:
                     out.send(messages.encode(res), zmq.NOBLOCK)

@@ -2,11 +2,15 @@
 
     manifest.json         format version, labels, VST geometry, prompt/token layout, quantization,
                           sha256 + size of every file, tool versions, parity results, TensorRT plans
-    frame_encoder.onnx    \\  the VST's two engines (export.onnx_engines); the frame encoder also
-    token_engine.onnx     /  as frame_encoder.fp16.onnx for TensorRT 11's strongly typed FP16
+    pose_detector.onnx    \\  the pose front end (a VST of frontend "pose", the default): BlazePose's
+    pose_landmarks.onnx   /  detector and landmark model (export.pose_assets, edge_runtime.pose)
+    frame_encoder.onnx    \\  or the own frame encoder (frontend "cnn"), also as
+                          /  frame_encoder.fp16.onnx for TensorRT 11's strongly typed FP16
+    token_engine.onnx     the VST's temporal half (export.onnx_engines)
     lvlm-<QUANT>.gguf     the merged, quantized language model (export.gguf_export)
     glossary.json         what every action token stands for (vst.glossary)
     calibration.npy       uint8 frames [N, R, R, 3] from training clips, for TensorRT INT8 calibration
+                          of the own frame encoder (frontend "cnn" only)
 
 `check_bundle` verifies a bundle before anything loads it: every file present with its recorded
 size and hash, the ONNX inputs and the GGUF vocabulary agreeing with the manifest, versions that
@@ -30,6 +34,14 @@ from lvlm.base import sha256_file
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ENGINES = ("frame_encoder", "token_engine")
+POSE_ENGINES = ("pose_detector", "pose_landmarks", "token_engine")
+POSE_INPUTS = {"pose_detector": 224, "pose_landmarks": 256}  # square RGB, float
+POSE_FRAME = (640, 360)  # what the streams deliver to the pose front end: the whole view, letterboxed
+
+
+def engine_roles(manifest: dict) -> tuple[str, ...]:
+    """The engines a bundle runs, in order: the pose front end's or the own frame encoder, then the token engine."""
+    return POSE_ENGINES if manifest["vst"].get("frontend") == "pose" else ENGINES
 
 
 class BundleError(RuntimeError):
@@ -54,7 +66,7 @@ def _log(progress: bool, msg: str) -> None:
 
 def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data: str | None = None,
                  protocol: str | None = None, parity_windows: int = 100, calibration_clips: int = 8,
-                 progress: bool = True) -> dict:
+                 landmarks: str = "full", progress: bool = True) -> dict:
     import torch
 
     from export.gguf_export import label_agreement, logit_parity, quantize, write_gguf
@@ -65,6 +77,7 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     from vst.evaluate import check_cache
     from vst.model import load_checkpoint
     from vst.train import training_cache
+    from vst.windows import clip_input
 
     if quant not in QUANTS:
         raise ExportError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANTS)}")
@@ -97,7 +110,20 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     t0 = time.monotonic()
     paths = export_engines(model, out)
     test_clips = spread(cache.split("test", protocol), 24)
-    onnx = onnx_parity(model, paths, [cache.clip_frames(c) for c in test_clips])
+    onnx = onnx_parity(model, paths, [clip_input(cfg, cache, c) for c in test_clips])
+    pose = None
+    if cfg.frontend == "pose":
+        from export.pose_assets import PACKAGE, VERSION, fetch, onnx_models, pose_parity
+
+        models = onnx_models(landmarks)
+        for role, key in (("pose_detector", "detector"), ("pose_landmarks", "landmarks")):
+            shutil.copyfile(models[key], os.path.join(out, f"{role}.onnx"))
+        tflite = fetch()
+        frames = np.stack([cache.clip_frames(c)[0] for c in test_clips])
+        pose = {"package": f"{PACKAGE}@{VERSION}", "landmark_model": landmarks, "frame": list(POSE_FRAME),
+                "parity": pose_parity({"detector": tflite["detector"], "landmarks": tflite[landmarks]}, models, frames)}
+        _log(progress, f"pose models ({landmarks}): landmark error vs LiteRT {pose['parity']['landmark_max_px']:.4f} px, "
+                       f"detections equal: {pose['parity']['detections_equal']}")
     onnx["seconds"] = round(time.monotonic() - t0, 1)
     _log(progress, f"ONNX engines: max |feature error| {onnx['max_abs_feature_error']:.2e}, token agreement "
                    f"{onnx['token_agreement']:.2%}, head label agreement {onnx['label_agreement']:.2%}"
@@ -106,10 +132,11 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     shutil.copyfile(os.path.join(vst_run, "glossary.json"), os.path.join(out, "glossary.json"))
     rng = np.random.default_rng(0)
     frames = []
-    for clip in spread(cache.split("train", protocol), calibration_clips):
-        f = cache.clip_frames(clip)
-        frames.append(f[np.sort(rng.choice(len(f), min(16, len(f)), replace=False))])
-    np.save(os.path.join(out, "calibration.npy"), np.concatenate(frames))
+    if cfg.frontend == "cnn":
+        for clip in spread(cache.split("train", protocol), calibration_clips):
+            f = cache.clip_frames(clip)
+            frames.append(f[np.sort(rng.choice(len(f), min(16, len(f)), replace=False))])
+        np.save(os.path.join(out, "calibration.npy"), np.concatenate(frames))
 
     # 2. language model
     t0 = time.monotonic()
@@ -137,18 +164,26 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
                    f"{logits['positions']} positions ({logits['top1_agreement_outside_ties']:.2%} outside near-ties); label agreement {quant} vs transformers {labels['label_agreement']:.2%} "
                    f"on {labels['windows']} test windows")
 
-    files = ["frame_encoder.onnx", "frame_encoder.fp16.onnx", "token_engine.onnx", gguf_name, "glossary.json", "calibration.npy"]
+    if cfg.frontend == "pose":
+        engines = {role: {"file": f"{role}.onnx", "inputs": {"input_1": ["batch", size, size, 3]}}
+                   for role, size in POSE_INPUTS.items()}
+        files = ["pose_detector.onnx", "pose_landmarks.onnx", "token_engine.onnx", gguf_name, "glossary.json"]
+        vst_input = "pose features float32 [N, 25 x (x, y, visibility)]: x, y in frame heights (vst.joints)"
+    else:
+        engines = {"frame_encoder": {"file": "frame_encoder.onnx", "fp16_file": "frame_encoder.fp16.onnx",
+                                     "inputs": {"frames": ["n", cfg.R, cfg.R, 3]}, "outputs": {"features": ["n", cfg.feature_size]}}}
+        files = ["frame_encoder.onnx", "frame_encoder.fp16.onnx", "token_engine.onnx", gguf_name, "glossary.json", "calibration.npy"]
+        vst_input = "uint8 RGB NHWC [N, R, R, 3]"
     manifest = {
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "labels": meta["labels"],
         "classes": cfg.classes,
         "vst": {"W": cfg.W, "S": cfg.S, "T": cfg.T, "K": cfg.K, "D": cfg.feature_size, "fps": cfg.fps, "resolution": cfg.R,
-                "input": "uint8 RGB NHWC [N, R, R, 3]",
+                "frontend": cfg.frontend, "input": vst_input,
                 "normalisation": {"mean": list(cfg.mean), "std": list(cfg.std), "scale": 255.0, "inside_graph": True},
                 "run": os.path.abspath(vst_run)},
-        "engines": {"frame_encoder": {"file": "frame_encoder.onnx", "fp16_file": "frame_encoder.fp16.onnx", "inputs": {"frames": ["n", cfg.R, cfg.R, 3]},
-                                      "outputs": {"features": ["n", cfg.feature_size]}},
+        "engines": {**engines,
                     "token_engine": {"file": "token_engine.onnx", "inputs": {"features": ["batch", cfg.W, cfg.feature_size]},
                                      "outputs": token_engine_outputs(cfg)}},
         "lvlm": {"file": gguf_name, "quantization": quant, "token_id_base": meta["token_id_base"], "codes": meta["codes"],
@@ -156,7 +191,8 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
                  "prompt_format_version": meta["prompt_format_version"],
                  "label_temperature": meta.get("label_temperature", 1.0), "label_pool": meta.get("label_pool"),
                  "head_mirror": bool(meta.get("head_mirror")), "base": meta.get("base"), "adapter": os.path.abspath(adapter)},
-        "calibration": {"file": "calibration.npy", "frames": int(sum(len(f) for f in frames))},
+        "calibration": {"file": "calibration.npy", "frames": int(sum(len(f) for f in frames))} if frames else None,
+        "pose": pose,
         "parity": {"onnx": onnx, "gguf_f16_logits": logits, f"gguf_{quant.lower()}_labels": labels},
         "export_seconds": {"onnx": onnx["seconds"], "gguf": round(gguf_seconds, 1),
                            "total": round(time.monotonic() - t_start, 1)},
@@ -218,7 +254,8 @@ def check_bundle(folder: str) -> dict:
     """Verify a bundle; returns a summary. Raises BundleError with one line on the first problem."""
     m = read_manifest(folder)
     try:
-        required = {m["engines"][e]["file"] for e in ENGINES} | {m["lvlm"]["file"], "glossary.json", m["calibration"]["file"]}
+        required = {m["engines"][e]["file"] for e in engine_roles(m)} | {m["lvlm"]["file"], "glossary.json"} \
+            | ({m["calibration"]["file"]} if m.get("calibration") else set())
         vst, lv = m["vst"], m["lvlm"]
     except (KeyError, TypeError) as exc:
         raise BundleError(f"{folder}: manifest lacks {exc}") from None
@@ -235,13 +272,13 @@ def check_bundle(folder: str) -> dict:
     _check_gguf(folder, m)
     plans = {}
     for key, entry in (m.get("tensorrt") or {}).items():
-        for role in ENGINES:
+        for role in engine_roles(m):
             name = entry["plans"][role]
             _verify_file(folder, name, entry["files"][name])
         plans[key] = entry.get("precision")
     size = sum(e["size"] for e in m["files"].values())
     return {"bundle": os.path.abspath(folder), "id": bundle_id(m), "labels": len(m["labels"]), "W": vst["W"], "S": vst["S"],
-            "T": vst["T"], "K": vst["K"], "fps": vst["fps"], "resolution": vst["resolution"], "quantization": lv["quantization"],
+            "frontend": vst.get("frontend", "cnn"), "T": vst["T"], "K": vst["K"], "fps": vst["fps"], "resolution": vst["resolution"], "quantization": lv["quantization"],
             "files": len(m["files"]), "bytes": size, "tensorrt_plans": plans, "tools": m.get("tools", {}),
             "label_temperature": lv.get("label_temperature", 1.0), "label_pool": lv.get("label_pool"),
             "head_mirror": bool(lv.get("head_mirror"))}
@@ -265,7 +302,9 @@ def _check_onnx(folder: str, m: dict) -> None:
     import onnxruntime as ort
 
     vst = m["vst"]
-    want = {"frame_encoder": [None, vst["resolution"], vst["resolution"], 3], "token_engine": [None, vst["W"], vst["D"]]}
+    want = {"frame_encoder": [None, vst["resolution"], vst["resolution"], 3], "token_engine": [None, vst["W"], vst["D"]],
+            **{role: [None, size, size, 3] for role, size in POSE_INPUTS.items()}}
+    want = {role: want[role] for role in engine_roles(m)}
     for role, shape in want.items():
         name = m["engines"][role]["file"]
         try:

@@ -70,7 +70,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 0
     plans = ", ".join(f"{k} ({v})" for k, v in s["tensorrt_plans"].items()) or "none"
     print(f"bundle {s['id']} OK: {s['files']} files, {s['bytes'] / 1e6:.1f} MB, all hashes match")
-    print(f"  {s['labels']} labels; VST W={s['W']} S={s['S']} T={s['T']} K={s['K']} at {s['resolution']} px, {s['fps']} fps; "
+    seen = ("the pose front end (BlazePose, whole view, person tracks)" if s["frontend"] == "pose"
+            else f"the own frame encoder at {s['resolution']} px")
+    print(f"  {s['labels']} labels; VST W={s['W']} S={s['S']} T={s['T']} K={s['K']} on {seen}, {s['fps']} fps; "
           f"language model {s['quantization']}; TensorRT plans: {plans}")
     pool = s["label_pool"]
     print("  labels: " + (f"pooled, {pool['llm']:g} x log p(language model) + {pool['head']:g} x log p(VST head"

@@ -17,6 +17,8 @@ import tarfile
 import urllib.request
 from dataclasses import dataclass
 
+import numpy as np
+
 from lvlm.base import BaseModelError, cache_dir, sha256_file
 
 PACKAGE = "@mediapipe/pose"
@@ -93,9 +95,8 @@ def fetch(cache: str | None = None) -> dict[str, str]:
 
 
 def onnx_models(landmarks: str = "full", cache: str | None = None) -> dict[str, str]:
-    """{'detector', 'landmarks'} -> ONNX paths converted from the verified .tflite files (cached
-    beside them; a conversion is redone when the converter's output would differ only if the
-    cached file is removed)."""
+    """{'detector', 'landmarks'} -> ONNX paths converted from the verified .tflite files, cached
+    beside them."""
     from export.tflite_onnx import convert
 
     if landmarks not in LANDMARK_MODELS:
@@ -108,4 +109,40 @@ def onnx_models(landmarks: str = "full", cache: str | None = None) -> dict[str, 
             convert(tflite[key], path + ".part")
             os.replace(path + ".part", path)
         out[role] = path
+    return out
+
+
+def pose_parity(tflite: dict[str, str], onnx_paths: dict[str, str], frames: np.ndarray) -> dict:
+    """The ONNX conversion against LiteRT on RGB frames [N, H, W, 3] (uint8, square), resized
+    to each model's input: the largest landmark error in the 256 px input's pixels, the largest
+    raw detector output difference, and whether the detector's people after NMS are the same
+    (count, and boxes within 1e-3 of the input) and how many LiteRT's outputs hold."""
+    import onnxruntime as ort
+
+    from edge_runtime.pose import decode_detections
+    from export.tflite_onnx import litert_outputs
+
+    def resized(size: int) -> np.ndarray:
+        idx = (np.arange(size) * frames.shape[1] / size).astype(int)
+        return frames[:, idx][:, :, idx].astype(np.float32) / 255.0
+
+    out = {"frames": int(len(frames))}
+    for role, size, scale in (("detector", 224, 2.0), ("landmarks", 256, 1.0)):
+        x = resized(size) * scale - (scale - 1)  # the detector reads [-1, 1], the landmarks [0, 1]
+        ref = litert_outputs(tflite[role], x)
+        sess = ort.InferenceSession(onnx_paths[role], providers=["CPUExecutionProvider"])
+        got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input_1": x})))
+        if role == "landmarks":
+            lm_ref, lm_got = ref["Identity"].reshape(len(x), -1, 5), got["Identity"].reshape(len(x), -1, 5)
+            out["landmark_max_px"] = float(np.abs(lm_ref[..., :2] - lm_got[..., :2]).max())
+            out["presence_max_abs"] = float(np.abs(ref["Identity_1"] - got["Identity_1"]).max())
+        else:
+            out["detector_max_abs"] = float(max(np.abs(ref[k] - got[k]).max() for k in ref))
+            same, found = True, 0
+            for k in range(len(x)):
+                a = decode_detections(ref["Identity"][k], ref["Identity_1"][k], 0.5, 0.3)
+                b = decode_detections(got["Identity"][k], got["Identity_1"][k], 0.5, 0.3)
+                same &= len(a) == len(b) and all(np.abs(p["box"] - q["box"]).max() < 1e-3 for p, q in zip(a, b))
+                found += len(a)
+            out["detections_equal"], out["detections"] = bool(same), found
     return out

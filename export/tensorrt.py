@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from export.bundle import check_bundle, read_manifest, write_manifest
+from export.bundle import POSE_INPUTS, check_bundle, read_manifest, write_manifest
 from export.gguf_export import ExportError
 from lvlm.base import sha256_file
 
@@ -263,24 +263,33 @@ def build_bundle_plans(bundle: str, precision: str = "fp16", workspace_mb: int =
     vst = m["vst"]
     r = vst["resolution"]
     t0 = time.monotonic()
-    encoder_onnx = m["engines"]["frame_encoder"]["file"]
-    if precision == "fp16" and strongly_typed(trt):
-        encoder_onnx = m["engines"]["frame_encoder"]["fp16_file"]
-    calibrator = None
-    if precision == "int8":
-        frames = np.load(os.path.join(bundle, m["calibration"]["file"]))
-        calibrator = EntropyCalibrator(trt, frames, min(16, len(frames)), os.path.join(folder, "int8-calibration.cache"))
+    pose = vst.get("frontend") == "pose"
+    if pose and precision == "int8":
+        raise ExportError("the pose front end's models have no INT8 calibration here; use --precision fp16")
+    specs = {}
+    if pose:  # BlazePose: FP32 graphs with FP16-exact weights; weakly typed FP16 on TensorRT 10, FP32 on 11
+        for role, size in POSE_INPUTS.items():
+            specs[role] = (m["engines"][role]["file"], "input_1",
+                           ((1, size, size, 3), (max(1, max_batch // 8), size, size, 3), (max(1, max_batch // 4), size, size, 3)), None)
+    else:
+        encoder_onnx = m["engines"]["frame_encoder"]["file"]
+        if precision == "fp16" and strongly_typed(trt):
+            encoder_onnx = m["engines"]["frame_encoder"]["fp16_file"]
+        calibrator = None
+        if precision == "int8":
+            frames = np.load(os.path.join(bundle, m["calibration"]["file"]))
+            calibrator = EntropyCalibrator(trt, frames, min(16, len(frames)), os.path.join(folder, "int8-calibration.cache"))
+        specs["frame_encoder"] = (encoder_onnx, "frames", ((1, r, r, 3), (max(1, max_batch // 2), r, r, 3), (max_batch, r, r, 3)),
+                                  calibrator)
+    specs["token_engine"] = (m["engines"]["token_engine"]["file"], "features",
+                             ((1, vst["W"], vst["D"]), (1, vst["W"], vst["D"]), (max_windows, vst["W"], vst["D"])), None)
     plans = {}
-    specs = {"frame_encoder": (encoder_onnx, "frames", ((1, r, r, 3), (max(1, max_batch // 2), r, r, 3), (max_batch, r, r, 3)),
-                               calibrator),
-             "token_engine": (m["engines"]["token_engine"]["file"], "features",
-                              ((1, vst["W"], vst["D"]), (1, vst["W"], vst["D"]), (max_windows, vst["W"], vst["D"])), None)}
     for role, (onnx_name, input_name, shapes, calib) in specs.items():
         if progress:
             print(f"[trt] building {role} ({precision}) from {onnx_name} ...", flush=True)
         # the token engine stays FP32 in strongly typed mode (its ONNX is FP32); it is tiny
         plan = build_plan(trt, os.path.join(bundle, onnx_name), input_name, shapes,
-                          precision if role == "frame_encoder" else ("fp16" if precision != "fp32" else "fp32"),
+                          precision if role != "token_engine" else ("fp16" if precision != "fp32" else "fp32"),
                           workspace_mb, timing, calib)
         rel = os.path.join("trt", key, f"{role}.{precision}.plan")
         with open(os.path.join(bundle, rel), "wb") as f:
@@ -313,9 +322,12 @@ def plan_parity(bundle: str, manifest: dict, plans: dict, data: str | None) -> d
     data = data or training_cache(run)
     if not data or not os.path.exists(os.path.join(data, "index.json")):
         return None
-    cache = Cache.open(data)
-    clips = [cache.clip_frames(c) for c in spread(cache.split("test"), 24)]
-    enc = TensorRTEngine(os.path.join(bundle, plans["frame_encoder"]))
-    tok = TensorRTEngine(os.path.join(bundle, plans["token_engine"]))
+    from vst.windows import clip_input
 
+    cache = Cache.open(data)
+    clips = [clip_input(model.cfg, cache, c) for c in spread(cache.split("test"), 24)]
+    tok = TensorRTEngine(os.path.join(bundle, plans["token_engine"]))
+    if "frame_encoder" not in plans:  # the pose front end: its features are the token engine's input
+        return engine_parity(model, lambda x: x, lambda f: tok.run({"features": f}), clips)
+    enc = TensorRTEngine(os.path.join(bundle, plans["frame_encoder"]))
     return engine_parity(model, lambda x: enc.run({"frames": x})["features"], lambda f: tok.run({"features": f}), clips)

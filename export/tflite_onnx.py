@@ -234,18 +234,30 @@ def convert(path: str, out: str | None = None):
     return onnx_model
 
 
-def litert_outputs(path: str, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """The .tflite model's outputs for a batch of inputs, one LiteRT call per item (its batch is 1)."""
-    from ai_edge_litert.interpreter import Interpreter
+class LiteRTEngine:
+    """A .tflite model on LiteRT with the runtime engines' interface: `.run({input: batch})` ->
+    {output name: batch} (LiteRT's batch is 1: one call per item). The reference the ONNX
+    conversion is checked against, and the baseline `bench` times it against."""
 
-    it = Interpreter(model_path=path, num_threads=1)
-    it.allocate_tensors()
-    inp = it.get_input_details()[0]["index"]
-    outs = it.get_output_details()
-    got: dict[str, list] = {d["name"]: [] for d in outs}
-    for x in inputs:
-        it.set_tensor(inp, np.ascontiguousarray(x[None], np.float32))
-        it.invoke()
-        for d in outs:
-            got[d["name"]].append(it.get_tensor(d["index"])[0].copy())
-    return {k: np.stack(v) for k, v in got.items()}
+    def __init__(self, path: str, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.it = Interpreter(model_path=path, num_threads=threads)
+        self.it.allocate_tensors()
+        self.input = self.it.get_input_details()[0]["index"]
+        self.outputs = self.it.get_output_details()
+
+    def run(self, feeds: dict) -> dict[str, np.ndarray]:
+        (batch,) = feeds.values()
+        got: dict[str, list] = {d["name"]: [] for d in self.outputs}
+        for x in batch:
+            self.it.set_tensor(self.input, np.ascontiguousarray(x[None], np.float32))
+            self.it.invoke()
+            for d in self.outputs:
+                got[d["name"]].append(self.it.get_tensor(d["index"])[0].copy())
+        return {k: np.stack(v) for k, v in got.items()}
+
+
+def litert_outputs(path: str, inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """The .tflite model's outputs for a batch of inputs."""
+    return LiteRTEngine(path).run({"input_1": inputs})

@@ -338,7 +338,7 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
     from vst.cache import Cache
     from vst.model import load_checkpoint, read_count
     from vst.ntu import performer_of
-    from vst.windows import Augment, action_frames, augment_frames, clip_windows
+    from vst.windows import action_frames, augmented_input, clip_input, clip_windows
 
     model = load_checkpoint(vst_run)
     cache = Cache.open(cache_dir)
@@ -351,11 +351,12 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
                 if not view or augmented is None or performer_of(clip["name"]) in augmented]
         for n, clip in tqdm(todo, desc=f"examples {split}" + (f" view {view + 1}/{views}" if views > 1 else ""),
                             unit="clip", disable=not progress):
-            frames, attrs = cache.clip_frames(clip), clip.get("attributes") or {}
+            attrs = clip.get("attributes") or {}
             if view:
-                frames, flipped = augment_frames(frames, np.random.default_rng((seed, view, n)), Augment())
-                frames = frames.numpy()
+                frames, flipped = augmented_input(model.cfg, cache, clip, np.random.default_rng((seed, view, n)))
                 attrs = mirror_attributes(attrs) if flipped else attrs
+            else:
+                frames = clip_input(model.cfg, cache, clip)
             w = clip_windows(model, frames, mirror is True or (bool(mirror) and performer_of(clip["name"]) in mirror))
             lo, hi = action_frames(clip)
             overlap = [min(hi, s + model.cfg.W) - max(lo, s) for s in w["starts"]]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bundle`: the default bundle end to end from nothing, reusing every step already done.
-#   synthetic data -> cache (R=112, X-Sub) -> VST (small) -> glossary -> LoRA fine-tune of
-#   SmolLM2-135M -> export (ONNX + Q8_0 GGUF) -> check
+#   synthetic data -> cache (R=112, X-Sub) -> VST (the temporal half for the BlazePose front end,
+#   trained on the synthetic skeletons) -> glossary -> LoRA fine-tune of
+#   SmolLM2-135M -> export (ONNX engines and pose models + GGUF) -> check
 # Each step leaves a stamp in BUILD/.done/ when it succeeds; an interrupted step resumes
 # (synth and training continue where they stopped). On 2 CPU cores the whole run takes about an hour.
 set -euo pipefail

@@ -89,9 +89,8 @@ def tiny_run(cache32, tmp_path_factory):
     return out, result
 
 
-@pytest.fixture(scope="session")
-def tiny_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
-    """A tiny LLaMA fine-tuned on the tiny VST's tokens (adapter folder with merged/)."""
+def make_adapter(run: str, cache: str, pristine_tokenizer, out: str) -> str:
+    """A tiny LLaMA fine-tuned on a tiny VST's tokens (adapter folder with merged/)."""
     import copy
 
     from lvlm.finetune import FinetuneConfig, build_examples, finetune, merge
@@ -100,15 +99,14 @@ def tiny_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
     from vst.glossary import build_glossary
     from vst.model import load_checkpoint
 
-    run, _ = tiny_run
-    build_glossary(run, cache32, progress=False)
+    build_glossary(run, cache, progress=False)
     tok = copy.deepcopy(pristine_tokenizer)
-    labels, examples = build_examples(run, cache32, "train", windows_per_clip=2, progress=False)
+    labels, examples = build_examples(run, cache, "train", windows_per_clip=2, progress=False)
     model = tiny_llama(len(tok))
-    counts = load_checkpoint(run).cfg.counts  # the tiny VST has a repetitions head: format 2, with count tokens
-    base = add_action_tokens(model, tok, 32, counts=counts)
-    out = str(tmp_path_factory.mktemp("adapter"))
-    result = finetune(model, tok, base, 32, labels, examples, out, FinetuneConfig(steps=40, batch=8, lr=1e-2), progress=False,
+    vst = load_checkpoint(run).cfg
+    counts = vst.counts  # the tiny VST has a repetitions head: format 2, with count tokens
+    base = add_action_tokens(model, tok, vst.K, counts=counts)
+    result = finetune(model, tok, base, vst.K, labels, examples, out, FinetuneConfig(steps=40, batch=8, lr=1e-2), progress=False,
                       counts=counts)
     meta = {k: v for k, v in result.items() if k != "model"}
     # a pool with the VST head (what `finetune` fits on calibration windows; tested there), so that the
@@ -122,9 +120,36 @@ def tiny_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
+    return make_adapter(tiny_run[0], cache32, pristine_tokenizer, str(tmp_path_factory.mktemp("adapter")))
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle(tiny_run, tiny_adapter, cache32, tmp_path_factory):
     from export.bundle import build_bundle
 
     out = str(tmp_path_factory.mktemp("bundle") / "b")
     manifest = build_bundle(tiny_run[0], tiny_adapter, out, "Q4_K_M", data=cache32, parity_windows=12, progress=False)
+    return out, manifest
+
+
+TINY_POSE_VST = dict(R=32, D=32, hidden=48, code_dim=16, K=32, W=32, T=8, pose_joints=0, appearance=False, count_head=True,
+                     frontend="pose")
+
+
+@pytest.fixture(scope="session")
+def tiny_pose_run(cache32, tmp_path_factory):
+    """A tiny VST of the pose front end: its temporal half trained on the tiny clips' skeletons."""
+    out = str(tmp_path_factory.mktemp("pose-run"))
+    result = train(cache32, out, TrainConfig(**FAST), progress=False, overrides=TINY_POSE_VST)
+    return out, result
+
+
+@pytest.fixture(scope="session")
+def tiny_pose_bundle(tiny_pose_run, cache32, pristine_tokenizer, tmp_path_factory):
+    from export.bundle import build_bundle
+
+    adapter = make_adapter(tiny_pose_run[0], cache32, pristine_tokenizer, str(tmp_path_factory.mktemp("pose-adapter")))
+    out = str(tmp_path_factory.mktemp("pose-bundle") / "b")
+    manifest = build_bundle(tiny_pose_run[0], adapter, out, "Q4_K_M", data=cache32, parity_windows=12, progress=False)
     return out, manifest

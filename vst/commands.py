@@ -178,10 +178,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from vst.evaluate import run_eval, stability_text
+    from vst.evaluate import run_eval
 
     m = run_eval(args.run, args.data, args.protocol, args.out, mirror=args.mirror)
-    print(f"{m['protocol']} test{' (mirror reading)' if m['mirror'] else ''}: {m['clips']} clips, top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, "
+    print_eval(m)
+    return 0
+
+
+def print_eval(m: dict) -> None:
+    """The figures of `eval vst` (and of `eval front-end`, which reads the same metrics)."""
+    from vst.evaluate import stability_text
+
+    print(f"{m['protocol']} test{' through the pose front end' if m['reading'] == 'front-end' else ''}"
+          f"{' (mirror reading)' if m['mirror'] else ''}: {m['clips']} clips, top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, "
           f"window top-1 {m['window_top1']:.1%}")
     print(f"codebook: {m['codes_used']:.0%} of codes used, perplexity {m['perplexity']:.1f}; "
           f"token stability {stability_text(m['token_stability'])}; {m['tokens_per_window']} tokens per window, "
@@ -191,7 +200,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("attributes read per window (the side from the tokens, the repetitions by the count head where the run "
               "has one): " + ", ".join(f"{k} {v:.1%}" for k, v in known.items()))
     print(f"wrote {m['out']}/metrics.json and {m['out']}/confusion.png")
-    return 0
 
 
 def cmd_glossary(args: argparse.Namespace) -> int:

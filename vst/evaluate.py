@@ -13,7 +13,7 @@ import torch
 
 from vst.cache import Cache
 from vst.model import read_count
-from vst.windows import clip_targets, clip_windows, feature_windows
+from vst.windows import clip_input, clip_targets, clip_windows, feature_windows
 
 
 def stability_text(value: float | None) -> str:
@@ -32,8 +32,9 @@ def token_stability(ids: torch.Tensor, shift: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, features: list | None = None,
-             mirror: bool = False) -> dict:
-    """Metrics over clips; `features` (per clip, from the frame encoder) skips re-encoding frames.
+             mirror: bool = False, inputs: list | None = None) -> dict:
+    """Metrics over clips; `features` (per clip, from the frame encoder) skips re-encoding frames;
+    `inputs` (per clip) is what the first engine reads in place of `clip_input`'s.
     mirror: the label from the mean of each window's and its mirror image's probabilities
     (`clip_windows`; frames only)."""
     if mirror and features is not None:
@@ -48,7 +49,8 @@ def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, fea
     attr = {"side": [0, 0], "repetitions": [0, 0]}  # [right, windows with a target]
     all_ids = []
     for i, clip in enumerate(tqdm(clips, desc="eval", unit="clip", disable=not progress)):
-        out = feature_windows(model, features[i]) if features is not None else clip_windows(model, cache.clip_frames(clip), mirror)
+        out = feature_windows(model, features[i]) if features is not None else clip_windows(
+            model, inputs[i] if inputs is not None else clip_input(cfg, cache, clip), mirror)
         label = cfg.classes.index(clip["action"])
         probs = out["probs"]
         mean = probs.mean(0)
@@ -121,7 +123,11 @@ def plot_confusion(confusion, labels: list[str], path: str, title: str) -> None:
 
 
 def run_eval(run: str, cache_dir: str, protocol: str | None, out: str | None = None, progress: bool = True,
-             mirror: bool = False) -> dict:
+             mirror: bool = False, max_clips: int | None = None, inputs_of=None, reading: str = "") -> dict:
+    """max_clips: that many test clips spread over the split. inputs_of(cache, clips) -> what the
+    first engine reads of each clip in place of `clip_input` (e.g. the runtime's pose front end
+    on the rendered frames, `benchmarks.front_end`), named by `reading` in the output folder."""
+    from vst.cache import spread
     from vst.model import load_checkpoint
 
     model = load_checkpoint(run)
@@ -133,9 +139,12 @@ def run_eval(run: str, cache_dir: str, protocol: str | None, out: str | None = N
         from vst.ntu import DatasetError
 
         raise DatasetError(f"{cache_dir} has no test clips of the model's classes under {protocol}")
-    metrics = evaluate(model, cache, clips, progress=progress, mirror=mirror)
-    metrics["protocol"] = protocol
-    out = out or os.path.join(run, "eval", protocol + ("-mirror" if mirror else ""))
+    if max_clips:
+        clips = spread(clips, max_clips)
+    inputs = inputs_of(cache, clips) if inputs_of is not None else None
+    metrics = evaluate(model, cache, clips, inputs=inputs, progress=progress, mirror=mirror)
+    metrics["protocol"], metrics["reading"] = protocol, reading or "skeletons"
+    out = out or os.path.join(run, "eval", protocol + (f"-{reading}" if reading else "") + ("-mirror" if mirror else ""))
     os.makedirs(out, exist_ok=True)
     names = cache.index.get("classes", {})
     labels = [f"A{a:03d} {names.get(str(a), '')[:22]}" for a in model.cfg.classes]

@@ -107,7 +107,7 @@ def build_glossary(run: str, cache_dir: str, split: str = "train", max_clips: in
 
     from vst.evaluate import check_cache
     from vst.model import load_checkpoint
-    from vst.windows import action_frames, clip_windows
+    from vst.windows import action_frames, clip_input, clip_windows
 
     torch.set_num_threads(os.cpu_count() or 1)
     model = load_checkpoint(run)
@@ -121,7 +121,7 @@ def build_glossary(run: str, cache_dir: str, split: str = "train", max_clips: in
     stats = defaultdict(lambda: {"count": 0, "classes": Counter(), "positions": Counter(), "glosses": Counter(),
                                  "side": Counter(), "limb": Counter(), "phase": Counter()})
     for clip in tqdm(clips, desc="glossary", unit="clip", disable=not progress):
-        out = clip_windows(model, cache.clip_frames(clip))
+        out = clip_windows(model, clip_input(cfg, cache, clip))
         attrs = clip.get("attributes")
         skel = cache.skeleton(clip, "joints_world")
         action = action_frames(clip)

@@ -42,3 +42,12 @@ BLAZEPOSE_TO_NTU: tuple[tuple[tuple[int, float], ...], ...] = (
     _MID_SHOULDER,
     ((19, 1.0),), ((21, 1.0),), ((20, 1.0),), ((22, 1.0),),
 )
+
+
+def mirror_pose(feats):
+    """Pose features [..., 25 * 3] (a numpy array or a torch tensor) seen in a mirror: x negated,
+    left and right joints swapped. The token engine centres each window on the person, so -x is
+    the mirror image whatever the frame's width."""
+    x = feats.reshape(*feats.shape[:-1], len(MIRROR), POSE_CHANNELS)[..., MIRROR, :]  # indexing copies
+    x[..., 0] = -x[..., 0]
+    return x.reshape(feats.shape)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from vst.actions import action_span, window_attributes
 from vst.cache import Cache
 from vst.model import VSTConfig, joint_features
-from vst.joints import JOINT_NAMES, MIRROR, POSE_CHANNELS, J
+from vst.joints import JOINT_NAMES, MIRROR, J, mirror_pose
 
 SIDES = ("left", "right")
 
@@ -139,15 +139,6 @@ def pose_features(uv, visibility=None):
     uv = np.asarray(uv, np.float32)
     vis = np.ones(uv.shape[:-1] + (1,), np.float32) if visibility is None else np.asarray(visibility, np.float32)[..., None]
     return np.concatenate([uv, vis], -1).reshape(len(uv), -1)
-
-
-def mirror_pose(feats):
-    """Pose features [..., 75] (numpy or torch) seen in a mirror: x negated, left and right
-    joints swapped. The person normalisation inside the token engine centres x again, so -x is
-    the mirror image whatever the frame's width."""
-    x = feats.reshape(*feats.shape[:-1], len(MIRROR), POSE_CHANNELS)[..., MIRROR, :]  # a copy
-    x[..., 0] = -x[..., 0]
-    return x.reshape(feats.shape)
 
 
 # what stands in for the pose front end's error on the synthetic clips' true joints, in units of

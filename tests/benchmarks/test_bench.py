@@ -31,3 +31,26 @@ def test_quick_bench_writes_json_markdown_and_plots(tiny_bundle, tmp_path):
     for png in ("latency_cdf.png", "fps_vs_streams.png"):
         assert (out / png).stat().st_size > 10000
     assert "real time: up to" in r.stdout
+
+
+@pytest.mark.slow
+def test_pose_bundle_bench_times_the_front_end_on_both_runtimes_and_streams_people(tiny_pose_bundle, tmp_path):
+    from benchmarks.bench import bench_pose, bench_streams, markdown, realtime_streams
+
+    bundle, manifest = tiny_pose_bundle
+    pose = bench_pose(bundle, manifest, seconds=0.3)
+    assert set(pose["ms"]) == {"onnxruntime CPU", "LiteRT"}
+    for ms in pose["ms"].values():
+        assert all(v > 0 for v in ms.values())
+        assert ms["front_end_per_frame"] < ms["detector"] + 2 * ms["landmarks"]  # the detector runs on few frames
+    assert all(found > 0.9 for found in pose["people_found"].values())  # the rendered person is found on both
+    assert pose["ort_vs_litert_front_end"] > 0 and pose["caching"]["speedup"] > 1
+    rows = bench_streams(bundle, [1], 5.0, str(tmp_path), llm=False)
+    assert rows[0]["frames"] > 40 and rows[0]["windows"] > 0 and rows[0]["results"] == 0 and not rows[0]["llm"]
+    assert rows[0]["frames_without_person"] < rows[0]["frames"] // 4  # the streamed person is found
+    assert realtime_streams(rows) in (0, 1)
+    md = markdown({"date": "d", "bundle": bundle, "bundle_id": "x", "machine": {"cpu": "c", "cores": 2, "gpu": None, "python": "3",
+                                                                                  "versions": {}},
+                   "encoder": pose, "streams": rows, "streams_without_llm": rows, "max_realtime_streams": 1,
+                   "max_realtime_streams_without_llm": 1, "realtime_streams_ratio": 1.0})
+    assert "## 1. Pose front end" in md and "LiteRT" in md and "Without the language model's worker: 1" in md

@@ -100,3 +100,22 @@ def test_explanations_can_be_disabled_or_rate_limited_per_stream():
     assert w._explain_now("slow")
     w.last_explained["slow"] = time.monotonic()
     assert not w._explain_now("slow") and w._explain_now("plain")
+
+
+def test_person_track_is_carried_and_checked():
+    import dataclasses
+
+    tracked = dataclasses.replace(WINDOW, track=2)
+    assert messages.decode(messages.encode(tracked)).track == 2
+    body = msgpack.unpackb(messages.encode(tracked))
+    with pytest.raises(MessageError, match="track"):
+        messages.decode(msgpack.packb({**body, "track": "2"}))
+    del body["track"]  # a whole-view sender (a frame-encoder bundle) has no track
+    assert messages.decode(msgpack.packb(body)).track is None
+
+
+def test_pose_settings_are_validated(tmp_path):
+    cfg = load(None, {"bundle": "b", "pose": {"detect_every": 5, "max_people": 2}})
+    assert (cfg.pose.detect_every, cfg.pose.max_people, cfg.pose.min_presence) == (5, 2, 0.5)
+    with pytest.raises(ConfigError, match="pose.max_people"):
+        load(None, {"bundle": "b", "pose": {"max_people": 0}})

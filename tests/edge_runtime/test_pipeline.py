@@ -60,6 +60,39 @@ def test_one_process_rtsp_to_labels(tiny_bundle, actions_video, rtsp_server, tmp
     assert len(lines) == len(rec.results) and lines[0]["stream"] == "cam1"
 
 
+def test_pose_bundle_reads_each_person_and_nobody_gives_no_window(tiny_pose_bundle, tmp_path):
+    """A pose front-end bundle: the whole view letterboxed to the pose frame, one track per
+    person with its own windows, and a view with nobody in it gives no window at all."""
+    import numpy as np
+
+    from edge_runtime.demo import Recorder, render_video
+    from edge_runtime.service import serve
+    from streams.writer import VideoWriter
+
+    bundle, manifest = tiny_pose_bundle
+    person = str(tmp_path / "person.mp4")
+    render_video(person, actions=2, seed=3, fps=15, size=128)
+    empty = str(tmp_path / "empty.mp4")
+    with VideoWriter(empty, 160, 90, 15) as w:  # a 16:9 view of an empty room
+        for k in range(60):
+            w.write(np.full((90, 160, 3), 80 + k % 5, np.uint8))
+    rec = Recorder()
+    cfg = load(None, {"bundle": bundle, "streams": [{"id": "room", "uri": person, "max_reconnects": 0},
+                                                      {"id": "empty", "uri": empty, "max_reconnects": 0}],
+                      "bus": {"windows": "inproc://pw", "collect": "inproc://pc", "results": "inproc://pr"},
+                      "llm": {"threads": 1, "explain": False}, "sinks": {"console": False}})
+    stats = serve(cfg, until_done=True, duration_s=90, extra_sinks=[rec])
+    room, nobody = stats["streams"]["room"], stats["streams"]["empty"]
+    assert nobody["frames"] == 60 and nobody["windows"] == 0 and nobody["frames_without_person"] == 60
+    assert nobody["tracks_started"] == 0
+    assert room["frames"] >= 60 and room["tracks_started"] >= 1 and room["windows"] >= 2, room
+    assert room["frames_without_person"] < room["frames"] // 4  # the synthetic figure is found
+    windows = [w for w in rec.windows if w.stream == "room"]
+    assert len(windows) == room["windows"] and all(w.track is not None and w.stream == "room" for w in windows)
+    assert not [w for w in rec.windows if w.stream == "empty"]
+    assert rec.results and all(r.track in {w.track for w in windows} and r.label in manifest["labels"] for r in rec.results)
+
+
 def test_mirror_reading_averages_the_head_over_each_window_and_its_mirror(tiny_bundle, actions_video, tmp_path):
     """engine.mirror: the same tokens and counts, and head probabilities that are the mean of the
     window's own (the plain run's) and another distribution (its mirror image's)."""

@@ -14,11 +14,11 @@ from edge_runtime.sinks import Alerts, Console, Fanout, Jsonl, Metrics, Sink
 from streams.rtsp_server import free_port
 
 
-def result(label="falling", p=0.9, t=0.0, stream="cam1", seq=0):
+def result(label="falling", p=0.9, t=0.0, stream="cam1", seq=0, track=None):
     return ActionResult(stream=stream, window_seq=seq, t_start_ns=0, t_end_ns=int(t * 1e9), tokens=(1, 2),
                         provisional_label=label, provisional_score=0.8, label=label, probability=p,
                         explanation="The person falls.", capture_to_tokens_ms=5.0, tokens_to_label_ms=30.0,
-                        tokens_to_explanation_ms=None, bundle="b")
+                        tokens_to_explanation_ms=None, bundle="b", track=track)
 
 
 def test_jsonl_rotates_and_keeps_every_line(tmp_path):
@@ -75,6 +75,30 @@ def test_alert_rules_duration_cooldown_and_a_dead_webhook():
     assert alerts.sent == 1 and alerts.failed >= 1  # the dead webhook failed after its retries
 
 
+def test_alerts_and_console_tell_the_people_of_one_stream_apart():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Hook.received = []
+    alerts = Alerts([AlertRule(url=f"http://127.0.0.1:{server.server_address[1]}/a", labels=["falling"], min_probability=0.6,
+                               min_duration_s=1.0, cooldown_s=60, retries=0)])
+    alerts.result(result(t=0.0, track=0))
+    alerts.result(result(t=0.6, track=1))  # another person's fall starts its own timer
+    alerts.result(result(t=1.2, track=0))  # person 0 held it 1.2 s: fires
+    alerts.result(result(t=1.3, track=1))  # person 1 only 0.7 s
+    alerts.result(result(t=1.7, track=1))  # now 1.1 s: fires, person 0's cooldown is not theirs
+    deadline = time.monotonic() + 10
+    while len(Hook.received) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alerts.close()
+    server.shutdown()
+    assert [(b["stream"], b["track"]) for b in Hook.received] == [("cam1", 0), ("cam1", 1)]
+    out = io.StringIO()
+    console = Console(stream=out)
+    console.result(result(track=3))
+    console.result(result())
+    assert "cam1/3 #0: falling" in out.getvalue() and "\ncam1 #0: falling" in out.getvalue()
+
+
 def test_metrics_and_healthz_over_http():
     state = {"ok": True}
     m = Metrics("127.0.0.1", 0, health=lambda: (state["ok"], "ok" if state["ok"] else "cam1: reconnecting"))
@@ -84,10 +108,14 @@ def test_metrics_and_healthz_over_http():
         m.window(w)
         m.result(result())
         m.stream("cam1", 14.9, 100, 2, 1)
+        m.stream("cam2", 15.0, 90, 0, 0, {"people": 2, "tracks_started": 3, "tracks_ended": 1, "frames_without_person": 7})
         base = f"http://127.0.0.1:{m.port}"
         text = urllib.request.urlopen(base + "/metrics").read().decode()
         assert 'lvlm_var_stream_fps{stream="cam1"} 14.9' in text and 'lvlm_var_windows_total{stream="cam1"} 1.0' in text
         assert "lvlm_var_capture_to_label_ms_bucket" in text and 'lvlm_var_stream_reconnects{stream="cam1"} 1.0' in text
+        assert 'lvlm_var_stream_people{stream="cam2"} 2.0' in text and 'lvlm_var_stream_people{stream="cam1"}' not in text
+        assert 'lvlm_var_stream_tracks{event="started",stream="cam2"} 3.0' in text
+        assert 'lvlm_var_stream_frames_without_person{stream="cam2"} 7.0' in text
         assert urllib.request.urlopen(base + "/healthz").status == 200
         state["ok"] = False
         try:

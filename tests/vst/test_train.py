@@ -3,6 +3,7 @@ import copy
 import json
 import os
 
+import numpy as np
 import pytest
 
 import torch
@@ -214,3 +215,34 @@ def test_eval_refuses_a_cache_of_the_wrong_resolution(tiny_run, tiny_dataset, tm
     assert r.returncode == 2 and "--size 32" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("eval", "vst", "--run", str(tmp_path / "nothing"), "--data", str(tmp_path / "c48"))
     assert r.returncode == 2 and "no VST checkpoint" in r.stderr
+
+
+def test_pose_vst_reads_skeletons_and_the_front_end_relative_to_the_person(tiny_pose_run, tiny_run, cache32):
+    import torch
+
+    from vst.cache import Cache
+    from vst.model import load_checkpoint
+    from vst.windows import clip_input, clip_windows
+
+    run, result = tiny_pose_run
+    model = load_checkpoint(run)
+    assert model.encoder is None and model.cfg.frontend == "pose" and model.cfg.feature_size == 25 * 3
+    cache = Cache.open(cache32)
+    clip = cache.split("test")[0]
+    x = clip_input(model.cfg, cache, clip)
+    assert x.shape == (clip["frames"], 75) and x.dtype == np.float32
+    # where the person stands and how large they appear do not change what the VST reads
+    moved = x.reshape(len(x), 25, 3).copy()
+    moved[..., :2] = moved[..., :2] * 1.7 + np.array([0.4, -0.2], np.float32)
+    a, b = clip_windows(model, x), clip_windows(model, moved.reshape(len(x), -1))
+    assert torch.equal(a["ids"], b["ids"]) and torch.allclose(a["probs"], b["probs"], atol=1e-4)
+    with pytest.raises(ValueError, match="no frame encoder"):
+        model.encode_frames(torch.zeros(1, 32, 32, 3, dtype=torch.uint8))
+    # the held-out clips' rendered frames through the pretrained pose front end, as a camera's would go
+    r = run_cli("eval", "front-end", "--run", run, "--data", cache32, "--protocol", "xsub", "--max-clips", "4")
+    assert r.returncode == 0 and "through the pose front end: 4 clips" in r.stdout, r.stdout + r.stderr
+    m = json.load(open(os.path.join(run, "eval", "xsub-front-end", "metrics.json")))
+    assert m["reading"] == "front-end" and m["clips"] == 4 and 0 <= m["top1"] <= m["top5"] <= 1
+    assert os.path.exists(os.path.join(run, "eval", "xsub-front-end", "confusion.png"))
+    r = run_cli("eval", "front-end", "--run", tiny_run[0], "--data", cache32)
+    assert r.returncode == 2 and "eval vst evaluates it" in r.stderr and "Traceback" not in r.stderr
