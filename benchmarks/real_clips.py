@@ -51,9 +51,10 @@ def _main_track(windows: dict[int, list]) -> int | None:
     return max(windows, key=lambda t: motion(windows[t])) if windows else None
 
 
-def read_clip(path: str, bundle: str, manifest: dict, engines, reader, mirror: bool) -> dict:
-    """Every window of every person of one clip: {track: [window dict]}, the sampled frames and
-    the people drawn on them, and the frame count."""
+def read_clip(path: str, manifest: dict, engines, mirror: bool) -> dict:
+    """Every window of every person of one clip through the VST: {track: [window dict]}, the
+    sampled frames and the people drawn on them, and the frame count. The language model reads
+    the main person's windows only (`evaluate_real`)."""
     from edge_runtime.ingest import softmax
     from streams.pipeline import Conversion
     from streams.source import Source
@@ -81,11 +82,9 @@ def read_clip(path: str, bundle: str, manifest: dict, engines, reader, mirror: b
                     probs = softmax(np.asarray(out["logits"][0], np.float64))
                     if mirror:
                         probs = (probs + softmax(np.asarray(engines.tokenize(mirror_pose(feats)[None])["logits"][0], np.float64))) / 2
-                    count = int(out["count"][0]) if "count" in out else None
-                    r = reader.read([int(x) for x in out["ids"][0]], explain=False, exhaustive=False, count=count,
-                                    head=tuple(float(x) for x in probs))
-                    windows.setdefault(p.track, []).append({"features": feats.reshape(W, -1, 3), "probs": probs,
-                                                            "label": r.label, "probability": r.probability})
+                    windows.setdefault(p.track, []).append({
+                        "features": feats.reshape(W, -1, 3), "probs": probs, "ids": [int(x) for x in out["ids"][0]],
+                        "count": int(out["count"][0]) if "count" in out else None})
     pick = np.linspace(0, len(frames) - 1, SHEET_FRAMES).astype(int) if frames else []
     return {"windows": windows, "frames": len(frames), "tracks": front.stream("clip").started,
             "sheet": [(frames[i], people_seen[i]) for i in pick]}
@@ -151,7 +150,7 @@ def evaluate_real(bundle: str, clips_dir: str, manifest_path: str, out: str, pro
         truth = by_id.get(row["ntu_class_id"])
         rec = {"file": row["file"], "class": row["ntu_class_id"], "truth": truth}
         try:
-            got = read_clip(path, bundle, m, engines, reader, mirror)
+            got = read_clip(path, m, engines, mirror)
         except Exception as exc:  # noqa: BLE001 - a clip that does not decode is reported, the others still run
             rec["error"] = str(exc).splitlines()[0]
             results.append(rec)
@@ -159,6 +158,9 @@ def evaluate_real(bundle: str, clips_dir: str, manifest_path: str, out: str, pro
         track = _main_track(got["windows"])
         ws = got["windows"].get(track, [])
         rec.update(frames=got["frames"], tracks=got["tracks"], windows=len(ws))
+        for w in ws:  # as the worker reads them: pooled with the head's probabilities
+            r = reader.read(w["ids"], explain=False, exhaustive=False, count=w["count"], head=tuple(float(x) for x in w["probs"]))
+            w["label"], w["probability"] = r.label, r.probability
         if ws:
             p = np.mean([w["probs"] for w in ws], 0)
             votes = {lab: [w["probability"] for w in ws if w["label"] == lab] for lab in {w["label"] for w in ws}}
