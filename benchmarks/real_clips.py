@@ -55,7 +55,7 @@ def read_clip(path: str, manifest: dict, engines, mirror: bool) -> dict:
     """Every window of every person of one clip through the VST: {track: [window dict]}, the
     sampled frames and the people drawn on them, and the frame count. The language model reads
     the main person's windows only (`evaluate_real`)."""
-    from edge_runtime.ingest import softmax
+    from edge_runtime.ingest import read_window
     from streams.pipeline import Conversion
     from streams.source import Source
     from vst.joints import mirror_pose
@@ -78,10 +78,7 @@ def read_clip(path: str, manifest: dict, engines, mirror: bool) -> dict:
                 ring.append(p.feature)
                 if len(ring) >= W and (len(ring) - W) % S == 0:
                     feats = np.stack(ring[-W:])
-                    out = engines.tokenize(feats[None])
-                    probs = softmax(np.asarray(out["logits"][0], np.float64))
-                    if mirror:
-                        probs = (probs + softmax(np.asarray(engines.tokenize(mirror_pose(feats)[None])["logits"][0], np.float64))) / 2
+                    out, probs = read_window(engines, feats, mirror_pose(feats) if mirror else None)
                     windows.setdefault(p.track, []).append({
                         "features": feats.reshape(W, -1, 3), "probs": probs, "ids": [int(x) for x in out["ids"][0]],
                         "count": int(out["count"][0]) if "count" in out else None})

@@ -65,6 +65,17 @@ def softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
+def read_window(engines, feats: np.ndarray, mirror_feats: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """The token engine on one window's features [W, F]: its outputs and the head's label
+    probabilities; given the mirror image's features, the mean of both (the tokens and count stay
+    the window's own)."""
+    out = engines.tokenize(feats[None])
+    p = softmax(np.asarray(out["logits"][0], np.float64))
+    if mirror_feats is not None:
+        p = (p + softmax(np.asarray(engines.tokenize(mirror_feats[None])["logits"][0], np.float64))) / 2
+    return out, p
+
+
 def head_mirror(cfg: Config, manifest: dict) -> bool:
     """Whether the ingest reads the VST head from each window and its mirror image: engine.mirror,
     else as the bundle's label pool was fitted. Reading a pool fitted on one reading with the other
@@ -243,10 +254,7 @@ class Ingest:
             self._window(st, tr)
 
     def _window(self, st: StreamState, tr: TrackState) -> None:
-        out = self.engines.tokenize(np.stack(tr.ring)[None])
-        p = softmax(np.asarray(out["logits"][0], np.float64))
-        if tr.mirror_ring is not None:  # the label from the window and its mirror image; tokens and count its own
-            p = (p + softmax(np.asarray(self.engines.tokenize(np.stack(tr.mirror_ring)[None])["logits"][0], np.float64))) / 2
+        out, p = read_window(self.engines, np.stack(tr.ring), None if tr.mirror_ring is None else np.stack(tr.mirror_ring))
         head = int(p.argmax())
         now = time.time_ns()
         w = TokenWindow(stream=st.id, window_seq=st.windows, t_start_ns=tr.capture[0], t_end_ns=tr.capture[-1],

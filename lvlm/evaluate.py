@@ -78,7 +78,7 @@ def plot_reliability(confidence, correct, path: str, title: str, bins: int = 10)
 TEMPERATURES = np.geomspace(0.5, 4.0, 31)
 POOL_WEIGHTS = np.round(np.arange(0.0, 1.501, 0.05), 2)  # the language model's
 # the head's reaches further: its mirror reading, a mean of two distributions, is softer and wants
-# sharpening (session 19's fit stopped at 1.5, the edge of the language model's grid)
+# sharpening (a fit once stopped at 1.5, the edge of the language model's grid)
 HEAD_WEIGHTS = np.round(np.arange(0.0, 3.001, 0.05), 2)
 
 

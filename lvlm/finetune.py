@@ -35,15 +35,15 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class FinetuneConfig:
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.0  # 0.05 until session 24: dropout made a step ~28 % dearer, for < 1 epoch of data
-    lr: float = 2e-3  # the peak of the one-cycle schedule (session 14; constant 1e-3 before)
+    lora_dropout: float = 0.0  # dropout made a step ~28 % dearer, for < 1 epoch of data
+    lr: float = 2e-3  # the peak of the one-cycle schedule (it read better than a constant 1e-3)
     schedule: str = "one-cycle"  # `vst.train.one_cycle`: 10 % warm-up to lr, cosine down to ~0; or "constant"
     batch: int = 8
-    steps: int = 450  # 2.8 s each on 2 CPU cores (session 24): 21 min of steps, 28.3 min for the whole command
+    steps: int = 450  # 2.8-4.5 s each on 2 CPU cores: 21-41 min of steps
     seed: int = 0
     checkpoint_every: int = 25  # steps between resumable checkpoints (OUT/finetune_state.pt)
     code_tie: bool = True  # with a VST codebook: each action token's row + a learned map of its code vector
-    prefix_grad: bool = False  # gradients through the shared instruction prefix too (True until session 24; ~20 % dearer steps)
+    prefix_grad: bool = False  # gradients through the shared instruction prefix too (~20 % dearer steps)
     count_token: bool = True  # with a VST repetitions head: the window's count token ends the video block
 
 
