@@ -3,13 +3,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BUILD ?= build
 
-.PHONY: install test demo bundle
+.PHONY: install test lint format demo bundle
 
 install:
 	@bash scripts/install.sh $(VENV)
 
-test: install
+test: install lint
 	$(PY) -m pytest
+
+# the formatter and the linter (configured in pyproject.toml); `make format` rewrites in place
+lint: install
+	$(VENV)/bin/ruff format --check --quiet .
+	$(VENV)/bin/ruff check --quiet .
+
+format: install
+	$(VENV)/bin/ruff format --quiet .
+	$(VENV)/bin/ruff check --quiet --fix .
 
 # the default bundle end to end (synthetic data -> VST -> fine-tune -> export), reusing finished steps
 bundle: install

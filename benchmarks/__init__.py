@@ -1,1 +1,1 @@
-"""Reproducible performance and reliability measurements (`lvlm-var bench` arrives with issue #8)."""
+"""Reproducible performance and reliability measurements (`lvlm-var bench`, `lvlm-var eval real`)."""

@@ -24,6 +24,7 @@ no llama.cpp): each comparison is made against the CPU in the same run.
 Each command prints a short table and writes OUT/cuda_<command>.json. Without a CUDA device the
 CUDA columns say why they are missing and the CPU ones are still measured.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,11 +48,22 @@ def _write(out: str, name: str, result: dict) -> None:
 
 def env() -> dict:
     """GPU, driver and the versions of what the CUDA paths need; None where a thing is absent."""
-    out = {"gpu": None, "torch": None, "torch_cuda": None, "onnxruntime": None, "ort_providers": None,
-           "tensorrt": None, "libnvinfer": None}
+    out = {
+        "gpu": None,
+        "torch": None,
+        "torch_cuda": None,
+        "onnxruntime": None,
+        "ort_providers": None,
+        "tensorrt": None,
+        "libnvinfer": None,
+    }
     try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=20)
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         out["gpu"] = r.stdout.strip() or None
     except (OSError, subprocess.TimeoutExpired):
         pass
@@ -85,10 +97,15 @@ def env() -> dict:
 
 def _train_once(cache: str, out: str, device: str, tc_fields: dict, overrides: dict | None) -> dict:
     """One short training run in a child process (so CUDA_VISIBLE_DEVICES decides the device)."""
-    code = ("import json,sys; from vst.train import TrainConfig, train; "
-            f"r = train({cache!r}, {out!r}, TrainConfig(**json.loads(sys.argv[1])), progress=False, "
-            f"overrides={overrides!r}); print('RESULT', json.dumps(r))")
-    envs = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "0")}
+    code = (
+        "import json,sys; from vst.train import TrainConfig, train; "
+        f"r = train({cache!r}, {out!r}, TrainConfig(**json.loads(sys.argv[1])), progress=False, "
+        f"overrides={overrides!r}); print('RESULT', json.dumps(r))"
+    )
+    envs = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "0"),
+    }
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-c", code, json.dumps(tc_fields)], capture_output=True, text=True, env=envs)
     wall = time.monotonic() - t0
@@ -98,11 +115,18 @@ def _train_once(cache: str, out: str, device: str, tc_fields: dict, overrides: d
     history = [json.loads(line) for line in open(os.path.join(out, "history.jsonl"))]
     frames = next(h for h in history if h["stage"] == "frames")
     tokens = [h for h in history if h["stage"] == "tokens"]
-    return {"device": device, "wall_s": round(wall, 1), "train_s": result["seconds"],
-            "frame_stage_s": frames["elapsed_s"], "frame_first_loss": frames["first_loss"], "frame_loss": frames["loss"],
-            "token_stage_s": round(tokens[-1]["elapsed_s"] - frames["elapsed_s"], 1) if tokens else None,
-            "token_first_ce": tokens[-1]["first_ce"] if tokens else None, "token_ce": tokens[-1]["ce"] if tokens else None,
-            "top1": tokens[-1].get("top1") if tokens else None}
+    return {
+        "device": device,
+        "wall_s": round(wall, 1),
+        "train_s": result["seconds"],
+        "frame_stage_s": frames["elapsed_s"],
+        "frame_first_loss": frames["first_loss"],
+        "frame_loss": frames["loss"],
+        "token_stage_s": round(tokens[-1]["elapsed_s"] - frames["elapsed_s"], 1) if tokens else None,
+        "token_first_ce": tokens[-1]["first_ce"] if tokens else None,
+        "token_ce": tokens[-1]["ce"] if tokens else None,
+        "top1": tokens[-1].get("top1") if tokens else None,
+    }
 
 
 def _sampling_s(cache_dir: str, overrides: dict | None = None, batch: int = 64) -> float:
@@ -135,7 +159,9 @@ def train_check(cache: str, out: str, frame_steps: int = 300, epochs: int = 10, 
     if len(ok) == 2:
         result["frame_stage_speedup"] = round(ok[1]["frame_stage_s"] / ok[0]["frame_stage_s"], 2)
         result["token_stage_speedup"] = round(ok[1]["token_stage_s"] / ok[0]["token_stage_s"], 2)
-        result["first_loss_rel_diff"] = abs(ok[0]["frame_first_loss"] - ok[1]["frame_first_loss"]) / ok[1]["frame_first_loss"]
+        result["first_loss_rel_diff"] = (
+            abs(ok[0]["frame_first_loss"] - ok[1]["frame_first_loss"]) / ok[1]["frame_first_loss"]
+        )
     return result
 
 
@@ -144,8 +170,12 @@ def _render_job(args) -> tuple:
 
     cfg, name, data = args
     clip = render_clip(cfg, name)
-    np.savez(os.path.join(data, "skeletons", name.stem + ".npz"), joints_world=clip.joints_world,
-             joints3d=clip.joints3d, joints2d=clip.joints2d)
+    np.savez(
+        os.path.join(data, "skeletons", name.stem + ".npz"),
+        joints_world=clip.joints_world,
+        joints3d=clip.joints3d,
+        joints2d=clip.joints2d,
+    )
     return name, clip.frames, clip.attributes
 
 
@@ -167,11 +197,25 @@ def render_cache(cfg, root: str, protocol: str = "xsub", workers: int | None = N
     with open(os.path.join(cache, "frames.u8"), "wb") as f, mp.Pool(workers or os.cpu_count()) as pool:
         for name, frames, attributes in pool.imap(_render_job, jobs, chunksize=4):
             f.write(np.ascontiguousarray(frames).tobytes())
-            clips.append({"name": name.stem, "action": name.action, "split": split_of(name, protocol),
-                          "offset": offset, "frames": len(frames), "attributes": attributes})
+            clips.append(
+                {
+                    "name": name.stem,
+                    "action": name.action,
+                    "split": split_of(name, protocol),
+                    "offset": offset,
+                    "frames": len(frames),
+                    "attributes": attributes,
+                }
+            )
             offset += len(frames)
-    write_index(cache, {"width": cfg.size, "height": cfg.size, "fps": cfg.fps, "crop": True, "version": CONVERSION_VERSION},
-                protocol, data, clips, class_names(data))
+    write_index(
+        cache,
+        {"width": cfg.size, "height": cfg.size, "fps": cfg.fps, "crop": True, "version": CONVERSION_VERSION},
+        protocol,
+        data,
+        clips,
+        class_names(data),
+    )
     return cache
 
 
@@ -189,8 +233,11 @@ def recipe_check(root: str, synth=None, tc=None, overrides: dict | None = None, 
     synth, tc = synth or SynthConfig(), tc or TrainConfig()
     t0 = time.monotonic()
     cache = render_cache(synth, root, tc.protocol, workers)
-    result = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-              "cpu_threads": os.cpu_count(), "render_s": round(time.monotonic() - t0, 1)}
+    result = {
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "cpu_threads": os.cpu_count(),
+        "render_s": round(time.monotonic() - t0, 1),
+    }
     rendered = Cache.open(cache)
     result["clips"], result["frames"] = len(rendered.clips), rendered.index["total_frames"]
     run = os.path.join(root, "vst")
@@ -206,17 +253,30 @@ def recipe_check(root: str, synth=None, tc=None, overrides: dict | None = None, 
     # the first stage-2 record comes after encoding the views and `first["step"]` steps; the steps between
     # records run at one rate, so the encoding is what is left
     per_step = (tokens[-1]["elapsed_s"] - first["elapsed_s"]) / max(tokens[-1]["step"] - first["step"], 1)
-    result["stages_s"] = {"frames": frames["elapsed_s"],
-                          "token_encoding": round(first["elapsed_s"] - frames["elapsed_s"] - per_step * first["step"], 1),
-                          "token_steps": round(per_step * tokens[-1]["step"], 1)}
+    result["stages_s"] = {
+        "frames": frames["elapsed_s"],
+        "token_encoding": round(first["elapsed_s"] - frames["elapsed_s"] - per_step * first["step"], 1),
+        "token_steps": round(per_step * tokens[-1]["step"], 1),
+    }
     result["steps"] = {"frames": frames["step"], "tokens": trained["steps"]}
     for mirror in (False, True):
         t0 = time.monotonic()
-        m = run_eval(run, cache, tc.protocol, os.path.join(root, "eval-mirror" if mirror else "eval"), progress=False, mirror=mirror)
+        m = run_eval(
+            run,
+            cache,
+            tc.protocol,
+            os.path.join(root, "eval-mirror" if mirror else "eval"),
+            progress=False,
+            mirror=mirror,
+        )
         result["eval_mirror" if mirror else "eval"] = {
-            "top1": m["top1"], "window_top1": m["window_top1"], "codes_used": m["codes_used"],
-            "token_stability": m["token_stability"], **{k: v for k, v in m["attributes"].items() if v is not None},
-            "seconds": round(time.monotonic() - t0, 1)}
+            "top1": m["top1"],
+            "window_top1": m["window_top1"],
+            "codes_used": m["codes_used"],
+            "token_stability": m["token_stability"],
+            **{k: v for k, v in m["attributes"].items() if v is not None},
+            "seconds": round(time.monotonic() - t0, 1),
+        }
     return result
 
 
@@ -247,12 +307,29 @@ def _finetune_once(examples_path: str, vst: str, out: str, base: str, random_wei
     codes, counts = vst_model.cfg.K, vst_model.cfg.counts
     first = add_action_tokens(model, tokenizer, codes, load_glossary(vst), counts)
     t0 = time.monotonic()
-    result = finetune(model, tokenizer, first, codes, labels, examples, out, FinetuneConfig(steps=steps),
-                      progress=False, codebook=vst_model.quantizer.codebook, counts=counts)
+    result = finetune(
+        model,
+        tokenizer,
+        first,
+        codes,
+        labels,
+        examples,
+        out,
+        FinetuneConfig(steps=steps),
+        progress=False,
+        codebook=vst_model.quantizer.codebook,
+        counts=counts,
+    )
     seconds = time.monotonic() - t0
-    run = {"device": result["device"], "steps": steps, "examples": len(examples), "seconds": round(seconds, 1),
-           "s_per_step": round(result["step_seconds"] / result["steps_run"], 4), "first_loss": result["first_loss"],
-           "last_loss": result["last_loss"]}
+    run = {
+        "device": result["device"],
+        "steps": steps,
+        "examples": len(examples),
+        "seconds": round(seconds, 1),
+        "s_per_step": round(result["step_seconds"] / result["steps_run"], 4),
+        "first_loss": result["first_loss"],
+        "last_loss": result["last_loss"],
+    }
     if result["device"] == "cuda":
         from transformers import AutoModelForCausalLM
 
@@ -271,13 +348,24 @@ def _finetune_once(examples_path: str, vst: str, out: str, base: str, random_wei
                 b = cpu_model(input_ids=x).logits[0]
                 err = max(err, float((a - b).abs().max()))
                 agree, total = agree + int((a.argmax(-1) == b.argmax(-1)).sum()), total + len(ids)
-        run["merged_cpu_reload"] = {"positions": total, "max_abs_logit_diff": err, "top1_agreement": agree / total,
-                                    "logit_std": float(b.std())}
+        run["merged_cpu_reload"] = {
+            "positions": total,
+            "max_abs_logit_diff": err,
+            "top1_agreement": agree / total,
+            "logit_std": float(b.std()),
+        }
     return run
 
 
-def finetune_check(vst: str, cache_dir: str, out: str, base: str = "smollm2-135m", random_weights: bool = False,
-                   steps: int = 450, cpu_steps: int = 10) -> dict:
+def finetune_check(
+    vst: str,
+    cache_dir: str,
+    out: str,
+    base: str = "smollm2-135m",
+    random_weights: bool = False,
+    steps: int = 450,
+    cpu_steps: int = 10,
+) -> dict:
     """The default fine-tune on CUDA and `cpu_steps` of it on all CPU cores (both from the same
     seed and examples, each in a child process): seconds per step, their ratio, the first losses."""
     import torch
@@ -290,19 +378,32 @@ def finetune_check(vst: str, cache_dir: str, out: str, base: str = "smollm2-135m
     examples_path = os.path.join(out, "examples.json")
     with open(examples_path, "w") as f:
         json.dump({"labels": labels, "examples": examples}, f)
-    result = {"base": base, "random_weights": random_weights, "examples": len(examples),
-              "examples_s": round(time.monotonic() - t0, 1), "cpu_threads": os.cpu_count(), "runs": {}}
+    result = {
+        "base": base,
+        "random_weights": random_weights,
+        "examples": len(examples),
+        "examples_s": round(time.monotonic() - t0, 1),
+        "cpu_threads": os.cpu_count(),
+        "runs": {},
+    }
     plan = ([("cuda", steps)] if torch.cuda.is_available() else []) + [("cpu", cpu_steps)]
     for device, n in plan:
-        code = ("import json,sys; from benchmarks.cuda_check import _finetune_once; "
-                "print('RESULT', json.dumps(_finetune_once(*json.loads(sys.argv[1]))))")
+        code = (
+            "import json,sys; from benchmarks.cuda_check import _finetune_once; "
+            "print('RESULT', json.dumps(_finetune_once(*json.loads(sys.argv[1]))))"
+        )
         args = [examples_path, vst, os.path.join(out, f"finetune_{device}"), base, random_weights, n]
-        envs = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "0")}
+        envs = {
+            **os.environ,
+            "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else os.environ.get("CUDA_VISIBLE_DEVICES", "0"),
+        }
         r = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, env=envs)
         if r.returncode != 0:
             result["runs"][device] = {"error": (r.stderr.strip().splitlines() or ["?"])[-1]}
             continue
-        result["runs"][device] = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:])
+        result["runs"][device] = json.loads(
+            next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:]
+        )
     if "cuda" not in result["runs"]:
         result["runs"]["cuda"] = {"error": "no CUDA device"}
     ok = [result["runs"][d] for d in ("cuda", "cpu") if "error" not in result["runs"][d]]
@@ -338,10 +439,17 @@ def ort_check(bundle: str, cache_dir: str, seconds: float = 2.0) -> dict:
     t0 = time.monotonic()
     auto = Engines(bundle, manifest, "auto")
     result["auto_backend"], result["auto_s"] = auto.backend, round(time.monotonic() - t0, 2)
-    engines = {"cpu": (OrtEngine(enc_path, providers=["CPUExecutionProvider"]),
-                       OrtEngine(tok_path, providers=["CPUExecutionProvider"]))}
+    engines = {
+        "cpu": (
+            OrtEngine(enc_path, providers=["CPUExecutionProvider"]),
+            OrtEngine(tok_path, providers=["CPUExecutionProvider"]),
+        )
+    }
     if "CUDAExecutionProvider" in ort.get_available_providers():
-        pair = (OrtEngine(enc_path, providers=["CUDAExecutionProvider"]), OrtEngine(tok_path, providers=["CUDAExecutionProvider"]))
+        pair = (
+            OrtEngine(enc_path, providers=["CUDAExecutionProvider"]),
+            OrtEngine(tok_path, providers=["CUDAExecutionProvider"]),
+        )
         if pair[0].providers[0] == "CUDAExecutionProvider":
             engines["cuda"] = pair
         else:
@@ -353,8 +461,10 @@ def ort_check(bundle: str, cache_dir: str, seconds: float = 2.0) -> dict:
     for name, (enc, tok) in engines.items():
         feats[name] = [enc.run({"frames": c})["features"] for c in clips]
         # the runtime's windows (vst.windows.sliding_starts, written out: that module needs torch, an edge box may not)
-        wins = np.stack([f[s:s + v["W"]] for f in feats[name] for s in range(0, len(f) - v["W"] + 1, v["S"])])
-        ids[name] = tok.run({"features": wins.astype(np.float32)})["ids"]  # frames -> tokens, end to end on one provider
+        wins = np.stack([f[s : s + v["W"]] for f in feats[name] for s in range(0, len(f) - v["W"] + 1, v["S"])])
+        ids[name] = tok.run({"features": wins.astype(np.float32)})[
+            "ids"
+        ]  # frames -> tokens, end to end on one provider
     result["clips"], result["windows"] = len(clips), int(len(ids["cpu"]))
     if "cuda" in engines:
         result["max_abs_feature_error"] = float(max(np.abs(a - b).max() for a, b in zip(feats["cuda"], feats["cpu"])))
@@ -365,13 +475,19 @@ def ort_check(bundle: str, cache_dir: str, seconds: float = 2.0) -> dict:
     for name, (enc, _) in engines.items():
         for b in (1, 8, 64):
             x = rng.integers(0, 255, (b, r, r, 3), dtype=np.uint8)
-            result["encoder_fps"][f"{name} batch {b}"] = round(b / _median_s(lambda x=x, enc=enc: enc.run({"frames": x}), seconds), 1)
+            result["encoder_fps"][f"{name} batch {b}"] = round(
+                b / _median_s(lambda x=x, enc=enc: enc.run({"frames": x}), seconds), 1
+            )
     win = rng.standard_normal((1, v["W"], v["D"]), dtype=np.float32)
-    result["token_engine_ms"] = {name: round(1e3 * _median_s(lambda tok=tok: tok.run({"features": win}), seconds), 3)
-                                 for name, (_, tok) in engines.items()}
+    result["token_engine_ms"] = {
+        name: round(1e3 * _median_s(lambda tok=tok: tok.run({"features": win}), seconds), 3)
+        for name, (_, tok) in engines.items()
+    }
     if "cuda" in engines:
         for b in (1, 8, 64):
-            result[f"cuda_vs_cpu_batch{b}"] = round(result["encoder_fps"][f"cuda batch {b}"] / result["encoder_fps"][f"cpu batch {b}"], 2)
+            result[f"cuda_vs_cpu_batch{b}"] = round(
+                result["encoder_fps"][f"cuda batch {b}"] / result["encoder_fps"][f"cpu batch {b}"], 2
+            )
     return result
 
 
@@ -395,11 +511,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[:1] == ["finetune"] and 4 <= len(argv) <= 6:
         rest = [a for a in argv[4:] if a != "--random-weights"]
-        _write(argv[3], "finetune", finetune_check(argv[1], argv[2], argv[3], *(rest or ["smollm2-135m"])[:1],
-                                                   random_weights="--random-weights" in argv[4:]))
+        _write(
+            argv[3],
+            "finetune",
+            finetune_check(
+                argv[1],
+                argv[2],
+                argv[3],
+                *(rest or ["smollm2-135m"])[:1],
+                random_weights="--random-weights" in argv[4:],
+            ),
+        )
         return 0
-    print("usage: python -m benchmarks.cuda_check env [OUT] | train CACHE OUT | recipe ROOT OUT | ort BUNDLE CACHE OUT | "
-          "finetune VST CACHE OUT [BASE] [--random-weights]", file=sys.stderr)
+    print(
+        "usage: python -m benchmarks.cuda_check env [OUT] | train CACHE OUT | recipe ROOT OUT | ort BUNDLE CACHE OUT | "
+        "finetune VST CACHE OUT [BASE] [--random-weights]",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -4,6 +4,7 @@ times (server back -> first frame) and the frames lost during each outage; write
 
     python -m benchmarks.soak_rtsp --minutes 10 --restart-every 60 --down 2 --out bench/soak
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,14 @@ def soak(minutes: float, restart_every: float, down: float, fps: int = 15) -> di
     proc = mp.get_context("spawn").Process(target=_serve, args=(child, port, fps), daemon=True)
     proc.start()
     assert parent.recv() == "up"
-    src = Source(f"rtsp://127.0.0.1:{port}/soak", Conversion(112, 112, fps), stall_timeout_s=1.0,
-                 connect_timeout_s=3.0, backoff_initial_s=0.25, backoff_max_s=2.0)
+    src = Source(
+        f"rtsp://127.0.0.1:{port}/soak",
+        Conversion(112, 112, fps),
+        stall_timeout_s=1.0,
+        connect_timeout_s=3.0,
+        backoff_initial_s=0.25,
+        backoff_max_s=2.0,
+    )
     arrivals: list[float] = []
     stop = threading.Event()
 
@@ -99,15 +106,23 @@ def soak(minutes: float, restart_every: float, down: float, fps: int = 15) -> di
         gap = after[0] - before[-1]
         lost.append(max(0, round(gap * fps) - 1))
     return {
-        "minutes": minutes, "restart_every_s": restart_every, "server_down_s": down, "fps": fps,
-        "frames": len(arrivals), "restarts": len(outages), "reconnects_counted": stats.reconnects,
-        "rss_start_mib": round(rss[min(5, len(rss) - 1)][1], 1), "rss_end_mib": round(rss[-1][1], 1),
+        "minutes": minutes,
+        "restart_every_s": restart_every,
+        "server_down_s": down,
+        "fps": fps,
+        "frames": len(arrivals),
+        "restarts": len(outages),
+        "reconnects_counted": stats.reconnects,
+        "rss_start_mib": round(rss[min(5, len(rss) - 1)][1], 1),
+        "rss_end_mib": round(rss[-1][1], 1),
         "reconnect_s_median": round(statistics.median(reconnect_s), 2) if reconnect_s else None,
         "reconnect_s_max": round(max(reconnect_s), 2) if reconnect_s else None,
         "frames_lost_per_outage_median": statistics.median(lost) if lost else None,
         "frames_lost_per_outage_max": max(lost) if lost else None,
         "frames_lost_beyond_downtime_median": (statistics.median(lost) - round(down * fps)) if lost else None,
-        "rss_series": rss, "reconnect_s": reconnect_s, "frames_lost": lost,
+        "rss_series": rss,
+        "reconnect_s": reconnect_s,
+        "frames_lost": lost,
     }
 
 

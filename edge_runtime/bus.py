@@ -11,6 +11,7 @@ keys (ZAP authenticator thread); workers and monitors have their own key pair an
 public key. A client that is not on the list never completes the handshake, gets nothing, and
 the server keeps serving everybody else. Every socket has linger 0.
 """
+
 from __future__ import annotations
 
 import logging

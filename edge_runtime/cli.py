@@ -5,6 +5,7 @@ A command module provides `register(cli)` (adding its parsers through `Commands`
 Command modules import nothing heavy at module level, so `lvlm-var --help` is instant and the
 runtime's commands work on a machine without torch.
 """
+
 from __future__ import annotations
 
 import argparse

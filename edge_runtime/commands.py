@@ -1,4 +1,5 @@
 """`lvlm-var run | ingest | llm-worker | monitor | config | keys | demo`: the edge runtime's commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,15 +18,26 @@ USER_ERRORS = (ConfigError, BusError, BundleError, SourceError)
 def _service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, help="TOML config file (lvlm-var config example)")
     p.add_argument("--bundle", default=None, help="override: bundle directory")
-    p.add_argument("--stream", action="append", default=[], metavar="ID=URI", help="override: add a stream (repeatable)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any field, e.g. --set llm.threads=4 --set sinks.console=false")
+    p.add_argument(
+        "--stream", action="append", default=[], metavar="ID=URI", help="override: add a stream (repeatable)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any field, e.g. --set llm.threads=4 --set sinks.console=false",
+    )
 
 
 def register(cli) -> None:
     r = cli.add("run", "everything in one process: streams -> VST -> bus (inproc) -> LLM workers -> sinks")
     _service_args(r)
-    r.add_argument("--until-done", action="store_true", help="exit once every source has ended and its results are in")
+    r.add_argument(
+        "--until-done",
+        action="store_true",
+        help="exit once every source has ended and its results are in (the default when every stream is a file)",
+    )
     r.set_defaults(func=cmd_run, ingest=True, workers=None)
 
     i = cli.add("ingest", "streams + VST engines -> windows on the bus; results from the workers -> sinks and PUB")
@@ -39,7 +51,7 @@ def register(cli) -> None:
     m = cli.add("monitor", "subscribe to the results and print them")
     _service_args(m)
     m.add_argument("--streams", default="", help="comma-separated stream ids (default: all)")
-    m.add_argument("--count", type=int, default=None, help="exit after this many results")
+    m.add_argument("--count", type=int, default=None, help="exit after this many results (events are shown too)")
     m.add_argument("--timeout", type=float, default=None, help="exit after this many seconds")
     m.add_argument("--json", action="store_true", help="one JSON object per line")
     m.add_argument("--health", action="store_true", help="also show the ingest's Health messages (every 5 s)")
@@ -58,7 +70,9 @@ def register(cli) -> None:
     gen.add_argument("--name", required=True)
     gen.set_defaults(func=cmd_keys)
 
-    d = cli.add("demo", "the live demo: a synthetic multi-action video over a local RTSP server through the whole pipeline")
+    d = cli.add(
+        "demo", "the live demo: a synthetic multi-action video over a local RTSP server through the whole pipeline"
+    )
     d.add_argument("--bundle", default="build/bundle")
     d.add_argument("--actions", type=int, default=8, help="consecutive actions in the video")
     d.add_argument("--seed", type=int, default=2026)
@@ -103,8 +117,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     if args.ingest and not cfg.streams:
         raise ConfigError("no streams: add [[streams]] to the config or pass --stream ID=URI")
-    result = serve(cfg, ingest=args.ingest, workers=args.workers, until_done=args.until_done)
+    from streams.uri import parse as parse_uri
+
+    # `run` over recorded files alone ends with them; the services (ingest, llm-worker) keep running
+    files_only = args.command == "run" and all(not parse_uri(s.uri).live for s in cfg.streams)
+    from edge_runtime.sinks import EventLog
+
+    events = EventLog() if args.ingest else None
+    result = serve(
+        cfg,
+        ingest=args.ingest,
+        workers=args.workers,
+        until_done=args.until_done or files_only,
+        extra_sinks=[events] if events is not None else None,
+    )
     print(json.dumps(result, indent=1), file=sys.stderr)
+    if files_only:
+        print(events.summary())
     if result.get("error"):
         print(f"lvlm-var {args.command}: error: {result['error']}", file=sys.stderr)
         return 1
@@ -149,14 +178,24 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                 if args.health:
                     print(f"[health] {r.name}: {r.state} {json.dumps(r.counters)}", flush=True)
                 continue
-            seen += 1
+            event = isinstance(r, messages.ActionEvent)
+            if event and r.state == "update":  # an event is shown where it starts and where it ends
+                continue
+            seen += not event  # --count counts results
             if args.json:
                 import dataclasses
 
-                print(json.dumps(dataclasses.asdict(r)), flush=True)
+                print(json.dumps({"kind": messages.KIND_OF[type(r)], **dataclasses.asdict(r)}), flush=True)
+            elif event:
+                from edge_runtime.sinks import event_line
+
+                print(event_line(r), flush=True)
             else:
-                print(f"{messages.who(r)} #{r.window_seq}: {r.label} (p={r.probability:.2f}; VST {r.provisional_label} "
-                      f"{r.provisional_score:.2f}) {r.explanation or ''}", flush=True)
+                print(
+                    f"{messages.who(r)} #{r.window_seq}: {r.label} (p={r.probability:.2f}; VST {r.provisional_label} "
+                    f"{r.provisional_score:.2f}) {r.explanation or ''}",
+                    flush=True,
+                )
     except KeyboardInterrupt:
         pass
     finally:
@@ -169,8 +208,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     from edge_runtime.config import load
 
     cfg = load(args.file)
-    print(f"{args.file}: OK ({len(cfg.streams)} stream(s), bundle {cfg.bundle}, backend {cfg.engine.backend}, "
-          f"{cfg.llm.workers} LLM worker(s))")
+    print(
+        f"{args.file}: OK ({len(cfg.streams)} stream(s), bundle {cfg.bundle}, backend {cfg.engine.backend}, "
+        f"{cfg.llm.workers} LLM worker(s))"
+    )
     return 0
 
 

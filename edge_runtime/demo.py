@@ -4,11 +4,14 @@ A synthetic video of several consecutive actions (performers held out of X-Sub t
 three cameras) is served by a local RTSP server; `serve` runs RTSP -> GStreamer -> VST -> ZeroMQ
 -> llama.cpp -> sinks in one process and the live table shows provisional (VST) and final (LLM)
 labels with explanations. At the end: accuracy of both against the video's ground truth and the
-latency figures, printed and written to OUT/report.json (results in OUT/results.jsonl).
+latency figures, and the action events scored on the stream's own clock (`edge_runtime.scoring`:
+frame accuracy, segmental F1 at IoU 0.10/0.25/0.50, false events per idle minute), printed and
+written to OUT/report.json with a timeline PNG (results and events in OUT/results.jsonl).
 
-Ground truth of a window: the action whose span overlaps the window most, if it covers at least
-a third of the window; windows mostly between actions are not scored.
+Ground truth of a window: the action whose span overlaps the window most on the stream's clock,
+if it covers at least a third of the window; windows mostly between actions are not scored.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,14 +43,26 @@ def render_video(path: str, actions: int, seed: int, fps: int = 15, size: int = 
     with VideoWriter(path + ".part.mp4", size, size, fps) as w:
         for k, idx in enumerate(order):
             a = ACTIONS[int(idx)]
-            name = ClipName(setup=1, camera=k % 3 + 1, performer=int(rng.choice(TEST_PERFORMERS)),
-                            replication=int(rng.integers(1, 3)), action=a.ntu_id)
+            name = ClipName(
+                setup=1,
+                camera=k % 3 + 1,
+                performer=int(rng.choice(TEST_PERFORMERS)),
+                replication=int(rng.integers(1, 3)),
+                action=a.ntu_id,
+            )
             clip = render_clip(cfg, name)
             for frame in clip.frames:
                 w.write(frame)
             at = clip.attributes
-            segments.append({"label": a.name, "clip": name.stem, "start": offset + at["action_start_frame"],
-                             "end": offset + at["action_end_frame"], "explanation": at["explanation"]})
+            segments.append(
+                {
+                    "label": a.name,
+                    "clip": name.stem,
+                    "start": offset + at["action_start_frame"],
+                    "end": offset + at["action_end_frame"],
+                    "explanation": at["explanation"],
+                }
+            )
             offset += len(clip.frames)
     os.replace(path + ".part.mp4", path)
     return segments
@@ -65,8 +80,12 @@ def truth(segments: list[dict], first: int, last: int) -> str | None:
 
 class Recorder(Sink):
     def __init__(self):
-        self.windows, self.results = [], []
+        self.windows, self.results, self.events = [], [], []
         self.lock = threading.Lock()
+
+    def event(self, e) -> None:
+        with self.lock:
+            self.events.append(e)
 
     def window(self, w) -> None:
         with self.lock:
@@ -83,6 +102,10 @@ def score(rec: Recorder, segments: list[dict], fps: int) -> dict:
     t0 = min(w.t_start_ns for w in rec.windows)
 
     def frames(w):
+        """The window's frames of the video: its stream timestamps (the RTSP server plays the file
+        from its start for the client), the wall clock from the first window where it has none."""
+        if w.pts_start_ns is not None:
+            return round(w.pts_start_ns / 1e9 * fps), round(w.pts_end_ns / 1e9 * fps)
         return round((w.t_start_ns - t0) / 1e9 * fps), round((w.t_end_ns - t0) / 1e9 * fps)
 
     prov = [(w.provisional_label, truth(segments, *frames(w))) for w in rec.windows]
@@ -97,16 +120,34 @@ def score(rec: Recorder, segments: list[dict], fps: int) -> dict:
     lab = [r.capture_to_tokens_ms + r.tokens_to_label_ms for r in rec.results]
     expl = [r.tokens_to_explanation_ms for r in rec.results if r.tokens_to_explanation_ms is not None]
     return {
-        "windows": len(rec.windows), "results": len(rec.results), "scored_windows": len(prov), "scored_results": len(final),
+        "windows": len(rec.windows),
+        "results": len(rec.results),
+        "scored_windows": len(prov),
+        "scored_results": len(final),
         "provisional_accuracy": float(np.mean([p == t for p, t in prov])) if prov else None,
         "final_accuracy": float(np.mean([p == t for p, t in final])) if final else None,
         "capture_to_provisional_ms": {"p50": pct(tok, 50), "p99": pct(tok, 99)},
         "capture_to_label_ms": {"p50": pct(lab, 50), "p99": pct(lab, 99)},
         "tokens_to_explanation_ms": {"p50": pct(expl, 50), "p99": pct(expl, 99)},
-        "explanations": [{"label": r.label, "probability": round(r.probability, 3), "explanation": r.explanation}
-                         for r in rec.results if r.explanation][:5],
+        "explanations": [
+            {"label": r.label, "probability": round(r.probability, 3), "explanation": r.explanation}
+            for r in rec.results
+            if r.explanation
+        ][:5],
         "median_probability": statistics.median([r.probability for r in rec.results]) if rec.results else None,
     }
+
+
+def score_demo_events(rec: Recorder, segments: list[dict], fps: int, seconds: float, plot: str | None) -> dict:
+    """The run's ended events against the video's true segments, on the stream's clock (the RTSP
+    server plays the file from its start for the client, so stream time is video time)."""
+    from edge_runtime.scoring import plot_timeline, score_events
+
+    truth = [(s["label"], s["start"] / fps, s["end"] / fps) for s in segments]
+    events = [(e.label, e.start_s, e.end_s) for e in rec.events if e.state == "end"]
+    if plot:
+        plot_timeline(truth, events, seconds, plot, "truth (above) and the events the demo raised (below)")
+    return score_events(truth, events, seconds, fps)
 
 
 def run_demo(bundle: str, actions: int, seed: int, out: str | None, console: bool = True) -> int:
@@ -138,31 +179,56 @@ def run_demo(bundle: str, actions: int, seed: int, out: str | None, console: boo
     results_path = os.path.join(out, "results.jsonl")
     if os.path.exists(results_path):
         os.remove(results_path)
-    cfg = load(None, {"bundle": bundle, "name": "demo",
-                      "streams": [{"id": "demo", "uri": url, "max_reconnects": 0}],
-                      "bus": {"windows": "inproc://windows", "collect": "inproc://collect", "results": "inproc://results"},
-                      "llm": {"workers": 1, "threads": max(1, (os.cpu_count() or 2) - 1), "explain_interval_s": 1.0,
-                              "deadline_s": 3.0},
-                      "sinks": {"console": console, "jsonl": results_path}})
+    cfg = load(
+        None,
+        {
+            "bundle": bundle,
+            "name": "demo",
+            "streams": [{"id": "demo", "uri": url, "max_reconnects": 0}],
+            "bus": {"windows": "inproc://windows", "collect": "inproc://collect", "results": "inproc://results"},
+            "llm": {
+                "workers": 1,
+                "threads": max(1, (os.cpu_count() or 2) - 1),
+                "explain_interval_s": 1.0,
+                "deadline_s": 3.0,
+            },
+            "sinks": {"console": console, "jsonl": results_path},
+        },
+    )
     try:
         stats = serve(cfg, until_done=True, duration_s=seconds + 15, extra_sinks=[rec])
     finally:
         server.stop()
     report = score(rec, segments, fps)
     report.update({"video": video, "truth": truth_path, "stats": stats})
+    report["events"] = score_demo_events(rec, segments, fps, seconds, os.path.join(out, "timeline.png"))
     with open(os.path.join(out, "report.json"), "w") as f:
         json.dump(report, f, indent=1)
     if not rec.windows:
         print("lvlm-var demo: error: no frames reached the VST (see the log above)", file=sys.stderr)
         return 1
     pa, fa = report["provisional_accuracy"], report["final_accuracy"]
-    print(f"[demo] {report['windows']} windows, {report['results']} LLM results "
-          f"({report['scored_windows']}/{report['scored_results']} inside an action)")
-    print(f"[demo] accuracy: provisional (VST head) {pa:.1%}, final (LLM worker) {fa:.1%}" if pa is not None and fa is not None
-          else "[demo] too few scored windows for an accuracy")
-    print(f"[demo] latency p50/p99: capture->provisional {report['capture_to_provisional_ms']['p50']:.0f}/"
-          f"{report['capture_to_provisional_ms']['p99']:.0f} ms, capture->label "
-          f"{(report['capture_to_label_ms']['p50'] or 0):.0f}/{(report['capture_to_label_ms']['p99'] or 0):.0f} ms")
+    print(
+        f"[demo] {report['windows']} windows, {report['results']} LLM results "
+        f"({report['scored_windows']}/{report['scored_results']} inside an action)"
+    )
+    print(
+        f"[demo] accuracy: provisional (VST head) {pa:.1%}, final (LLM worker) {fa:.1%}"
+        if pa is not None and fa is not None
+        else "[demo] too few scored windows for an accuracy"
+    )
+    print(
+        f"[demo] latency p50/p99: capture->provisional {report['capture_to_provisional_ms']['p50']:.0f}/"
+        f"{report['capture_to_provisional_ms']['p99']:.0f} ms, capture->label "
+        f"{(report['capture_to_label_ms']['p50'] or 0):.0f}/{(report['capture_to_label_ms']['p99'] or 0):.0f} ms"
+    )
+    ev = report["events"]
+    print(
+        f"[demo] events on stream time: {ev['events']} for {ev['true_segments']} actions, frame accuracy "
+        f"{ev['frame_accuracy']:.1%}, segment F1@0.10/0.25/0.50 "
+        + "/".join(f"{v:.2f}" for v in ev["segment_f1"].values())
+        + f"; timeline: {out}/timeline.png"
+    )
     for e in report["explanations"][:3]:
         print(f"[demo]   {e['label']} ({e['probability']:.2f}): {e['explanation']}")
     print(f"[demo] report: {out}/report.json, results: {results_path}")

@@ -8,6 +8,7 @@ detector and landmark model (driven by `edge_runtime.pose`) and the token engine
 frame encoder has two. All take arrays as the streams and the ring buffers give them and return
 numpy arrays.
 """
+
 from __future__ import annotations
 
 import logging
@@ -86,8 +87,10 @@ class Engines:
                 self.engines = {r: TensorRTEngine(os.path.join(bundle, plans["plans"][r])) for r in self.roles}
                 self.backend = f"tensorrt {plans['tensorrt']} {plans['precision']} ({plans['gpu']})"
             elif backend == "tensorrt":
-                raise BundleError(f"{bundle}: no TensorRT plans for this machine's TensorRT and GPU; "
-                                  f"build them with `lvlm-var export trt {bundle}` or use backend = \"onnxruntime\"")
+                raise BundleError(
+                    f"{bundle}: no TensorRT plans for this machine's TensorRT and GPU; "
+                    f'build them with `lvlm-var export trt {bundle}` or use backend = "onnxruntime"'
+                )
         if self.backend is None:
             e = manifest["engines"]
             self.engines = {r: OrtEngine(os.path.join(bundle, e[r]["file"]), threads) for r in self.roles}

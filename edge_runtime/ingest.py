@@ -2,13 +2,19 @@
 person track (the pose front end: one track per person, `edge_runtime.pose`; the own frame
 encoder: one for the whole view) -> TokenEngine every S frames of a track -> TokenWindow on the
 bus; results from the LLM workers come back through the hub, are published (topic = stream id)
-and go to the sinks.
+and go to the sinks, and become action events (`edge_runtime.events`, per person), published and
+sunk as well.
+
+A recorded file is analysed whole: its windows are marked lossless (the workers queue every one
+instead of keeping the newest) and its reader waits while LOSSLESS_IN_FLIGHT of its windows are
+unanswered, so a file read faster than real time never outruns the language model.
 
 Threads: one reader per source (frames into a bounded queue: live sources already keep only
-the newest frame, files block here so they lose none), one engine thread (batches frames, owns
+the newest frame, files block here so they lose none, and wait for the workers as above), one engine thread (batches frames, owns
 the windows PUSH socket), one collector (owns the collect PULL and results PUB sockets). Every
 loop waits with a timeout and checks the stop event.
 """
+
 from __future__ import annotations
 
 import collections
@@ -25,7 +31,8 @@ from edge_runtime import messages
 from edge_runtime.bus import Hub
 from edge_runtime.config import Config
 from edge_runtime.engines import Engines
-from edge_runtime.messages import MessageError, TokenWindow
+from edge_runtime.events import EventTracker
+from edge_runtime.messages import ActionEvent, MessageError, TokenWindow
 from edge_runtime.sinks import Sink
 from streams.errors import SourceError
 from streams.frame import mirrored
@@ -33,6 +40,9 @@ from streams.pipeline import Conversion
 from streams.source import Source
 
 log = logging.getLogger(__name__)
+
+LOSSLESS_IN_FLIGHT = 4  # a file's windows sent and not yet answered, before its reader waits
+LOSSLESS_GIVE_UP_S = 120.0  # an answer this late is lost (a worker that failed the read): stop waiting for it
 
 
 @dataclass
@@ -42,6 +52,7 @@ class TrackState:
     id: int | None
     ring: collections.deque
     capture: collections.deque
+    pts: collections.deque
     mirror_ring: collections.deque | None = None  # the mirror images' features (engine.mirror)
     frames: int = 0
     windows: int = 0
@@ -58,6 +69,8 @@ class StreamState:
     ended: bool = False
     error: str | None = None
     tracks: dict = field(default_factory=dict)  # track id (None: the whole view) -> TrackState
+    in_flight: dict = field(default_factory=dict)  # a file's windows: seq -> time.monotonic() sent
+    lost: int = 0  # a file's windows never answered
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -84,14 +97,26 @@ def head_mirror(cfg: Config, manifest: dict) -> bool:
     if cfg.engine.mirror is None:
         return fitted
     if cfg.engine.mirror != fitted and manifest["lvlm"].get("label_pool"):
-        log.warning("engine.mirror = %s, but the bundle's label pool was fitted on the head read %s; labels may be "
-                    "less well calibrated", str(cfg.engine.mirror).lower(), "with its mirror image" if fitted else "plain")
+        log.warning(
+            "engine.mirror = %s, but the bundle's label pool was fitted on the head read %s; labels may be "
+            "less well calibrated",
+            str(cfg.engine.mirror).lower(),
+            "with its mirror image" if fitted else "plain",
+        )
     return cfg.engine.mirror
 
 
 class Ingest:
-    def __init__(self, cfg: Config, bundle: str, manifest: dict, bundle_id: str, sink: Sink, stop: threading.Event,
-                 context: zmq.Context | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        bundle: str,
+        manifest: dict,
+        bundle_id: str,
+        sink: Sink,
+        stop: threading.Event,
+        context: zmq.Context | None = None,
+    ):
         self.cfg, self.manifest, self.bundle_id, self.sink, self.stop = cfg, manifest, bundle_id, sink, stop
         v = manifest["vst"]
         self.W, self.S, self.R, self.fps = v["W"], v["S"], v["resolution"], v["fps"]
@@ -102,7 +127,8 @@ class Ingest:
         self.frames: queue.Queue = queue.Queue(maxsize=max(cfg.engine.max_batch * 2, 8))
         self.outbox: queue.Queue = queue.Queue()  # (topic, message) for the PUB socket, from other threads
         self.streams: dict[str, StreamState] = {}
-        self.counters = {"bad_messages": 0, "results": 0}
+        self.counters = {"bad_messages": 0, "results": 0, "events": 0}
+        self.lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.frames_flowing = threading.Event()  # set whenever frames arrive: the watchdog pings only then
         self.pose = None
@@ -110,8 +136,18 @@ class Ingest:
             from edge_runtime.pose import PoseSettings
 
             p = cfg.pose
-            self.pose = self.engines.pose_front_end(PoseSettings(detect_every=p.detect_every, max_people=p.max_people,
-                                                                 min_detection=p.min_detection, min_presence=p.min_presence))
+            self.pose = self.engines.pose_front_end(
+                PoseSettings(
+                    detect_every=p.detect_every,
+                    max_people=p.max_people,
+                    min_detection=p.min_detection,
+                    min_presence=p.min_presence,
+                    smoothing=p.smoothing,
+                    min_cutoff=p.min_cutoff,
+                    beta=p.beta,
+                    fps=self.fps,
+                )
+            )
             width, height = manifest["pose"]["frame"]
             conversion = Conversion(width=width, height=height, fps=self.fps, crop=False)
         else:
@@ -119,9 +155,10 @@ class Ingest:
         for s in cfg.streams:
             src = Source(s.uri, conversion, stream_id=s.id, realtime=s.realtime, max_reconnects=s.max_reconnects)
             self.streams[s.id] = StreamState(s.id, src)
+        self.events = EventTracker(cfg.events, self.S / self.fps, bundle_id, self._event)
 
     # ---- lifecycle ----------------------------------------------------------------------------
-    def start(self) -> "Ingest":
+    def start(self) -> Ingest:
         for st in self.streams.values():
             try:
                 st.source.start()
@@ -146,6 +183,7 @@ class Ingest:
         deadline = time.monotonic() + timeout
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        self.events.close_all()  # events still open end where they were last seen
         self.hub.close()
 
     @property
@@ -157,6 +195,8 @@ class Ingest:
     def _read(self, st: StreamState) -> None:
         try:
             for frame in st.source.frames(poll_s=0.1):
+                if not st.source.spec.live:
+                    self._wait_for_workers(st)
                 while not self.stop.is_set():
                     try:
                         self.frames.put(frame, timeout=0.1)
@@ -170,6 +210,17 @@ class Ingest:
             log.error("[%s] %s", st.id, exc)
         finally:
             st.ended = True
+
+    def _wait_for_workers(self, st: StreamState) -> None:
+        while not self.stop.is_set():
+            now = time.monotonic()
+            with self.lock:
+                for seq in [q for q, t in st.in_flight.items() if now - t > LOSSLESS_GIVE_UP_S]:
+                    del st.in_flight[seq]
+                    st.lost += 1
+                if len(st.in_flight) < LOSSLESS_IN_FLIGHT:
+                    return
+            self.stop.wait(0.01)
 
     def _engine_loop(self) -> None:
         max_batch, max_wait = self.cfg.engine.max_batch, self.cfg.engine.max_wait_ms / 1000
@@ -216,7 +267,7 @@ class Ingest:
             slot.append(frame)
         for frames in rounds:
             try:
-                people = self.pose.process([(f.stream_id, f.rgb) for f in frames])
+                people = self.pose.process([(f.stream_id, f.rgb) for f in frames], [f.pts_ns / 1e9 for f in frames])
             except Exception as exc:  # noqa: BLE001 - an engine failure on one batch must not end the service
                 log.error("pose front end failed on a batch of %d: %s", len(frames), exc)
                 continue
@@ -226,14 +277,21 @@ class Ingest:
                 alive = self.pose.alive(frame.stream_id)
                 for gone in [t for t in st.tracks if t not in alive]:  # a person who left ends their track
                     del st.tracks[gone]
+                    self.events.end(st.id, gone)
                 for p in persons:
-                    self._add(st, self._track(st, p.track), frame, p.feature,
-                              mirror_pose(p.feature) if self.mirror else None)
+                    self._add(
+                        st, self._track(st, p.track), frame, p.feature, mirror_pose(p.feature) if self.mirror else None
+                    )
 
     def _track(self, st: StreamState, track: int | None) -> TrackState:
         if track not in st.tracks:
-            st.tracks[track] = TrackState(track, collections.deque(maxlen=self.W), collections.deque(maxlen=self.W),
-                                          collections.deque(maxlen=self.W) if self.mirror else None)
+            st.tracks[track] = TrackState(
+                track,
+                collections.deque(maxlen=self.W),
+                collections.deque(maxlen=self.W),
+                collections.deque(maxlen=self.W),
+                collections.deque(maxlen=self.W) if self.mirror else None,
+            )
         return st.tracks[track]
 
     def _frame(self, st: StreamState, frame) -> None:
@@ -244,28 +302,48 @@ class Ingest:
                 st.fps = 0.9 * st.fps + 0.1 / dt if st.fps else 1 / dt
         st.last_ns = frame.capture_wall_ns
 
-    def _add(self, st: StreamState, tr: TrackState, frame, feat: np.ndarray, mirror_feat: np.ndarray | None = None) -> None:
+    def _add(
+        self, st: StreamState, tr: TrackState, frame, feat: np.ndarray, mirror_feat: np.ndarray | None = None
+    ) -> None:
         tr.ring.append(feat)
         if tr.mirror_ring is not None:
             tr.mirror_ring.append(mirror_feat)
         tr.capture.append(frame.capture_wall_ns)
+        tr.pts.append(frame.pts_ns)
         tr.frames += 1
         if tr.frames >= self.W and (tr.frames - self.W) % self.S == 0:
             self._window(st, tr)
 
     def _window(self, st: StreamState, tr: TrackState) -> None:
-        out, p = read_window(self.engines, np.stack(tr.ring), None if tr.mirror_ring is None else np.stack(tr.mirror_ring))
+        out, p = read_window(
+            self.engines, np.stack(tr.ring), None if tr.mirror_ring is None else np.stack(tr.mirror_ring)
+        )
         head = int(p.argmax())
         now = time.time_ns()
-        w = TokenWindow(stream=st.id, window_seq=st.windows, t_start_ns=tr.capture[0], t_end_ns=tr.capture[-1],
-                        tokens=tuple(int(x) for x in out["ids"][0]), distances=tuple(float(x) for x in out["distances"][0]),
-                        count=int(out["count"][0]) if "count" in out else None,
-                        provisional_label=self.labels[head], provisional_score=float(p[head]),
-                        provisional_probs=tuple(float(x) for x in p),
-                        capture_to_tokens_ms=(now - tr.capture[-1]) / 1e6, sent_ns=now, bundle=self.bundle_id, track=tr.id)
+        w = TokenWindow(
+            stream=st.id,
+            window_seq=st.windows,
+            t_start_ns=tr.capture[0],
+            t_end_ns=tr.capture[-1],
+            tokens=tuple(int(x) for x in out["ids"][0]),
+            distances=tuple(float(x) for x in out["distances"][0]),
+            count=int(out["count"][0]) if "count" in out else None,
+            provisional_label=self.labels[head],
+            provisional_score=float(p[head]),
+            provisional_probs=tuple(float(x) for x in p),
+            capture_to_tokens_ms=(now - tr.capture[-1]) / 1e6,
+            sent_ns=now,
+            bundle=self.bundle_id,
+            track=tr.id,
+            pts_start_ns=tr.pts[0],
+            pts_end_ns=tr.pts[-1],
+            lossless=not st.source.spec.live,
+        )
         st.windows += 1
         tr.windows += 1
-        self.hub.send_window(messages.encode(w))
+        if self.hub.send_window(messages.encode(w)) and w.lossless:
+            with self.lock:
+                st.in_flight[w.window_seq] = time.monotonic()
         self.sink.window(w)
 
     def _collect_loop(self) -> None:
@@ -286,15 +364,32 @@ class Ingest:
                 log.warning("rejected a message on %s: %s", self.cfg.bus.collect, exc)
                 continue
             self.counters["results"] += 1
+            st = self.streams.get(r.stream)
+            if st is not None:
+                with self.lock:
+                    st.in_flight.pop(r.window_seq, None)
             self.hub.publish(r.stream, data)
             self.sink.result(r)
+            self.events.result(r)
+
+    def _event(self, ev: ActionEvent) -> None:
+        """An event from the tracker: on the results PUB (through the collector thread, which owns
+        the socket) and to the sinks."""
+        self.counters["events"] += 1
+        self.outbox.put((ev.stream, messages.encode(ev)))
+        self.sink.event(ev)
 
     def publish_health(self, name: str, stats: dict) -> None:
         """A Health message on the results PUB (topic "_health"), from the collector's socket owner:
         called by the supervision loop, so it goes through the collector thread's queue."""
         ok, text = self.healthy()
-        h = messages.Health(service="ingest", name=name, state="ok" if ok else text,
-                            counters={"streams": stats, **self.hub.counters, **self.counters}, sent_ns=time.time_ns())
+        h = messages.Health(
+            service="ingest",
+            name=name,
+            state="ok" if ok else text,
+            counters={"streams": stats, **self.hub.counters, **self.counters},
+            sent_ns=time.time_ns(),
+        )
         self.outbox.put(("_health", messages.encode(h)))
 
     # ---- status -------------------------------------------------------------------------------
@@ -302,14 +397,30 @@ class Ingest:
         out = {}
         for sid, st in self.streams.items():
             snap = st.source.stats()
-            out[sid] = {"state": snap.state.value, "frames": st.frames, "windows": st.windows, "fps": round(st.fps, 2),
-                        "drops": snap.drops, "reconnects": snap.reconnects, "error": st.error or snap.last_error}
+            out[sid] = {
+                "state": snap.state.value,
+                "frames": st.frames,
+                "windows": st.windows,
+                "fps": round(st.fps, 2),
+                "drops": snap.drops,
+                "reconnects": snap.reconnects,
+                "windows_unanswered": st.lost,
+                "error": st.error or snap.last_error,
+            }
             if self.pose is not None:
                 tracks = self.pose.stream(sid)
-                out[sid].update(people=len(tracks.tracks), tracks_started=tracks.started, tracks_ended=tracks.ended,
-                                frames_without_person=tracks.frames_without_person)
+                out[sid].update(
+                    people=len(tracks.tracks),
+                    tracks_started=tracks.started,
+                    tracks_ended=tracks.ended,
+                    frames_without_person=tracks.frames_without_person,
+                )
         return out
 
     def healthy(self) -> tuple[bool, str]:
-        bad = [f"{sid}: {s['state']}" for sid, s in self.stats().items() if s["state"] not in ("connecting", "streaming", "stopped")]
+        bad = [
+            f"{sid}: {s['state']}"
+            for sid, s in self.stats().items()
+            if s["state"] not in ("connecting", "streaming", "stopped")
+        ]
         return (not bad, "; ".join(bad) or "ok")

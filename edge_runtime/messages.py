@@ -4,6 +4,7 @@ Every message is a msgpack map {"v": SCHEMA_VERSION, "kind": ..., fields...}. `d
 size limit, the version, the kind, every field's presence and type, and raises `MessageError`
 (one line) otherwise; receivers count those and carry on.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,6 +36,9 @@ class TokenWindow:
     count: int | None = None  # repetitions the VST's head counts in the window (a VST without the head: None)
     provisional_probs: tuple[float, ...] | None = None  # the head's probability of every label, in the bundle's order
     track: int | None = None  # the person's track in the stream (pose front end); None: the whole view
+    pts_start_ns: int | None = None  # the first frame's presentation time on the stream's own clock
+    pts_end_ns: int | None = None  # ... and the last frame's
+    lossless: bool = False  # a recorded file's window: every one is read (queued, never superseded or stale)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,29 @@ class ActionResult:
     worker: str = ""
     count: int | None = None  # the window's count token, where the bundle's language model reads one
     track: int | None = None  # the person's track in the stream, as in the window
+    pts_start_ns: int | None = None  # stream time, as in the window
+    pts_end_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class ActionEvent:
+    """An action of one person (or the whole view) with a start and an end, made of consecutive
+    results (`edge_runtime.events`). Sent when it starts, as it goes on, and when it ends; the
+    `event_id` ties the three together."""
+
+    stream: str
+    event_id: int  # unique per ingest
+    state: str  # "start", "update", "end"
+    label: str
+    probability: float  # the mean of its windows' probabilities
+    explanation: str | None  # the latest of its windows'
+    start_s: float  # stream time (seconds on the stream's clock) where it began
+    end_s: float  # ... and where it ends (so far, until state == "end")
+    windows: int
+    t_start_ns: int  # wall clock of its first frame (where the stream has no clock of its own, its times are these)
+    t_end_ns: int
+    bundle: str
+    track: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,13 +94,13 @@ class Health:
     sent_ns: int = 0
 
 
-KINDS = {"window": TokenWindow, "result": ActionResult, "health": Health}
+KINDS = {"window": TokenWindow, "result": ActionResult, "event": ActionEvent, "health": Health}
 KIND_OF = {cls: kind for kind, cls in KINDS.items()}
 _TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,)}
 
 
 def who(msg) -> str:
-    """A window's or result's stream and, with the pose front end, its person: "door", "door/2"."""
+    """A window's, result's or event's stream and, with the pose front end, its person: "door", "door/2"."""
     return msg.stream if msg.track is None else f"{msg.stream}/{msg.track}"
 
 
@@ -93,8 +120,9 @@ def _check(cls, name: str, hint: str, value):
         raise MessageError(f"{cls.__name__}.{name} is missing")
     if base.startswith("tuple["):
         item = float if "float" in base else int
-        if not isinstance(value, (list, tuple)) or not all(isinstance(x, _TYPES[item]) and not isinstance(x, bool)
-                                                           for x in value):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(x, _TYPES[item]) and not isinstance(x, bool) for x in value
+        ):
             raise MessageError(f"{cls.__name__}.{name} must be a list of {item.__name__}")
         return tuple(item(x) for x in value)
     typ = {"int": int, "float": float, "str": str, "dict": dict, "bool": bool}[base]
@@ -107,8 +135,15 @@ def decode(data: bytes):
     if len(data) > MAX_BYTES:
         raise MessageError(f"message of {len(data)} bytes exceeds the {MAX_BYTES}-byte limit")
     try:
-        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_str_len=MAX_BYTES, max_bin_len=0,
-                               max_array_len=4096, max_map_len=256)
+        body = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=MAX_BYTES,
+            max_bin_len=0,
+            max_array_len=4096,
+            max_map_len=256,
+        )
     except Exception as exc:  # noqa: BLE001 - msgpack raises many types for garbage
         raise MessageError(f"not a msgpack message ({type(exc).__name__})") from None
     if not isinstance(body, dict):

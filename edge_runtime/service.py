@@ -5,6 +5,7 @@ One stop event, set by SIGTERM/SIGINT; everything stops within 5 s. With NOTIFY_
 (systemd Type=notify) the service reports READY=1 once serving, STATUS= lines, WATCHDOG=1 only
 while frames flow (ingest) or the model thread is alive (worker), and STOPPING=1.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,6 +77,7 @@ def install_signals(stop: threading.Event) -> dict:
     """SIGTERM and SIGINT set `stop` (from the main thread only); returns the handlers they
     replace, for `serve` to put back when it returns (so that a caller running several services
     in turn, as `bench` does, can still be interrupted between them)."""
+
     def handler(signum, _frame):
         log.info("signal %d: stopping", signum)
         stop.set()
@@ -88,9 +90,17 @@ def install_signals(stop: threading.Event) -> dict:
     return old
 
 
-def serve(cfg: Config, ingest: bool = True, workers: int | None = None, until_done: bool = False,
-          duration_s: float | None = None, stop: threading.Event | None = None, notifier: Notifier | None = None,
-          on_tick=None, extra_sinks: list | None = None) -> dict:
+def serve(
+    cfg: Config,
+    ingest: bool = True,
+    workers: int | None = None,
+    until_done: bool = False,
+    duration_s: float | None = None,
+    stop: threading.Event | None = None,
+    notifier: Notifier | None = None,
+    on_tick=None,
+    extra_sinks: list | None = None,
+) -> dict:
     """Run the ingest and/or LLM workers until stopped (or, with until_done, until every source has
     ended and the last results are in). Returns final counters."""
     from edge_runtime.sinks import build_sinks
@@ -108,14 +118,21 @@ def serve(cfg: Config, ingest: bool = True, workers: int | None = None, until_do
             from edge_runtime.ingest import Ingest
 
             holder: dict = {}
-            sink, metrics = build_sinks(cfg.sinks, health=lambda: holder["ingest"].healthy() if "ingest" in holder else (True, "starting"),
-                                        fps=lambda sid: holder["ingest"].streams[sid].fps if "ingest" in holder else None,
-                                        extra=extra_sinks)
+            sink, metrics = build_sinks(
+                cfg.sinks,
+                health=lambda: holder["ingest"].healthy() if "ingest" in holder else (True, "starting"),
+                fps=lambda sid: holder["ingest"].streams[sid].fps if "ingest" in holder else None,
+                extra=extra_sinks,
+                name=cfg.name,
+            )
             hub = holder["ingest"] = Ingest(cfg, cfg.bundle, manifest, bid, sink, stop, context)
         if n_workers:
             from edge_runtime.worker import LLMWorker
 
-            pool = [LLMWorker(cfg, cfg.bundle, manifest, bid, stop, context, name=f"{cfg.name}-llm{i}") for i in range(n_workers)]
+            pool = [
+                LLMWorker(cfg, cfg.bundle, manifest, bid, stop, context, name=f"{cfg.name}-llm{i}")
+                for i in range(n_workers)
+            ]
             for w in pool:
                 w.start()
             for w in pool:  # the ingest starts once the model is loaded, so the first windows are read
@@ -126,22 +143,31 @@ def serve(cfg: Config, ingest: bool = True, workers: int | None = None, until_do
                 raise RuntimeError(errors[0])
         if hub is not None:
             hub.start()
-        what = " + ".join(x for x in (f"ingest of {len(cfg.streams)} stream(s)" if ingest else "",
-                                       f"{n_workers} LLM worker(s)" if n_workers else "") if x)
+        what = " + ".join(
+            x
+            for x in (
+                f"ingest of {len(cfg.streams)} stream(s)" if ingest else "",
+                f"{n_workers} LLM worker(s)" if n_workers else "",
+            )
+            if x
+        )
         notifier.ready(f"{what}, bundle {bid}")
         log.info("serving: %s (bundle %s)", what, bid)
         t0 = time.monotonic()
         last_results, quiet_since, last_health = -1, time.monotonic(), 0.0
         while not stop.wait(0.25):
-            alive = hub.frames_flowing.is_set() if hub is not None else all(t.is_alive() for w in pool for t in w.threads)
+            alive = (
+                hub.frames_flowing.is_set() if hub is not None else all(t.is_alive() for w in pool for t in w.threads)
+            )
             if alive:
                 notifier.watchdog()
             if hub is not None:
                 stats = hub.stats()
                 if metrics is not None:
                     for sid, s in stats.items():
-                        metrics.stream(sid, s["fps"], s["frames"], s["drops"], s["reconnects"],
-                                       s if "people" in s else None)
+                        metrics.stream(
+                            sid, s["fps"], s["frames"], s["drops"], s["reconnects"], s if "people" in s else None
+                        )
                     metrics.llm_dropped.labels("no_worker").set(hub.hub.counters["windows_dropped_no_worker"])
                     metrics.bad_messages.set(hub.counters["bad_messages"])
                 notifier.status(", ".join(f"{sid} {s['state']} {s['fps']:.1f} fps" for sid, s in stats.items()))

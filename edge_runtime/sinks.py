@@ -1,8 +1,9 @@
 """Where results go: the console table, a rotating JSONL file, alert webhooks, Prometheus metrics
 and /healthz. Every sink gets `window(TokenWindow)` (the provisional label, milliseconds after
-the frames) and `result(ActionResult)` (the language model's answer); none may block the
-pipeline: slow work (HTTP) happens on the sink's own thread behind a bounded queue.
+the frames), `result(ActionResult)` (the language model's answer) and `event(ActionEvent)` (an
+action's start, updates and end, `edge_runtime.events`); none may block the pipeline: slow work (HTTP) happens on the sink's own thread behind a bounded queue.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from edge_runtime.config import AlertRule, SinkConfig
-from edge_runtime.messages import ActionResult, TokenWindow, who
+from edge_runtime.messages import ActionEvent, ActionResult, TokenWindow, who
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +29,17 @@ class Sink:
     def result(self, r: ActionResult) -> None:
         pass
 
+    def event(self, e: ActionEvent) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+def event_line(e: ActionEvent) -> str:
+    """One line for an event's start or end (the console, the monitor, a file run's summary)."""
+    span = f"{e.start_s:.1f}-{e.end_s:.1f} s" if e.state == "end" else f"from {e.start_s:.1f} s"
+    return f"{who(e)} event {e.event_id} {e.state}: {e.label} (p={e.probability:.2f}, {span}) {e.explanation or ''}".rstrip()
 
 
 class Console(Sink):
@@ -45,7 +55,9 @@ class Console(Sink):
 
     def window(self, w: TokenWindow) -> None:
         with self._lock:
-            self.rows.setdefault(who(w), {"stream": w.stream}).update(provisional=f"{w.provisional_label} ({w.provisional_score:.2f})")
+            self.rows.setdefault(who(w), {"stream": w.stream}).update(
+                provisional=f"{w.provisional_label} ({w.provisional_score:.2f})"
+            )
             self._draw()
 
     def result(self, r: ActionResult) -> None:
@@ -55,26 +67,44 @@ class Console(Sink):
             if r.explanation:
                 row["explanation"] = r.explanation
             if not self.tty:
-                print(f"{who(r)} #{r.window_seq}: {r.label} (p={r.probability:.2f}, VST {r.provisional_label}) "
-                      f"{r.explanation or ''} [{row['latency']:.0f} ms]", file=self.out, flush=True)
+                print(
+                    f"{who(r)} #{r.window_seq}: {r.label} (p={r.probability:.2f}, VST {r.provisional_label}) "
+                    f"{r.explanation or ''} [{row['latency']:.0f} ms]",
+                    file=self.out,
+                    flush=True,
+                )
             self._draw(force=True)
+
+    def event(self, e: ActionEvent) -> None:
+        with self._lock:
+            row = self.rows.setdefault(who(e), {"stream": e.stream})
+            row["event"] = f"{e.label} since {e.start_s:.1f} s" if e.state != "end" else ""
+            if not self.tty and e.state != "update":
+                print(event_line(e), file=self.out, flush=True)
+            self._draw(force=e.state != "update")
 
     def _draw(self, force: bool = False) -> None:
         if not self.tty or (not force and time.monotonic() - self._last < self.min_interval_s):
             return
         self._last = time.monotonic()
-        lines = [f"{'stream':<12} {'fps':>5} {'provisional (VST)':<28} {'label (LLM)':<28} {'p':>5} {'ms':>6}  explanation"]
+        lines = [
+            f"{'stream':<12} {'fps':>5} {'provisional (VST)':<28} {'label (LLM)':<28} {'p':>5} {'ms':>6}  "
+            f"{'event':<26} explanation"
+        ]
         for sid, row in sorted(self.rows.items()):
             fps = self.fps(row["stream"])
-            lines.append(f"{sid[:12]:<12} {fps if fps is None else f'{fps:.1f}'!s:>5} {row.get('provisional', '')[:28]:<28} "
-                         f"{row.get('label', '')[:28]:<28} {row.get('probability', 0):>5.2f} {row.get('latency', 0):>6.0f}  "
-                         f"{row.get('explanation', '')[:70]}")
+            lines.append(
+                f"{sid[:12]:<12} {fps if fps is None else f'{fps:.1f}'!s:>5} {row.get('provisional', '')[:28]:<28} "
+                f"{row.get('label', '')[:28]:<28} {row.get('probability', 0):>5.2f} {row.get('latency', 0):>6.0f}  "
+                f"{row.get('event', '')[:26]:<26} {row.get('explanation', '')[:70]}"
+            )
         self.out.write("\x1b[H\x1b[J" + "\n".join(lines) + "\n")
         self.out.flush()
 
 
 class Jsonl(Sink):
-    """One JSON object per result, appended; rotated at max_bytes (FILE.1 ... FILE.N)."""
+    """One JSON object per result and per event's start and end ({"event": ...} around it),
+    appended; rotated at max_bytes (FILE.1 ... FILE.N)."""
 
     def __init__(self, path: str, max_bytes: int, backups: int):
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
@@ -83,7 +113,14 @@ class Jsonl(Sink):
         self._lock = threading.Lock()
 
     def result(self, r: ActionResult) -> None:
-        line = json.dumps(dataclasses.asdict(r), ensure_ascii=False) + "\n"
+        self._write(dataclasses.asdict(r))
+
+    def event(self, e: ActionEvent) -> None:
+        if e.state != "update":
+            self._write({"event": dataclasses.asdict(e)})
+
+    def _write(self, record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:
             if self.f.tell() + len(line) > self.max_bytes and self.f.tell() > 0:
                 self._rotate()
@@ -107,15 +144,16 @@ class Jsonl(Sink):
 
 
 class Alerts(Sink):
-    """Webhook alerts. A rule fires when a stream's LLM label is in the rule's labels with at least
-    min_probability, continuously for min_duration_s, and not within cooldown_s of its last firing
-    for that stream and label. POSTs happen on a sender thread (bounded queue, retries with
+    """Webhook alerts on action events. A rule fires once per event whose label is in the rule's
+    labels, whose mean probability is at least min_probability and which has lasted min_duration_s
+    of stream time (on its start or a later update), and not within cooldown_s of its last firing
+    for that person and label. POSTs happen on a sender thread (bounded queue, retries with
     exponential backoff); a slow or dead webhook delays only other alerts, never the pipeline."""
 
-    def __init__(self, rules: list[AlertRule], metrics: "Metrics | None" = None, queue_size: int = 256):
+    def __init__(self, rules: list[AlertRule], metrics: Metrics | None = None, queue_size: int = 256):
         self.rules = rules
         self.metrics = metrics
-        self.since: dict[tuple[int, str], tuple[str, int]] = {}  # (rule, stream) -> (label, first t_end_ns)
+        self.fired_events: set[tuple[int, int]] = set()  # (rule, event id) already sent
         self.last_fired: dict[tuple[int, str, str], float] = {}
         self.queue: queue.Queue = queue.Queue(queue_size)
         self.sent = self.failed = self.dropped = 0
@@ -123,26 +161,33 @@ class Alerts(Sink):
         self._thread = threading.Thread(target=self._send_loop, name="alerts", daemon=True)
         self._thread.start()
 
-    def result(self, r: ActionResult) -> None:
+    def event(self, e: ActionEvent) -> None:
         for i, rule in enumerate(self.rules):
-            key = (i, who(r))  # per person where the pose front end tracks people
-            hit = (not rule.labels or r.label in rule.labels) and r.probability >= rule.min_probability
-            if not hit:
-                self.since.pop(key, None)
+            if e.state == "end":
+                self.fired_events.discard((i, e.event_id))
                 continue
-            label, first = self.since.get(key, (None, None))
-            if label != r.label:
-                self.since[key] = (r.label, r.t_end_ns)
-                first = r.t_end_ns
-            if (r.t_end_ns - first) / 1e9 < rule.min_duration_s:
+            if (i, e.event_id) in self.fired_events or (rule.labels and e.label not in rule.labels):
                 continue
-            fired = (i, who(r), r.label)
+            if e.probability < rule.min_probability or e.end_s - e.start_s < rule.min_duration_s:
+                continue
+            fired = (i, who(e), e.label)  # per person where the pose front end tracks people
             now = time.monotonic()
             if now - self.last_fired.get(fired, -1e18) < rule.cooldown_s:
                 continue
+            self.fired_events.add((i, e.event_id))
             self.last_fired[fired] = now
-            body = {"stream": r.stream, "track": r.track, "label": r.label, "probability": r.probability, "explanation": r.explanation,
-                    "window_seq": r.window_seq, "t_end_ns": r.t_end_ns, "bundle": r.bundle}
+            body = {
+                "stream": e.stream,
+                "track": e.track,
+                "event_id": e.event_id,
+                "label": e.label,
+                "probability": e.probability,
+                "explanation": e.explanation,
+                "start_s": e.start_s,
+                "end_s": e.end_s,
+                "t_start_ns": e.t_start_ns,
+                "bundle": e.bundle,
+            }
             try:
                 self.queue.put_nowait((rule, body))
             except queue.Full:
@@ -167,7 +212,7 @@ class Alerts(Sink):
                             break
                 except (urllib.error.URLError, OSError, ValueError) as exc:
                     log.warning("alert webhook %s: %s (attempt %d)", rule.url, exc, attempt + 1)
-                if attempt == rule.retries or self._stop.wait(min(0.5 * 2 ** attempt, 10.0)):
+                if attempt == rule.retries or self._stop.wait(min(0.5 * 2**attempt, 10.0)):
                     self.failed += 1
                     break
             if self.metrics:
@@ -189,29 +234,45 @@ class Metrics(Sink):
         r = self.registry
         self.fps = Gauge("lvlm_var_stream_fps", "frames per second decoded", ["stream"], registry=r)
         self.frames = Gauge("lvlm_var_stream_frames", "frames decoded", ["stream"], registry=r)
-        self.drops = Gauge("lvlm_var_stream_frame_drops", "frames dropped by the source's buffer policy", ["stream"], registry=r)
+        self.drops = Gauge(
+            "lvlm_var_stream_frame_drops", "frames dropped by the source's buffer policy", ["stream"], registry=r
+        )
         self.reconnects = Gauge("lvlm_var_stream_reconnects", "source reconnects", ["stream"], registry=r)
         self.people = Gauge("lvlm_var_stream_people", "people tracked now (pose front end)", ["stream"], registry=r)
-        self.tracks = Gauge("lvlm_var_stream_tracks", "person tracks started and ended (pose front end)",
-                            ["stream", "event"], registry=r)
-        self.no_person = Gauge("lvlm_var_stream_frames_without_person", "frames with nobody in view (pose front end)",
-                               ["stream"], registry=r)
+        self.tracks = Gauge(
+            "lvlm_var_stream_tracks",
+            "person tracks started and ended (pose front end)",
+            ["stream", "event"],
+            registry=r,
+        )
+        self.no_person = Gauge(
+            "lvlm_var_stream_frames_without_person",
+            "frames with nobody in view (pose front end)",
+            ["stream"],
+            registry=r,
+        )
         self.windows = Counter("lvlm_var_windows", "token windows produced", ["stream"], registry=r)
         self.results = Counter("lvlm_var_results", "LLM results received", ["stream"], registry=r)
+        self.events = Counter("lvlm_var_events", "action events started", ["stream", "label"], registry=r)
         buckets = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
-        self.lat_tokens = Histogram("lvlm_var_capture_to_tokens_ms", "capture -> tokens (provisional label)",
-                                    buckets=buckets, registry=r)
+        self.lat_tokens = Histogram(
+            "lvlm_var_capture_to_tokens_ms", "capture -> tokens (provisional label)", buckets=buckets, registry=r
+        )
         self.lat_label = Histogram("lvlm_var_capture_to_label_ms", "capture -> LLM label", buckets=buckets, registry=r)
-        self.lat_expl = Histogram("lvlm_var_tokens_to_explanation_ms", "tokens -> explanation", buckets=buckets, registry=r)
+        self.lat_expl = Histogram(
+            "lvlm_var_tokens_to_explanation_ms", "tokens -> explanation", buckets=buckets, registry=r
+        )
         self.llm_dropped = Gauge("lvlm_var_windows_dropped", "windows not read by an LLM", ["reason"], registry=r)
         self.llm_queue = Gauge("lvlm_var_llm_queue_depth", "windows waiting in the LLM worker", ["worker"], registry=r)
         self.bad_messages = Gauge("lvlm_var_bad_messages", "malformed or wrong-version messages rejected", registry=r)
         self.alert_counts = Gauge("lvlm_var_alerts", "alert webhooks", ["outcome"], registry=r)
+        self.mqtt = Gauge("lvlm_var_mqtt_messages", "MQTT messages sent and dropped", ["outcome"], registry=r)
         self.health = health or (lambda: (True, "ok"))
         self.server = ThreadingHTTPServer((host, port), self._handler())
         self.port = self.server.server_address[1]
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="metrics", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.2}, name="metrics", daemon=True
+        )
         self._thread.start()
 
     def _handler(self):
@@ -249,7 +310,13 @@ class Metrics(Sink):
         if r.tokens_to_explanation_ms is not None:
             self.lat_expl.observe(r.tokens_to_explanation_ms)
 
-    def stream(self, sid: str, fps: float, frames: int, drops: int, reconnects: int, people: dict | None = None) -> None:
+    def event(self, e: ActionEvent) -> None:
+        if e.state == "start":
+            self.events.labels(e.stream, e.label).inc()
+
+    def stream(
+        self, sid: str, fps: float, frames: int, drops: int, reconnects: int, people: dict | None = None
+    ) -> None:
         """people: the pose front end's counters of the stream (people, tracks_started,
         tracks_ended, frames_without_person), where the bundle has one."""
         self.fps.labels(sid).set(fps)
@@ -271,6 +338,24 @@ class Metrics(Sink):
         self.server.server_close()
 
 
+class EventLog(Sink):
+    """Every event that ended, kept for the summary of a run over recorded files."""
+
+    def __init__(self):
+        self.ended: list[ActionEvent] = []
+        self._lock = threading.Lock()
+
+    def event(self, e: ActionEvent) -> None:
+        if e.state == "end":
+            with self._lock:
+                self.ended.append(e)
+
+    def summary(self) -> str:
+        with self._lock:
+            events = sorted(self.ended, key=lambda e: (e.stream, e.start_s))
+        return "\n".join([f"{len(events)} event(s)"] + [event_line(e) for e in events])
+
+
 class Fanout(Sink):
     """All sinks as one; a sink that raises is logged and skipped, never fatal."""
 
@@ -290,12 +375,17 @@ class Fanout(Sink):
     def result(self, r: ActionResult) -> None:
         self._each("result", r)
 
+    def event(self, e: ActionEvent) -> None:
+        self._each("event", e)
+
     def close(self) -> None:
         for s in self.sinks:
             s.close()
 
 
-def build_sinks(cfg: SinkConfig, health=None, fps=None, extra: list[Sink] | None = None) -> tuple[Fanout, Metrics | None]:
+def build_sinks(
+    cfg: SinkConfig, health=None, fps=None, extra: list[Sink] | None = None, name: str = "lvlm-var"
+) -> tuple[Fanout, Metrics | None]:
     metrics = Metrics(cfg.metrics_host, cfg.metrics_port, health) if cfg.metrics_port is not None else None
     sinks: list[Sink] = list(extra or [])
     if cfg.console:
@@ -304,6 +394,10 @@ def build_sinks(cfg: SinkConfig, health=None, fps=None, extra: list[Sink] | None
         sinks.append(Jsonl(cfg.jsonl, cfg.jsonl_max_bytes, cfg.jsonl_backups))
     if cfg.alerts:
         sinks.append(Alerts(cfg.alerts, metrics))
+    if cfg.mqtt is not None:
+        from edge_runtime.mqtt import Mqtt
+
+        sinks.append(Mqtt(cfg.mqtt, name, metrics))
     if metrics:
         sinks.append(metrics)
     return Fanout(sinks), metrics

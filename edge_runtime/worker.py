@@ -9,8 +9,10 @@ evaluated once and reused, action tokens are fed as ids, the label comes from th
 decoding with its probability (pooled with the VST head's label probabilities where the bundle
 has a pool), then the explanation (optional, rate-limited per stream).
 """
+
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -38,19 +40,31 @@ def check_window(manifest: dict, w) -> TokenWindow:
     counts = manifest["lvlm"].get("counts", 0)
     if counts and not (w.count is not None and 1 <= w.count <= counts):
         raise MessageError(f"window count {w.count} outside the bundle's count tokens 1..{counts}")
-    if w.provisional_probs is not None and (len(w.provisional_probs) != len(manifest["labels"]) or
-                                            not all(0.0 <= p <= 1.0 for p in w.provisional_probs)):
-        raise MessageError(f"window of {len(w.provisional_probs)} head probabilities, not one in [0, 1] per bundle label")
+    if w.provisional_probs is not None and (
+        len(w.provisional_probs) != len(manifest["labels"]) or not all(0.0 <= p <= 1.0 for p in w.provisional_probs)
+    ):
+        raise MessageError(
+            f"window of {len(w.provisional_probs)} head probabilities, not one in [0, 1] per bundle label"
+        )
     return w
 
 
 class LLMWorker:
-    def __init__(self, cfg: Config, bundle: str, manifest: dict, bundle_id: str, stop: threading.Event,
-                 context: zmq.Context | None = None, name: str | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        bundle: str,
+        manifest: dict,
+        bundle_id: str,
+        stop: threading.Event,
+        context: zmq.Context | None = None,
+        name: str | None = None,
+    ):
         self.cfg, self.bundle, self.manifest, self.bundle_id, self.stop = cfg, bundle, manifest, bundle_id, stop
         self.context = context or zmq.Context.instance()
         self.name = name or f"{socket.gethostname()}-{os.getpid()}"
-        self.slots: dict[tuple, TokenWindow] = {}  # (stream, track) -> its newest window
+        # (stream, track) -> its windows waiting: a live stream's newest only, a file's every one
+        self.slots: dict[tuple, collections.deque] = {}
         self.order: list[tuple] = []  # round-robin order of the (stream, track) pairs seen
         self.turn = 0
         self.cond = threading.Condition()
@@ -61,7 +75,7 @@ class LLMWorker:
         self.stream_cfg = {s.id: s for s in cfg.streams}
         self.threads: list[threading.Thread] = []
 
-    def start(self) -> "LLMWorker":
+    def start(self) -> LLMWorker:
         for fn, name in ((self._receive_loop, "recv"), (self._llm_loop, "llm")):
             t = threading.Thread(target=fn, name=f"worker-{name}", daemon=True)
             t.start()
@@ -79,7 +93,7 @@ class LLMWorker:
     @property
     def queue_depth(self) -> int:
         with self.cond:
-            return len(self.slots)
+            return sum(len(q) for q in self.slots.values())
 
     # ---- receiver -----------------------------------------------------------------------------
     def _receive_loop(self) -> None:
@@ -100,11 +114,15 @@ class LLMWorker:
                 with self.cond:
                     self.counters["received"] += 1
                     key = (w.stream, w.track)
-                    if key in self.slots:
-                        self.counters["superseded"] += 1
-                    elif key not in self.order:
-                        self.order.append(key)
-                    self.slots[key] = w
+                    waiting = self.slots.get(key)
+                    if waiting is None:
+                        waiting = self.slots[key] = collections.deque()
+                        if key not in self.order:
+                            self.order.append(key)
+                    elif waiting and not w.lossless:
+                        self.counters["superseded"] += len(waiting)
+                        waiting.clear()
+                    waiting.append(w)
                     self.cond.notify()
         finally:
             s.close(0)
@@ -118,17 +136,25 @@ class LLMWorker:
             if len(self.order) > 256:  # tracks come and go: forget those without a window waiting
                 self.order, self.turn = [k for k in self.order if k in self.slots], 0
             for i in range(len(self.order)):
-                sid = self.order[(self.turn + i) % len(self.order)]
-                if sid in self.slots:
+                key = self.order[(self.turn + i) % len(self.order)]
+                if key in self.slots:
                     self.turn = (self.turn + i + 1) % len(self.order)
-                    return self.slots.pop(sid)
+                    waiting = self.slots[key]
+                    w = waiting.popleft()
+                    if not waiting:
+                        del self.slots[key]
+                    return w
         return None
 
     def _explain_now(self, stream: str) -> bool:
         """The stream's own explain settings (from the same config the ingest reads), else the worker's."""
         sc = self.stream_cfg.get(stream)
         on = sc.explain if sc is not None and sc.explain is not None else self.cfg.llm.explain
-        every = sc.explain_interval_s if sc is not None and sc.explain_interval_s is not None else self.cfg.llm.explain_interval_s
+        every = (
+            sc.explain_interval_s
+            if sc is not None and sc.explain_interval_s is not None
+            else self.cfg.llm.explain_interval_s
+        )
         return on and time.monotonic() - self.last_explained.get(stream, -1e18) >= every
 
     # ---- the model's thread -------------------------------------------------------------------
@@ -136,8 +162,9 @@ class LLMWorker:
         from lvlm.reader import LlamaCppBackend, Reader
 
         lv, llm = self.manifest["lvlm"], self.cfg.llm
-        backend = LlamaCppBackend.open(os.path.join(self.bundle, lv["file"]), threads=llm.threads, n_ctx=llm.n_ctx,
-                                       n_gpu_layers=llm.n_gpu_layers)
+        backend = LlamaCppBackend.open(
+            os.path.join(self.bundle, lv["file"]), threads=llm.threads, n_ctx=llm.n_ctx, n_gpu_layers=llm.n_gpu_layers
+        )
         reader = Reader.for_bundle(backend, self.manifest, llm.explanation_tokens)
         reader.read([0] * self.manifest["vst"]["T"], explain=False, count=1)  # evaluates the instruction prefix once
         return reader
@@ -158,12 +185,14 @@ class LLMWorker:
                 w = self._next()
                 if w is None:
                     continue
-                if (time.time_ns() - w.sent_ns) / 1e9 > llm.deadline_s:
+                if not w.lossless and (time.time_ns() - w.sent_ns) / 1e9 > llm.deadline_s:
                     self.counters["stale"] += 1
                     continue
                 explain = self._explain_now(w.stream)
                 try:
-                    r = reader.read(w.tokens, explain=explain, exhaustive=False, count=w.count, head=w.provisional_probs)
+                    r = reader.read(
+                        w.tokens, explain=explain, exhaustive=False, count=w.count, head=w.provisional_probs
+                    )
                 except Exception as exc:  # noqa: BLE001 - one bad read must not end the worker
                     self.counters["failed"] += 1
                     log.error("[%s] window %d: %s", w.stream, w.window_seq, exc)
@@ -172,12 +201,26 @@ class LLMWorker:
                     self.last_explained[w.stream] = time.monotonic()
                 since_tokens_ms = (time.time_ns() - w.sent_ns) / 1e6
                 res = ActionResult(
-                    stream=w.stream, window_seq=w.window_seq, t_start_ns=w.t_start_ns, t_end_ns=w.t_end_ns, tokens=w.tokens,
-                    provisional_label=w.provisional_label, provisional_score=w.provisional_score, label=r.label,
-                    probability=r.probability, explanation=r.explanation, capture_to_tokens_ms=w.capture_to_tokens_ms,
+                    stream=w.stream,
+                    window_seq=w.window_seq,
+                    t_start_ns=w.t_start_ns,
+                    t_end_ns=w.t_end_ns,
+                    tokens=w.tokens,
+                    provisional_label=w.provisional_label,
+                    provisional_score=w.provisional_score,
+                    label=r.label,
+                    probability=r.probability,
+                    explanation=r.explanation,
+                    capture_to_tokens_ms=w.capture_to_tokens_ms,
                     tokens_to_label_ms=since_tokens_ms - (r.explanation_s or 0) * 1000,
                     tokens_to_explanation_ms=since_tokens_ms if r.explanation_s is not None else None,
-                    bundle=self.bundle_id, worker=self.name, count=w.count if reader.counts else None, track=w.track)
+                    bundle=self.bundle_id,
+                    worker=self.name,
+                    count=w.count if reader.counts else None,
+                    track=w.track,
+                    pts_start_ns=w.pts_start_ns,
+                    pts_end_ns=w.pts_end_ns,
+                )
                 self.counters["read"] += 1
                 try:
                     out.send(messages.encode(res), zmq.NOBLOCK)

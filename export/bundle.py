@@ -16,6 +16,7 @@
 size and hash, the ONNX inputs and the GGUF vocabulary agreeing with the manifest, versions that
 this code understands.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,8 +51,18 @@ class BundleError(RuntimeError):
 
 def tool_versions() -> dict[str, str]:
     out = {}
-    for dist in ("lvlm-var", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "gguf", "llama-cpp-python",
-                 "transformers", "peft"):
+    for dist in (
+        "lvlm-var",
+        "torch",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tensorrt",
+        "gguf",
+        "llama-cpp-python",
+        "transformers",
+        "peft",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -64,9 +75,18 @@ def _log(progress: bool, msg: str) -> None:
         print(f"[export] {msg}", flush=True)
 
 
-def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data: str | None = None,
-                 protocol: str | None = None, parity_windows: int = 100, calibration_clips: int = 8,
-                 landmarks: str = "full", progress: bool = True) -> dict:
+def build_bundle(
+    vst_run: str,
+    adapter: str,
+    out: str,
+    quant: str = "Q8_0",
+    data: str | None = None,
+    protocol: str | None = None,
+    parity_windows: int = 100,
+    calibration_clips: int = 8,
+    landmarks: str = "full",
+    progress: bool = True,
+) -> dict:
     import torch
 
     from export.gguf_export import label_agreement, logit_parity, quantize, write_gguf
@@ -81,9 +101,11 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
 
     if quant not in QUANTS:
         raise ExportError(f"unknown quantization {quant!r}; choose one of {', '.join(QUANTS)}")
-    for path, what in ((os.path.join(vst_run, "glossary.json"), "run `lvlm-var vst glossary` on the VST run first"),
-                       (os.path.join(adapter, "lvlm.json"), "pass the --out folder of `lvlm-var finetune`"),
-                       (os.path.join(adapter, "merged", "config.json"), "the adapter has no merged model; rerun finetune")):
+    for path, what in (
+        (os.path.join(vst_run, "glossary.json"), "run `lvlm-var vst glossary` on the VST run first"),
+        (os.path.join(adapter, "lvlm.json"), "pass the --out folder of `lvlm-var finetune`"),
+        (os.path.join(adapter, "merged", "config.json"), "the adapter has no merged model; rerun finetune"),
+    ):
         if not os.path.exists(path):
             raise ExportError(f"{path} is missing: {what}")
     with open(os.path.join(adapter, "lvlm.json")) as f:
@@ -94,8 +116,10 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
         raise ExportError(f"{adapter} was fine-tuned for {meta['codes']} codes but {vst_run} has K={cfg.K}")
     counts = meta.get("counts", 0)  # 0: a format-1 adapter, without count tokens
     if counts not in (0, cfg.counts):
-        raise ExportError(f"{adapter} reads counts 1..{counts} but {vst_run}'s repetitions head "
-                          + (f"reads 1..{cfg.counts}" if cfg.counts else "is missing"))
+        raise ExportError(
+            f"{adapter} reads counts 1..{counts} but {vst_run}'s repetitions head "
+            + (f"reads 1..{cfg.counts}" if cfg.counts else "is missing")
+        )
     data = data or training_cache(vst_run)
     if not data or not os.path.exists(os.path.join(data, "index.json")):
         raise ExportError(f"no prepared cache for the parity checks ({data}); pass --data")
@@ -120,15 +144,25 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
             shutil.copyfile(models[key], os.path.join(out, f"{role}.onnx"))
         tflite = fetch()
         frames = np.stack([cache.clip_frames(c)[0] for c in test_clips])
-        pose = {"package": f"{PACKAGE}@{VERSION}", "landmark_model": landmarks, "frame": list(POSE_FRAME),
-                "parity": pose_parity({"detector": tflite["detector"], "landmarks": tflite[landmarks]}, models, frames)}
-        _log(progress, f"pose models ({landmarks}): landmark error vs LiteRT {pose['parity']['landmark_max_px']:.4f} px, "
-                       f"detections equal: {pose['parity']['detections_equal']}")
+        pose = {
+            "package": f"{PACKAGE}@{VERSION}",
+            "landmark_model": landmarks,
+            "frame": list(POSE_FRAME),
+            "parity": pose_parity({"detector": tflite["detector"], "landmarks": tflite[landmarks]}, models, frames),
+        }
+        _log(
+            progress,
+            f"pose models ({landmarks}): landmark error vs LiteRT {pose['parity']['landmark_max_px']:.4f} px, "
+            f"detections equal: {pose['parity']['detections_equal']}",
+        )
     onnx["seconds"] = round(time.monotonic() - t0, 1)
-    _log(progress, f"ONNX engines: max |feature error| {onnx['max_abs_feature_error']:.2e}, token agreement "
-                   f"{onnx['token_agreement']:.2%}, head label agreement {onnx['label_agreement']:.2%}"
-                   + (f", count agreement {onnx['count_agreement']:.2%}" if onnx["count_agreement"] is not None else "")
-                   + f" ({onnx['windows']} windows of {onnx['clips']} test clips)")
+    _log(
+        progress,
+        f"ONNX engines: max |feature error| {onnx['max_abs_feature_error']:.2e}, token agreement "
+        f"{onnx['token_agreement']:.2%}, head label agreement {onnx['label_agreement']:.2%}"
+        + (f", count agreement {onnx['count_agreement']:.2%}" if onnx["count_agreement"] is not None else "")
+        + f" ({onnx['windows']} windows of {onnx['clips']} test clips)",
+    )
     shutil.copyfile(os.path.join(vst_run, "glossary.json"), os.path.join(out, "glossary.json"))
     rng = np.random.default_rng(0)
     frames = []
@@ -147,8 +181,9 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     if quant != "F16":
         quantize(f16, os.path.join(out, gguf_name), quant)
     gguf_seconds = time.monotonic() - t0
-    _, windows = build_examples(vst_run, data, "test", protocol, windows_per_clip=1, progress=progress,
-                                mirror=bool(meta.get("head_mirror")))
+    _, windows = build_examples(
+        vst_run, data, "test", protocol, windows_per_clip=1, progress=progress, mirror=bool(meta.get("head_mirror"))
+    )
     windows = spread(windows, parity_windows)
     hf, _ = open_reader(adapter)
     sequences = [hf.ids(w["tokens"], w["count"]) + hf.label_ids[lab] for w, lab in zip(windows[:16], hf.labels * 16)]
@@ -160,45 +195,91 @@ def build_bundle(vst_run: str, adapter: str, out: str, quant: str = "Q8_0", data
     gguf_reader.backend.llm.close()
     if quant != "F16":
         os.remove(f16)
-    _log(progress, f"GGUF {quant}: F16 top-1 agreement with transformers {logits['top1_agreement']:.2%} over "
-                   f"{logits['positions']} positions ({logits['top1_agreement_outside_ties']:.2%} outside near-ties); label agreement {quant} vs transformers {labels['label_agreement']:.2%} "
-                   f"on {labels['windows']} test windows")
+    _log(
+        progress,
+        f"GGUF {quant}: F16 top-1 agreement with transformers {logits['top1_agreement']:.2%} over "
+        f"{logits['positions']} positions ({logits['top1_agreement_outside_ties']:.2%} outside near-ties); label agreement {quant} vs transformers {labels['label_agreement']:.2%} "
+        f"on {labels['windows']} test windows",
+    )
 
     if cfg.frontend == "pose":
-        engines = {role: {"file": f"{role}.onnx", "inputs": {"input_1": ["batch", size, size, 3]}}
-                   for role, size in POSE_INPUTS.items()}
+        engines = {
+            role: {"file": f"{role}.onnx", "inputs": {"input_1": ["batch", size, size, 3]}}
+            for role, size in POSE_INPUTS.items()
+        }
         files = ["pose_detector.onnx", "pose_landmarks.onnx", "token_engine.onnx", gguf_name, "glossary.json"]
         vst_input = "pose features float32 [N, 25 x (x, y, visibility)]: x, y in frame heights (vst.joints)"
     else:
-        engines = {"frame_encoder": {"file": "frame_encoder.onnx", "fp16_file": "frame_encoder.fp16.onnx",
-                                     "inputs": {"frames": ["n", cfg.R, cfg.R, 3]}, "outputs": {"features": ["n", cfg.feature_size]}}}
-        files = ["frame_encoder.onnx", "frame_encoder.fp16.onnx", "token_engine.onnx", gguf_name, "glossary.json", "calibration.npy"]
+        engines = {
+            "frame_encoder": {
+                "file": "frame_encoder.onnx",
+                "fp16_file": "frame_encoder.fp16.onnx",
+                "inputs": {"frames": ["n", cfg.R, cfg.R, 3]},
+                "outputs": {"features": ["n", cfg.feature_size]},
+            }
+        }
+        files = [
+            "frame_encoder.onnx",
+            "frame_encoder.fp16.onnx",
+            "token_engine.onnx",
+            gguf_name,
+            "glossary.json",
+            "calibration.npy",
+        ]
         vst_input = "uint8 RGB NHWC [N, R, R, 3]"
     manifest = {
         "format_version": FORMAT_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "labels": meta["labels"],
         "classes": cfg.classes,
-        "vst": {"W": cfg.W, "S": cfg.S, "T": cfg.T, "K": cfg.K, "D": cfg.feature_size, "fps": cfg.fps, "resolution": cfg.R,
-                "frontend": cfg.frontend, "input": vst_input,
-                "normalisation": {"mean": list(cfg.mean), "std": list(cfg.std), "scale": 255.0, "inside_graph": True},
-                "run": os.path.abspath(vst_run)},
-        "engines": {**engines,
-                    "token_engine": {"file": "token_engine.onnx", "inputs": {"features": ["batch", cfg.W, cfg.feature_size]},
-                                     "outputs": token_engine_outputs(cfg)}},
-        "lvlm": {"file": gguf_name, "quantization": quant, "token_id_base": meta["token_id_base"], "codes": meta["codes"],
-                 "counts": counts, "vocab_size": meta["token_id_base"] + len(prompt.added_tokens(meta["codes"], counts)),
-                 "prompt_format_version": meta["prompt_format_version"],
-                 "label_temperature": meta.get("label_temperature", 1.0), "label_pool": meta.get("label_pool"),
-                 "head_mirror": bool(meta.get("head_mirror")), "base": meta.get("base"), "adapter": os.path.abspath(adapter)},
+        "vst": {
+            "W": cfg.W,
+            "S": cfg.S,
+            "T": cfg.T,
+            "K": cfg.K,
+            "D": cfg.feature_size,
+            "fps": cfg.fps,
+            "resolution": cfg.R,
+            "frontend": cfg.frontend,
+            "input": vst_input,
+            "normalisation": {"mean": list(cfg.mean), "std": list(cfg.std), "scale": 255.0, "inside_graph": True},
+            "run": os.path.abspath(vst_run),
+        },
+        "engines": {
+            **engines,
+            "token_engine": {
+                "file": "token_engine.onnx",
+                "inputs": {"features": ["batch", cfg.W, cfg.feature_size]},
+                "outputs": token_engine_outputs(cfg),
+            },
+        },
+        "lvlm": {
+            "file": gguf_name,
+            "quantization": quant,
+            "token_id_base": meta["token_id_base"],
+            "codes": meta["codes"],
+            "counts": counts,
+            "vocab_size": meta["token_id_base"] + len(prompt.added_tokens(meta["codes"], counts)),
+            "prompt_format_version": meta["prompt_format_version"],
+            "label_temperature": meta.get("label_temperature", 1.0),
+            "label_pool": meta.get("label_pool"),
+            "head_mirror": bool(meta.get("head_mirror")),
+            "base": meta.get("base"),
+            "adapter": os.path.abspath(adapter),
+        },
         "calibration": {"file": "calibration.npy", "frames": int(sum(len(f) for f in frames))} if frames else None,
         "pose": pose,
         "parity": {"onnx": onnx, "gguf_f16_logits": logits, f"gguf_{quant.lower()}_labels": labels},
-        "export_seconds": {"onnx": onnx["seconds"], "gguf": round(gguf_seconds, 1),
-                           "total": round(time.monotonic() - t_start, 1)},
+        "export_seconds": {
+            "onnx": onnx["seconds"],
+            "gguf": round(gguf_seconds, 1),
+            "total": round(time.monotonic() - t_start, 1),
+        },
         "tools": tool_versions(),
-        "files": {name: {"sha256": sha256_file(os.path.join(out, name)), "size": os.path.getsize(os.path.join(out, name))}
-                  for name in files},
+        "files": {
+            name: {"sha256": sha256_file(os.path.join(out, name)), "size": os.path.getsize(os.path.join(out, name))}
+            for name in files
+        },
         "tensorrt": {},
     }
     write_manifest(out, manifest)
@@ -234,9 +315,15 @@ def bundle_id(manifest: dict) -> str:
     (temperature, pool with the VST head, the head's mirror reading), so that results name the
     bundle that made them and a bundle calibrated again is another bundle."""
     lv = manifest.get("lvlm", {})
-    blob = json.dumps({"files": {k: v["sha256"] for k, v in sorted(manifest["files"].items())}, "labels": manifest["labels"],
-                       "reading": {k: lv.get(k) for k in ("label_temperature", "label_pool")}
-                       | ({"head_mirror": True} if lv.get("head_mirror") else {})}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "files": {k: v["sha256"] for k, v in sorted(manifest["files"].items())},
+            "labels": manifest["labels"],
+            "reading": {k: lv.get(k) for k in ("label_temperature", "label_pool")}
+            | ({"head_mirror": True} if lv.get("head_mirror") else {}),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -245,7 +332,9 @@ def _verify_file(folder: str, name: str, entry: dict) -> None:
     if not os.path.exists(path):
         raise BundleError(f"{folder}: {name} is missing (incomplete bundle)")
     if os.path.getsize(path) != entry["size"]:
-        raise BundleError(f"{folder}: {name} is {os.path.getsize(path)} bytes, the manifest says {entry['size']} (truncated or replaced)")
+        raise BundleError(
+            f"{folder}: {name} is {os.path.getsize(path)} bytes, the manifest says {entry['size']} (truncated or replaced)"
+        )
     if sha256_file(path) != entry["sha256"]:
         raise BundleError(f"{folder}: {name} does not match its sha256 in the manifest (modified after export)")
 
@@ -254,8 +343,11 @@ def check_bundle(folder: str) -> dict:
     """Verify a bundle; returns a summary. Raises BundleError with one line on the first problem."""
     m = read_manifest(folder)
     try:
-        required = {m["engines"][e]["file"] for e in engine_roles(m)} | {m["lvlm"]["file"], "glossary.json"} \
+        required = (
+            {m["engines"][e]["file"] for e in engine_roles(m)}
+            | {m["lvlm"]["file"], "glossary.json"}
             | ({m["calibration"]["file"]} if m.get("calibration") else set())
+        )
         vst, lv = m["vst"], m["lvlm"]
     except (KeyError, TypeError) as exc:
         raise BundleError(f"{folder}: manifest lacks {exc}") from None
@@ -265,8 +357,10 @@ def check_bundle(folder: str) -> dict:
     for name, entry in m["files"].items():
         _verify_file(folder, name, entry)
     if lv["prompt_format_version"] not in prompt.READS_FORMATS:
-        raise BundleError(f"{folder}: prompt format version {lv['prompt_format_version']}, this lvlm-var reads "
-                          f"{', '.join(map(str, prompt.READS_FORMATS))}; re-export the bundle")
+        raise BundleError(
+            f"{folder}: prompt format version {lv['prompt_format_version']}, this lvlm-var reads "
+            f"{', '.join(map(str, prompt.READS_FORMATS))}; re-export the bundle"
+        )
     _check_reading(folder, lv)
     _check_onnx(folder, m)
     _check_gguf(folder, m)
@@ -277,11 +371,26 @@ def check_bundle(folder: str) -> dict:
             _verify_file(folder, name, entry["files"][name])
         plans[key] = entry.get("precision")
     size = sum(e["size"] for e in m["files"].values())
-    return {"bundle": os.path.abspath(folder), "id": bundle_id(m), "labels": len(m["labels"]), "W": vst["W"], "S": vst["S"],
-            "frontend": vst.get("frontend", "cnn"), "T": vst["T"], "K": vst["K"], "fps": vst["fps"], "resolution": vst["resolution"], "quantization": lv["quantization"],
-            "files": len(m["files"]), "bytes": size, "tensorrt_plans": plans, "tools": m.get("tools", {}),
-            "label_temperature": lv.get("label_temperature", 1.0), "label_pool": lv.get("label_pool"),
-            "head_mirror": bool(lv.get("head_mirror"))}
+    return {
+        "bundle": os.path.abspath(folder),
+        "id": bundle_id(m),
+        "labels": len(m["labels"]),
+        "W": vst["W"],
+        "S": vst["S"],
+        "frontend": vst.get("frontend", "cnn"),
+        "T": vst["T"],
+        "K": vst["K"],
+        "fps": vst["fps"],
+        "resolution": vst["resolution"],
+        "quantization": lv["quantization"],
+        "files": len(m["files"]),
+        "bytes": size,
+        "tensorrt_plans": plans,
+        "tools": m.get("tools", {}),
+        "label_temperature": lv.get("label_temperature", 1.0),
+        "label_pool": lv.get("label_pool"),
+        "head_mirror": bool(lv.get("head_mirror")),
+    }
 
 
 def _check_reading(folder: str, lv: dict) -> None:
@@ -292,9 +401,14 @@ def _check_reading(folder: str, lv: dict) -> None:
         raise BundleError(f"{folder}: head_mirror {lv['head_mirror']!r} in the manifest; it must be true or false")
     if not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0:
         raise BundleError(f"{folder}: label temperature {t!r} in the manifest; it must be a number > 0")
-    if pool is not None and not (isinstance(pool, dict) and set(pool) == {"llm", "head"} and
-                                 all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in pool.values())):
-        raise BundleError(f"{folder}: label pool {pool!r} in the manifest; it must be {{\"llm\": a, \"head\": b}} with a, b >= 0")
+    if pool is not None and not (
+        isinstance(pool, dict)
+        and set(pool) == {"llm", "head"}
+        and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in pool.values())
+    ):
+        raise BundleError(
+            f'{folder}: label pool {pool!r} in the manifest; it must be {{"llm": a, "head": b}} with a, b >= 0'
+        )
 
 
 def _check_onnx(folder: str, m: dict) -> None:
@@ -302,8 +416,11 @@ def _check_onnx(folder: str, m: dict) -> None:
     import onnxruntime as ort
 
     vst = m["vst"]
-    want = {"frame_encoder": [None, vst["resolution"], vst["resolution"], 3], "token_engine": [None, vst["W"], vst["D"]],
-            **{role: [None, size, size, 3] for role, size in POSE_INPUTS.items()}}
+    want = {
+        "frame_encoder": [None, vst["resolution"], vst["resolution"], 3],
+        "token_engine": [None, vst["W"], vst["D"]],
+        **{role: [None, size, size, 3] for role, size in POSE_INPUTS.items()},
+    }
     want = {role: want[role] for role in engine_roles(m)}
     for role, shape in want.items():
         name = m["engines"][role]["file"]
@@ -312,11 +429,17 @@ def _check_onnx(folder: str, m: dict) -> None:
             opts.log_severity_level = 4
             session = ort.InferenceSession(os.path.join(folder, name), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - any load failure is a broken file
-            raise BundleError(f"{folder}: {name} is not a loadable ONNX model ({str(exc).splitlines()[0][:80]})") from None
+            raise BundleError(
+                f"{folder}: {name} is not a loadable ONNX model ({str(exc).splitlines()[0][:80]})"
+            ) from None
         dims = [d if isinstance(d, int) else None for d in session.get_inputs()[0].shape]
         if dims != shape:
             raise BundleError(f"{folder}: {name} takes {dims}, the manifest says {shape}")
-        if role == "token_engine" and m["lvlm"].get("counts") and "count" not in {o.name for o in session.get_outputs()}:
+        if (
+            role == "token_engine"
+            and m["lvlm"].get("counts")
+            and "count" not in {o.name for o in session.get_outputs()}
+        ):
             raise BundleError(f"{folder}: the language model reads count tokens but {name} has no count output")
 
 
@@ -333,5 +456,7 @@ def _check_gguf(folder: str, m: dict) -> None:
         raise BundleError(f"{folder}: {lv['file']} has {len(tokens)} tokens, the manifest says {lv['vocab_size']}")
     base = lv["token_id_base"]
     added = prompt.added_tokens(lv["codes"], lv.get("counts", 0))
-    if tokens[base:base + len(added)] != added:
-        raise BundleError(f"{folder}: {lv['file']} does not hold the action tokens at ids {base}..; wrong model for this bundle")
+    if tokens[base : base + len(added)] != added:
+        raise BundleError(
+            f"{folder}: {lv['file']} does not hold the action tokens at ids {base}..; wrong model for this bundle"
+        )

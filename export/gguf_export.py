@@ -7,6 +7,7 @@ with the added action tokens at the ids training gave them, and the chat templat
 runs `llama_cpp.llama_model_quantize` on that F16 file. `logit_parity` and `label_agreement`
 compare llama.cpp with transformers on the same ids.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,12 @@ import os
 
 import numpy as np
 
-QUANTS = {"F16": "LLAMA_FTYPE_MOSTLY_F16", "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
-          "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+QUANTS = {
+    "F16": "LLAMA_FTYPE_MOSTLY_F16",
+    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+}
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
 
@@ -37,8 +42,10 @@ def _pre_tokenizer(tok: dict) -> str:
     kinds = [(p.get("type"), p.get("individual_digits")) for p in parts]
     if kinds == [("Digits", True), ("ByteLevel", None)]:
         return "smollm"
-    raise ExportError(f"the tokenizer's pre-tokenizer {json.dumps(pre)[:120]} is not supported by the GGUF export "
-                      "(byte-level BPE with the GPT-2 or SmolLM split is)")
+    raise ExportError(
+        f"the tokenizer's pre-tokenizer {json.dumps(pre)[:120]} is not supported by the GGUF export "
+        "(byte-level BPE with the GPT-2 or SmolLM split is)"
+    )
 
 
 def _vocabulary(folder: str, vocab_size: int):
@@ -80,8 +87,13 @@ def write_gguf(folder: str, out: str, dtype: str = "F16", progress: bool = False
     cfg = AutoConfig.from_pretrained(folder)
     arch = (cfg.architectures or ["?"])[0]
     if arch not in ARCHITECTURES:
-        raise ExportError(f"{folder}: architecture {arch} is not supported by the GGUF export ({', '.join(ARCHITECTURES)} are)")
-    rope = getattr(cfg, "rope_parameters", None) or {"rope_type": "default", "rope_theta": getattr(cfg, "rope_theta", 10000.0)}
+        raise ExportError(
+            f"{folder}: architecture {arch} is not supported by the GGUF export ({', '.join(ARCHITECTURES)} are)"
+        )
+    rope = getattr(cfg, "rope_parameters", None) or {
+        "rope_type": "default",
+        "rope_theta": getattr(cfg, "rope_theta", 10000.0),
+    }
     if rope.get("rope_type", "default") != "default":
         raise ExportError(f"{folder}: rope scaling {rope.get('rope_type')!r} is not supported by the GGUF export")
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
@@ -107,8 +119,12 @@ def write_gguf(folder: str, out: str, dtype: str = "F16", progress: bool = False
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
-    for name, add in (("bos", w.add_bos_token_id), ("eos", w.add_eos_token_id), ("unk", w.add_unk_token_id),
-                      ("pad", w.add_pad_token_id)):
+    for name, add in (
+        ("bos", w.add_bos_token_id),
+        ("eos", w.add_eos_token_id),
+        ("unk", w.add_unk_token_id),
+        ("pad", w.add_pad_token_id),
+    ):
         i = getattr(hf_tok, f"{name}_token_id", None)
         if i is not None:
             add(int(i))
@@ -194,9 +210,13 @@ def logit_parity(hf_model, gguf: str, sequences: list[list[int]]) -> dict:
         total += len(ids)
         per_position.extend(np.abs(np.exp(ours) - ref_p).max(-1).tolist())
     llm.close()
-    return {"positions": total, "top1_agreement": same / total, "top1_agreement_outside_ties": untied / total,
-            "max_probability_difference": float(np.max(per_position)),
-            "p99_probability_difference": float(np.percentile(per_position, 99))}
+    return {
+        "positions": total,
+        "top1_agreement": same / total,
+        "top1_agreement_outside_ties": untied / total,
+        "max_probability_difference": float(np.max(per_position)),
+        "p99_probability_difference": float(np.percentile(per_position, 99)),
+    }
 
 
 def label_agreement(reference, candidate, windows: list[dict], progress: bool = False) -> dict:
@@ -209,5 +229,8 @@ def label_agreement(reference, candidate, windows: list[dict], progress: bool = 
         a, b = (r.label(w["tokens"], exhaustive=False, count=w.get("count"))[0] for r in (reference, candidate))
         same += a.label == b.label
         diffs.append(abs(a.probability - b.probability))
-    return {"windows": len(windows), "label_agreement": same / max(len(windows), 1),
-            "mean_probability_difference": float(np.mean(diffs)) if diffs else 0.0}
+    return {
+        "windows": len(windows),
+        "label_agreement": same / max(len(windows), 1),
+        "mean_probability_difference": float(np.mean(diffs)) if diffs else 0.0,
+    }

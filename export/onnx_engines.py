@@ -11,6 +11,7 @@ BatchNorm is folded into the convolutions before export (the graph holds no Batc
 node); opset 17; weights inside the file (the models are a few MB). Ids are int32 so TensorRT
 keeps them without a cast.
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,8 +36,16 @@ def fold_batchnorm(module):
             conv, bn = seq._modules[a], seq._modules[b]
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                                  conv.dilation, conv.groups, bias=True)
+                fused = nn.Conv2d(
+                    conv.in_channels,
+                    conv.out_channels,
+                    conv.kernel_size,
+                    conv.stride,
+                    conv.padding,
+                    conv.dilation,
+                    conv.groups,
+                    bias=True,
+                )
                 with torch.no_grad():
                     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
                     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
@@ -80,7 +89,9 @@ def _graphs(model, fp16: bool = False):
             out = (ids.to(torch.int32), dist, self.head(q))
             return out if self.aux is None else (*out, read_count(self.repetition_logits(feats, q)).to(torch.int32))
 
-    return FrameEncoderGraph(model).eval() if model.encoder is not None else None, TokenEngineGraph(copy.deepcopy(model).eval()).eval()
+    return FrameEncoderGraph(model).eval() if model.encoder is not None else None, TokenEngineGraph(
+        copy.deepcopy(model).eval()
+    ).eval()
 
 
 def token_engine_outputs(cfg) -> dict[str, list]:
@@ -100,18 +111,36 @@ def export_engines(model, out: str) -> dict[str, str]:
     os.makedirs(out, exist_ok=True)
     paths = {"token_engine": os.path.join(out, "token_engine.onnx")}
     if enc is not None:
-        paths.update(frame_encoder=os.path.join(out, "frame_encoder.onnx"),
-                     frame_encoder_fp16=os.path.join(out, "frame_encoder.fp16.onnx"))
+        paths.update(
+            frame_encoder=os.path.join(out, "frame_encoder.onnx"),
+            frame_encoder_fp16=os.path.join(out, "frame_encoder.fp16.onnx"),
+        )
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and shape-inference notes
-        for name, graph in (("frame_encoder", enc), ("frame_encoder_fp16", _graphs(model, fp16=True)[0]))[:2 if enc else 0]:
-            torch.onnx.export(graph, (torch.zeros(2, cfg.R, cfg.R, 3, dtype=torch.uint8),), paths[name],
-                              input_names=["frames"], output_names=["features"], opset_version=OPSET,
-                              dynamic_axes={"frames": {0: "n"}, "features": {0: "n"}}, dynamo=False)
+        for name, graph in (("frame_encoder", enc), ("frame_encoder_fp16", _graphs(model, fp16=True)[0]))[
+            : 2 if enc else 0
+        ]:
+            torch.onnx.export(
+                graph,
+                (torch.zeros(2, cfg.R, cfg.R, 3, dtype=torch.uint8),),
+                paths[name],
+                input_names=["frames"],
+                output_names=["features"],
+                opset_version=OPSET,
+                dynamic_axes={"frames": {0: "n"}, "features": {0: "n"}},
+                dynamo=False,
+            )
         outputs = token_engine_outputs(cfg)
-        torch.onnx.export(tok, (torch.zeros(2, cfg.W, cfg.feature_size),), paths["token_engine"],
-                          input_names=["features"], output_names=list(outputs), opset_version=OPSET,
-                          dynamic_axes={k: {0: "batch"} for k in ("features", *outputs)}, dynamo=False)
+        torch.onnx.export(
+            tok,
+            (torch.zeros(2, cfg.W, cfg.feature_size),),
+            paths["token_engine"],
+            input_names=["features"],
+            output_names=list(outputs),
+            opset_version=OPSET,
+            dynamic_axes={k: {0: "batch"} for k in ("features", *outputs)},
+            dynamo=False,
+        )
     for path in paths.values():
         m = onnx.load(path)
         onnx.checker.check_model(m, full_check=True)
@@ -142,16 +171,17 @@ def engine_parity(model, run_encoder, run_tokenizer, clips: list[np.ndarray]) ->
     max_err, tokens, same_tokens, windows, same_label, same_count = 0.0, 0, 0, 0, 0, 0
     for frames in clips:
         ref = encode_clip(model, frames).numpy()
-        got = np.concatenate([run_encoder(np.ascontiguousarray(pad_to(frames, cfg.W)[i:i + 64]))
-                              for i in range(0, len(ref), 64)])
+        got = np.concatenate(
+            [run_encoder(np.ascontiguousarray(pad_to(frames, cfg.W)[i : i + 64])) for i in range(0, len(ref), 64)]
+        )
         max_err = max(max_err, float(np.abs(ref - got).max()))
         starts = sliding_starts(len(ref), cfg)
         with torch.no_grad():
-            ref_out = model.tokenize_train(torch.from_numpy(np.stack([ref[s:s + cfg.W] for s in starts])))
+            ref_out = model.tokenize_train(torch.from_numpy(np.stack([ref[s : s + cfg.W] for s in starts])))
         ids, logits = ref_out["ids"], ref_out["logits"]
         # the engine under test tokenizes its own features: errors compound as they would at run time
-        wins = np.stack([got[s:s + cfg.W] for s in starts]).astype(np.float32)
-        outs = [run_tokenizer(wins[i:i + 16]) for i in range(0, len(wins), 16)]
+        wins = np.stack([got[s : s + cfg.W] for s in starts]).astype(np.float32)
+        outs = [run_tokenizer(wins[i : i + 16]) for i in range(0, len(wins), 16)]
         g_ids = np.concatenate([np.asarray(o["ids"]) for o in outs])
         g_logits = np.concatenate([np.asarray(o["logits"]) for o in outs])
         if cfg.counts:
@@ -161,9 +191,14 @@ def engine_parity(model, run_encoder, run_tokenizer, clips: list[np.ndarray]) ->
         same_tokens += int((ids.numpy() == np.asarray(g_ids)).sum())
         windows += len(starts)
         same_label += int((logits.argmax(-1).numpy() == np.asarray(g_logits).argmax(-1)).sum())
-    return {"clips": len(clips), "windows": windows, "max_abs_feature_error": max_err,
-            "token_agreement": same_tokens / max(tokens, 1), "label_agreement": same_label / max(windows, 1),
-            "count_agreement": same_count / max(windows, 1) if cfg.counts else None}
+    return {
+        "clips": len(clips),
+        "windows": windows,
+        "max_abs_feature_error": max_err,
+        "token_agreement": same_tokens / max(tokens, 1),
+        "label_agreement": same_label / max(windows, 1),
+        "count_agreement": same_count / max(windows, 1) if cfg.counts else None,
+    }
 
 
 def onnx_parity(model, paths: dict[str, str], clips: list[np.ndarray]) -> dict:
@@ -172,5 +207,6 @@ def onnx_parity(model, paths: dict[str, str], clips: list[np.ndarray]) -> dict:
     s = onnx_sessions({k: paths[k] for k in ("frame_encoder", "token_engine") if k in paths})
     names = [o.name for o in s["token_engine"].get_outputs()]
     encoder = (lambda x: s["frame_encoder"].run(None, {"frames": x})[0]) if "frame_encoder" in s else (lambda x: x)
-    return engine_parity(model, encoder,
-                         lambda f: dict(zip(names, s["token_engine"].run(None, {"features": f}))), clips)
+    return engine_parity(
+        model, encoder, lambda f: dict(zip(names, s["token_engine"].run(None, {"features": f}))), clips
+    )

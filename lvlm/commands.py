@@ -1,4 +1,5 @@
 """`lvlm-var finetune`: LoRA fine-tuning of the language model on a VST's action tokens."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,42 +18,80 @@ def register(cli) -> None:
     f.add_argument("--vst", required=True, help="VST run folder (lvlm-var train vst)")
     f.add_argument("--data", required=True, help="prepared cache the VST was trained on")
     f.add_argument("--protocol", default=None, help="protocol whose training split to use (default: the cache's)")
-    f.add_argument("--base", default="smollm2-135m", help="smollm2-135m (default) or a local Hugging Face model directory")
+    f.add_argument(
+        "--base", default="smollm2-135m", help="smollm2-135m (default) or a local Hugging Face model directory"
+    )
     f.add_argument("--out", required=True, help="adapter folder; the merged model goes to OUT/merged")
     d = FinetuneConfig()
     f.add_argument("--lora-r", type=int, default=d.lora_r)
     f.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
-    f.add_argument("--lora-dropout", type=float, default=d.lora_dropout,
-                   help="dropout on the LoRA branches' inputs (default none: it made a step ~28 %% dearer on a CPU)")
+    f.add_argument(
+        "--lora-dropout",
+        type=float,
+        default=d.lora_dropout,
+        help="dropout on the LoRA branches' inputs (default none: it made a step ~28 %% dearer on a CPU)",
+    )
     f.add_argument("--lr", type=float, default=d.lr)
-    f.add_argument("--schedule", choices=("constant", "one-cycle"), default=d.schedule,
-                   help="learning rate: constant, or one-cycle (10 %% warm-up to --lr, cosine down to ~0 at the last step)")
+    f.add_argument(
+        "--schedule",
+        choices=("constant", "one-cycle"),
+        default=d.schedule,
+        help="learning rate: constant, or one-cycle (10 %% warm-up to --lr, cosine down to ~0 at the last step)",
+    )
     f.add_argument("--batch", type=int, default=d.batch)
     f.add_argument("--seed", type=int, default=d.seed, help="batch order, LoRA initialisation and dropout")
-    f.add_argument("--steps", type=int, default=d.steps,
-                   help=f"default {d.steps}: ~21 min of steps for SmolLM2-135M at batch {d.batch} on 2 CPU cores, "
-                        "~28 min for the whole command")
+    f.add_argument(
+        "--steps",
+        type=int,
+        default=d.steps,
+        help=f"default {d.steps}: ~21 min of steps for SmolLM2-135M at batch {d.batch} on 2 CPU cores, "
+        "~28 min for the whole command",
+    )
     f.add_argument("--windows-per-clip", type=int, default=3)
-    f.add_argument("--views", type=int, default=1,
-                   help="views per training clip: 1 = as recorded; more adds the VST's augmentations (flip swaps the side)")
-    f.add_argument("--calibration-windows", type=int, default=800,
-                   help="windows of held-out training performers that fit the label temperature: those the "
-                        "VST was not trained on either (train vst --hold-out), else augmented windows of 15 %% "
-                        "of the performers; 0: none")
+    f.add_argument(
+        "--views",
+        type=int,
+        default=1,
+        help="views per training clip: 1 = as recorded; more adds the VST's augmentations (flip swaps the side)",
+    )
+    f.add_argument(
+        "--calibration-windows",
+        type=int,
+        default=800,
+        help="windows of held-out training performers that fit the label temperature: those the "
+        "VST was not trained on either (train vst --hold-out), else augmented windows of 15 %% "
+        "of the performers; 0: none",
+    )
     _pool_args(f)
-    f.add_argument("--no-code-tie", dest="code_tie", action="store_false",
-                   help="train each action token's embedding row alone, not tied to its VST code vector")
-    f.add_argument("--prefix-grad", action=argparse.BooleanOptionalAction, default=d.prefix_grad,
-                   help="train through the shared instruction prefix's positions too (default --no-prefix-grad: "
-                        "only the rows' positions train; the prefix's cache still comes from the current weights)")
-    f.add_argument("--count-token", action=argparse.BooleanOptionalAction, default=d.count_token,
-                   help="end each window's video block with the count its VST's repetitions head reads (prompt "
-                        "format 2; a VST without the head gets none either way)")
-    f.add_argument("--resume", action="store_true", help="continue from OUT/finetune_state.pt (checkpointed every 25 steps)")
+    f.add_argument(
+        "--no-code-tie",
+        dest="code_tie",
+        action="store_false",
+        help="train each action token's embedding row alone, not tied to its VST code vector",
+    )
+    f.add_argument(
+        "--prefix-grad",
+        action=argparse.BooleanOptionalAction,
+        default=d.prefix_grad,
+        help="train through the shared instruction prefix's positions too (default --no-prefix-grad: "
+        "only the rows' positions train; the prefix's cache still comes from the current weights)",
+    )
+    f.add_argument(
+        "--count-token",
+        action=argparse.BooleanOptionalAction,
+        default=d.count_token,
+        help="end each window's video block with the count its VST's repetitions head reads (prompt "
+        "format 2; a VST without the head gets none either way)",
+    )
+    f.add_argument(
+        "--resume", action="store_true", help="continue from OUT/finetune_state.pt (checkpointed every 25 steps)"
+    )
     f.set_defaults(func=cmd_finetune)
 
     c = cli.add("calibrate", "fit a fine-tuned model's label temperature and its pool with the VST head again")
-    c.add_argument("--adapter", required=True, help="the --out folder of `lvlm-var finetune` (its lvlm.json is updated)")
+    c.add_argument(
+        "--adapter", required=True, help="the --out folder of `lvlm-var finetune` (its lvlm.json is updated)"
+    )
     c.add_argument("--vst", required=True, help="the VST run the adapter was fine-tuned on")
     c.add_argument("--data", required=True, help="prepared cache the VST was trained on")
     c.add_argument("--protocol", default=None, help="default: the cache's")
@@ -62,7 +101,8 @@ def register(cli) -> None:
     c.set_defaults(func=cmd_calibrate)
 
     e = cli.group("eval", "evaluate a model").add_parser(
-        "lvlm", help="the fine-tuned language model on a protocol's test windows (labels, calibration, explanations)")
+        "lvlm", help="the fine-tuned language model on a protocol's test windows (labels, calibration, explanations)"
+    )
     e.add_argument("--adapter", required=True, help="the --out folder of `lvlm-var finetune`")
     e.add_argument("--vst", required=True, help="the VST run the adapter was fine-tuned on")
     e.add_argument("--data", required=True, help="prepared cache")
@@ -75,14 +115,22 @@ def register(cli) -> None:
 
 
 def _pool_args(parser) -> None:
-    parser.add_argument("--pool-windows", type=int, default=None,
-                        help="of the calibration windows, how many fit the label pool with the VST head (default: all "
-                             "of them, as fits on 200 swung with the sample; the calibration reads every label's "
-                             "probability on every window anyway); 0: no pool, the model alone labels")
-    parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
-                        help="fit the pool on the VST head's probabilities read from each window and its mirror image, "
-                             "as the runtime then reads them (the bundle's default for engine.mirror); --no-mirror: "
-                             "from the window alone")
+    parser.add_argument(
+        "--pool-windows",
+        type=int,
+        default=None,
+        help="of the calibration windows, how many fit the label pool with the VST head (default: all "
+        "of them, as fits on 200 swung with the sample; the calibration reads every label's "
+        "probability on every window anyway); 0: no pool, the model alone labels",
+    )
+    parser.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the pool on the VST head's probabilities read from each window and its mirror image, "
+        "as the runtime then reads them (the bundle's default for engine.mirror); --no-mirror: "
+        "from the window alone",
+    )
 
 
 def _examples(args: argparse.Namespace, views: int, calibrate: bool):
@@ -93,33 +141,53 @@ def _examples(args: argparse.Namespace, views: int, calibrate: bool):
 
     held, vst_unseen = calibration_performers(args.vst, args.data, args.protocol, 0.15 if calibrate else 0.0)
     # calibration on performers the VST saw needs one more view: their augmented windows
-    labels, examples = build_examples(args.vst, args.data, "train", args.protocol, args.windows_per_clip,
-                                      views=max(views, 2) if held and not vst_unseen else views,
-                                      mirror=held if args.mirror else False, augmented=held if views == 1 else None)
+    labels, examples = build_examples(
+        args.vst,
+        args.data,
+        "train",
+        args.protocol,
+        args.windows_per_clip,
+        views=max(views, 2) if held and not vst_unseen else views,
+        mirror=held if args.mirror else False,
+        augmented=held if views == 1 else None,
+    )
     return (labels, *calibration_split(examples, views, held, vst_unseen), vst_unseen)
 
 
-def _calibrate(args, model, tokenizer, labels, base: int, codes: int, held: list[dict], counts: int,
-               vst_unseen: bool) -> dict:
+def _calibrate(
+    args, model, tokenizer, labels, base: int, codes: int, held: list[dict], counts: int, vst_unseen: bool
+) -> dict:
     """The lvlm.json fields the calibration windows fit (label temperature, pool with the VST head), printed."""
     from vst.cache import spread
     from vst.ntu import performer_of
 
     windows = spread(held, args.calibration_windows)
-    cal = _fit_temperature(model, tokenizer, labels, base, codes, windows, counts,
-                           len(windows) if args.pool_windows is None else args.pool_windows)
+    cal = _fit_temperature(
+        model,
+        tokenizer,
+        labels,
+        base,
+        codes,
+        windows,
+        counts,
+        len(windows) if args.pool_windows is None else args.pool_windows,
+    )
     cal.update(performers=sorted({performer_of(ex["clip"]) for ex in held}), unseen_by_vst=vst_unseen)
-    print(f"label temperature {cal['temperature']:.3f} on {cal['windows']} windows of held-out performers "
-          f"{', '.join(cal['performers'])}{'' if vst_unseen else ' (augmented; the VST trained on them)'} "
-          f"(ECE {cal['ece_t1']:.3f} -> {cal['ece']:.3f}, label top-1 {cal['top1']:.1%}; {cal['seconds']:.0f} s "
-          f"through {cal['backend']})")
+    print(
+        f"label temperature {cal['temperature']:.3f} on {cal['windows']} windows of held-out performers "
+        f"{', '.join(cal['performers'])}{'' if vst_unseen else ' (augmented; the VST trained on them)'} "
+        f"(ECE {cal['ece_t1']:.3f} -> {cal['ece']:.3f}, label top-1 {cal['top1']:.1%}; {cal['seconds']:.0f} s "
+        f"through {cal['backend']})"
+    )
     fields = {"label_temperature": cal["temperature"], "calibration": cal, "label_pool": None, "head_mirror": False}
     if "pool" in cal:
         p = cal["pool"]
         fields.update(label_pool=p["weights"], head_mirror=args.mirror)
-        print(f"label pool {p['weights']['llm']:.2f} x log p(LLM) + {p['weights']['head']:.2f} x log p(VST head) on "
-              f"{p['windows']} of them{' (head: mirror reading)' if args.mirror else ''}: top-1 {p['top1']:.1%}, "
-              f"ECE {p['ece']:.3f} (LLM alone {p['llm_alone']['top1']:.1%}, head alone {p['head_alone']['top1']:.1%})")
+        print(
+            f"label pool {p['weights']['llm']:.2f} x log p(LLM) + {p['weights']['head']:.2f} x log p(VST head) on "
+            f"{p['windows']} of them{' (head: mirror reading)' if args.mirror else ''}: top-1 {p['top1']:.1%}, "
+            f"ECE {p['ece']:.3f} (LLM alone {p['llm_alone']['top1']:.1%}, head alone {p['head_alone']['top1']:.1%})"
+        )
     return fields
 
 
@@ -147,11 +215,32 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     model, tokenizer = load(args.base)
     counts = vst_model.cfg.counts if args.count_token else 0
     base = add_action_tokens(model, tokenizer, codes, glossary, counts)
-    cfg = FinetuneConfig(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, lr=args.lr,
-                         schedule=args.schedule, batch=args.batch, steps=args.steps, seed=args.seed, code_tie=args.code_tie,
-                         prefix_grad=args.prefix_grad, count_token=args.count_token)
-    result = finetune(model, tokenizer, base, codes, labels, examples, args.out, cfg, resume=args.resume,
-                      codebook=vst_model.quantizer.codebook, counts=counts)
+    cfg = FinetuneConfig(
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        lr=args.lr,
+        schedule=args.schedule,
+        batch=args.batch,
+        steps=args.steps,
+        seed=args.seed,
+        code_tie=args.code_tie,
+        prefix_grad=args.prefix_grad,
+        count_token=args.count_token,
+    )
+    result = finetune(
+        model,
+        tokenizer,
+        base,
+        codes,
+        labels,
+        examples,
+        args.out,
+        cfg,
+        resume=args.resume,
+        codebook=vst_model.quantizer.codebook,
+        counts=counts,
+    )
     meta = {k: v for k, v in result.items() if k != "model"}
     meta.update({"base": args.base, "vst": os.path.abspath(args.vst), "examples": len(examples)})
     merged_model = result["model"].merge_and_unload()
@@ -159,9 +248,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if held:
         meta.update(_calibrate(args, merged_model, tokenizer, labels, base, codes, held, counts, vst_unseen))
     _write_meta(args.out, meta)
-    print(f"fine-tuned on {len(examples)} windows for {args.steps} steps on {meta['device']} "
-          f"({meta['step_seconds'] / 60:.1f} min of steps): loss {meta['first_loss']:.3f} -> "
-          f"{meta['last_loss']:.3f}; adapter in {args.out}, merged model in {merged}")
+    print(
+        f"fine-tuned on {len(examples)} windows for {args.steps} steps on {meta['device']} "
+        f"({meta['step_seconds'] / 60:.1f} min of steps): loss {meta['first_loss']:.3f} -> "
+        f"{meta['last_loss']:.3f}; adapter in {args.out}, merged model in {merged}"
+    )
     return 0
 
 
@@ -181,16 +272,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not held:
         raise EvalError(f"{args.data} has no training windows of held-out performers to calibrate on")
     merged = os.path.join(args.adapter, "merged")
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), AutoTokenizer.from_pretrained(merged)
-    meta.update(_calibrate(args, model, tokenizer, labels, meta["token_id_base"], meta["codes"], held,
-                           meta.get("counts", 0), vst_unseen))
+    model, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32),
+        AutoTokenizer.from_pretrained(merged),
+    )
+    meta.update(
+        _calibrate(
+            args,
+            model,
+            tokenizer,
+            labels,
+            meta["token_id_base"],
+            meta["codes"],
+            held,
+            meta.get("counts", 0),
+            vst_unseen,
+        )
+    )
     _write_meta(args.adapter, meta)
     print(f"updated {args.adapter}/lvlm.json; export the bundle again to ship it")
     return 0
 
 
-def _fit_temperature(model, tokenizer, labels, base: int, codes: int, windows: list[dict], counts: int = 0,
-                     pool_windows: int = 0) -> dict:
+def _fit_temperature(
+    model, tokenizer, labels, base: int, codes: int, windows: list[dict], counts: int = 0, pool_windows: int = 0
+) -> dict:
     """`fit_temperature` on the merged model through transformers, batches of windows with the
     whole label trie in one forward (`Reader.every_node`): 777 windows took 282 s on 2 CPU cores
     for both reads (every label's probability on every window, then the best-first decode at the
@@ -201,8 +307,11 @@ def _fit_temperature(model, tokenizer, labels, base: int, codes: int, windows: l
     from lvlm.reader import Reader, TransformersBackend
 
     t0 = time.monotonic()
-    cal = fit_temperature(Reader(TransformersBackend(model, tokenizer), labels, base, codes, counts=counts), windows,
-                          pool_windows=pool_windows)
+    cal = fit_temperature(
+        Reader(TransformersBackend(model, tokenizer), labels, base, codes, counts=counts),
+        windows,
+        pool_windows=pool_windows,
+    )
     return {**cal, "backend": "transformers (label trie batched)", "seconds": round(time.monotonic() - t0, 1)}
 
 
@@ -214,27 +323,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(os.cpu_count() or 1)
     m = run_eval(args.adapter, args.vst, args.data, args.protocol, args.out, args.max_windows, args.explain, args.gguf)
-    print(f"{m['protocol']} test, {m['windows']} windows: LLM label top-1 {m['llm_top1']:.1%} "
-          f"(VST head {m['vst_head_top1']:.1%} on the same windows, agreement {m['llm_head_agreement']:.1%}); "
-          f"ECE {m['ece']:.3f}; label latency p50 {m['label_latency_ms_p50']:.0f} ms (every label's probability "
-          f"computed; the worker's best-first search is faster: `lvlm-var bench`)")
+    print(
+        f"{m['protocol']} test, {m['windows']} windows: LLM label top-1 {m['llm_top1']:.1%} "
+        f"(VST head {m['vst_head_top1']:.1%} on the same windows, agreement {m['llm_head_agreement']:.1%}); "
+        f"ECE {m['ece']:.3f}; label latency p50 {m['label_latency_ms_p50']:.0f} ms (every label's probability "
+        f"computed; the worker's best-first search is faster: `lvlm-var bench`)"
+    )
     if m["llm_alone"]:
         a, p = m["llm_alone"], m["pool"]
-        print(f"  labels pooled with the VST head ({p['llm']:.2f} x log p(LLM) + {p['head']:.2f} x log p(head)); "
-              f"the language model alone: top-1 {a['top1']:.1%}, agreement with the head {a['agreement_with_head']:.1%}, "
-              f"ECE {a['ece']:.3f} (its own probability, renormalised over the labels)")
+        print(
+            f"  labels pooled with the VST head ({p['llm']:.2f} x log p(LLM) + {p['head']:.2f} x log p(head)); "
+            f"the language model alone: top-1 {a['top1']:.1%}, agreement with the head {a['agreement_with_head']:.1%}, "
+            f"ECE {a['ece']:.3f} (its own probability, renormalised over the labels)"
+        )
     if m["faithfulness"]:
         f = m["faithfulness"]
-        print(f"explanations ({m['explained']}): faithful {f['faithful']:.1%} (limb {f['limb']:.1%}, motion {f['motion']:.1%}, "
-              f"repetitions {f['repetitions']:.1%}), ROUGE-L {m['rouge_l']:.3f}")
+        print(
+            f"explanations ({m['explained']}): faithful {f['faithful']:.1%} (limb {f['limb']:.1%}, motion {f['motion']:.1%}, "
+            f"repetitions {f['repetitions']:.1%}), ROUGE-L {m['rouge_l']:.3f}"
+        )
         if m["faithfulness_edge_tolerant"]:
             near = m["faithfulness_edge_tolerant"]
-            print(f"  accepting a count the window holds when moved by up to {EDGE_FRAMES} frames: "
-                  f"faithful {near['faithful']:.1%} (repetitions {near['repetitions']:.1%})")
+            print(
+                f"  accepting a count the window holds when moved by up to {EDGE_FRAMES} frames: "
+                f"faithful {near['faithful']:.1%} (repetitions {near['repetitions']:.1%})"
+            )
         if m["count_token"]:
             c = m["count_token"]
-            print(f"  count token (the VST's count) on {c['windows']} windows of repeated actions: "
-                  f"right {c['right']:.1%}, stated by the explanation {c['stated']:.1%}")
+            print(
+                f"  count token (the VST's count) on {c['windows']} windows of repeated actions: "
+                f"right {c['right']:.1%}, stated by the explanation {c['stated']:.1%}"
+            )
     for ex in m["examples"][:3]:
         print(f"  {ex['clip']}: {ex['predicted']} ({ex['probability']:.2f}) - {ex['explanation']}")
     print(f"wrote {m['out']}/metrics.json, readings.jsonl and reliability.png")

@@ -7,6 +7,7 @@ label top-1, calibration (ECE of the label probability, 10 equal-width bins, plu
 plot), explanation faithfulness (`lvlm.faithfulness.check`) and ROUGE-L against the reference,
 latencies, and a few example outputs.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,9 +101,14 @@ def fit_pool(model: np.ndarray, head: np.ndarray, truth: np.ndarray) -> dict:
         ok = p.argmax(1) == truth
         return {"top1": float(ok.mean()), "ece": expected_calibration_error(p.max(1), ok)}
 
-    return {"weights": {"llm": float(a), "head": float(b)}, "windows": len(truth), "nll": float(nll),
-            **scores(np.exp(pooled(a, b))), "llm_alone": scores(model / np.maximum(model.sum(1, keepdims=True), 1e-30)),
-            "head_alone": scores(head)}
+    return {
+        "weights": {"llm": float(a), "head": float(b)},
+        "windows": len(truth),
+        "nll": float(nll),
+        **scores(np.exp(pooled(a, b))),
+        "llm_alone": scores(model / np.maximum(model.sum(1, keepdims=True), 1e-30)),
+        "head_alone": scores(head),
+    }
 
 
 def fit_temperature(reader, examples: list[dict], progress: bool = True, pool_windows: int = 0) -> dict:
@@ -134,8 +140,10 @@ def fit_temperature(reader, examples: list[dict], progress: bool = True, pool_wi
     at_one = []
     pooling = {id(ex) for ex in spread([ex for ex in examples if "head_probs" in ex], pool_windows)}
     model, head, truth = [], [], []
-    for ex, nodes in zip(examples, tqdm(reader.every_node(examples), desc="calibrate", unit="window",
-                                        total=len(examples), disable=not progress)):
+    for ex, nodes in zip(
+        examples,
+        tqdm(reader.every_node(examples), desc="calibrate", unit="window", total=len(examples), disable=not progress),
+    ):
         path = reader.label_ids[ex["label"]]
         for k, tok in enumerate(path):
             nll -= log_softmax(nodes(path[:k], [tok])[None, :] / TEMPERATURES[:, None])[:, tok]
@@ -148,13 +156,29 @@ def fit_temperature(reader, examples: list[dict], progress: bool = True, pool_wi
     best = int(np.argmin(nll))
     at_best = at_one
     if best != one:
-        at_best = [decode(ex, nodes, float(TEMPERATURES[best]))
-                   for ex, nodes in zip(examples, tqdm(reader.every_node(examples), desc=f"calibrate at T={TEMPERATURES[best]:.3f}",
-                                                       unit="window", total=len(examples), disable=not progress))]
+        at_best = [
+            decode(ex, nodes, float(TEMPERATURES[best]))
+            for ex, nodes in zip(
+                examples,
+                tqdm(
+                    reader.every_node(examples),
+                    desc=f"calibrate at T={TEMPERATURES[best]:.3f}",
+                    unit="window",
+                    total=len(examples),
+                    disable=not progress,
+                ),
+            )
+        ]
     (conf1, ok1), (conf, ok) = np.array(at_one, float).T, np.array(at_best, float).T
-    fitted = {"temperature": round(float(TEMPERATURES[best]), 4), "windows": len(examples),
-              "top1": float(ok.mean()), "nll": float(nll[best] / len(examples)), "nll_t1": float(nll[one] / len(examples)),
-              "ece": expected_calibration_error(conf, ok), "ece_t1": expected_calibration_error(conf1, ok1)}
+    fitted = {
+        "temperature": round(float(TEMPERATURES[best]), 4),
+        "windows": len(examples),
+        "top1": float(ok.mean()),
+        "nll": float(nll[best] / len(examples)),
+        "nll_t1": float(nll[one] / len(examples)),
+        "ece": expected_calibration_error(conf, ok),
+        "ece_t1": expected_calibration_error(conf1, ok1),
+    }
     if truth:
         fitted["pool"] = fit_pool(np.array(model), np.array(head), np.array(truth))
     return fitted
@@ -186,11 +210,18 @@ def open_reader(adapter: str, gguf: str | None = None, threads: int | None = Non
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         merged = os.path.join(adapter, "merged")
-        backend = TransformersBackend(AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32),
-                                      AutoTokenizer.from_pretrained(merged))
-    return Reader(backend, meta["labels"], meta["token_id_base"], meta["codes"],
-                  temperature=meta.get("label_temperature", 1.0), counts=meta.get("counts", 0),
-                  pool=meta.get("label_pool")), meta
+        backend = TransformersBackend(
+            AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32), AutoTokenizer.from_pretrained(merged)
+        )
+    return Reader(
+        backend,
+        meta["labels"],
+        meta["token_id_base"],
+        meta["codes"],
+        temperature=meta.get("label_temperature", 1.0),
+        counts=meta.get("counts", 0),
+        pool=meta.get("label_pool"),
+    ), meta
 
 
 def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) -> tuple[dict, list[dict]]:
@@ -201,11 +232,22 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
     readings = []
     for ex in tqdm(examples, desc="eval lvlm", unit="window", disable=not progress):
         r = reader.read(ex["tokens"], explain=id(ex) in explain_set, count=ex.get("count"), head=ex.get("head_probs"))
-        row = {"clip": ex["clip"], "start": ex["start"], "tokens": ex["tokens"], "count": ex.get("count"), "label": ex["label"],
-               "predicted": r.label, "probability": r.probability,
-               "renormalised": r.probability / max(sum(r.distribution.values()), 1e-12),
-               "head_label": ex.get("head_label"), "head_score": ex.get("head_score"), "label_s": r.label_s,
-               "reference": ex["explanation"], "explanation": r.explanation, "explanation_s": r.explanation_s}
+        row = {
+            "clip": ex["clip"],
+            "start": ex["start"],
+            "tokens": ex["tokens"],
+            "count": ex.get("count"),
+            "label": ex["label"],
+            "predicted": r.label,
+            "probability": r.probability,
+            "renormalised": r.probability / max(sum(r.distribution.values()), 1e-12),
+            "head_label": ex.get("head_label"),
+            "head_score": ex.get("head_score"),
+            "label_s": r.label_s,
+            "reference": ex["explanation"],
+            "explanation": r.explanation,
+            "explanation_s": r.explanation_s,
+        }
         if r.model is not None:  # pooled with the head: what the language model alone reads
             alone = max(r.model, key=r.model.get)
             row.update(llm_alone=alone, llm_alone_probability=r.model[alone] / max(sum(r.model.values()), 1e-12))
@@ -219,8 +261,10 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
                     row["check"]["clip_repetitions"] = check(r.explanation, whole_clip)["repetitions"]
                 if reader.counts and ex.get("count") is not None and attrs.get("clip_repetitions", 0) > 1:
                     # a repeated action: is the count token right, and does the explanation state it?
-                    row["count_token"] = {"right": ex["count"] == attrs["repetitions"],
-                                          "stated": check(r.explanation, {**attrs, "repetitions": ex["count"]})["repetitions"]}
+                    row["count_token"] = {
+                        "right": ex["count"] == attrs["repetitions"],
+                        "stated": check(r.explanation, {**attrs, "repetitions": ex["count"]})["repetitions"],
+                    }
         readings.append(row)
     n = len(readings)
     correct = [r["predicted"] == r["label"] for r in readings]
@@ -239,50 +283,95 @@ def evaluate(reader, examples: list[dict], explain: int, progress: bool = True) 
         "mean_probability": _mean_or_none([r["probability"] for r in readings]),
         "explained": len(explained),
         "rouge_l": _mean_or_none([r["rouge_l"] for r in explained]),
-        "faithfulness": {k: float(np.mean([c[k] for c in checked])) for k in ("faithful", "limb", "motion", "repetitions")}
-        if checked else None,
+        "faithfulness": {
+            k: float(np.mean([c[k] for c in checked])) for k in ("faithful", "limb", "motion", "repetitions")
+        }
+        if checked
+        else None,
         "repetitions_clip_count": _mean_or_none([c["clip_repetitions"] for c in checked if "clip_repetitions" in c]),
         # the count may be the window's moved by up to vst.actions.EDGE_FRAMES frames (reported, not the target)
-        "faithfulness_edge_tolerant": {k: float(np.mean([c[k + "_near"] for c in checked])) for k in ("faithful", "repetitions")}
-        if checked and all("faithful_near" in c for c in checked) else None,
+        "faithfulness_edge_tolerant": {
+            k: float(np.mean([c[k + "_near"] for c in checked])) for k in ("faithful", "repetitions")
+        }
+        if checked and all("faithful_near" in c for c in checked)
+        else None,
         # windows of repeated actions read with a count token: how often the token (the VST's
         # repetitions head) is right, and how often the explanation states the token's count
-        "count_token": {"windows": len(counted), "right": float(np.mean([c["right"] for c in counted])),
-                        "stated": float(np.mean([c["stated"] for c in counted]))} if counted else None,
-        "faithfulness_when_label_correct": _mean_or_none([r["check"]["faithful"] for r in explained
-                                                          if "check" in r and r["predicted"] == r["label"]]),
+        "count_token": {
+            "windows": len(counted),
+            "right": float(np.mean([c["right"] for c in counted])),
+            "stated": float(np.mean([c["stated"] for c in counted])),
+        }
+        if counted
+        else None,
+        "faithfulness_when_label_correct": _mean_or_none(
+            [r["check"]["faithful"] for r in explained if "check" in r and r["predicted"] == r["label"]]
+        ),
         "label_latency_ms_p50": 1000 * statistics.median(r["label_s"] for r in readings) if n else None,
-        "explanation_latency_ms_p50": 1000 * statistics.median(r["explanation_s"] for r in explained) if explained else None,
-        "per_class": {lab: float(np.mean([r["predicted"] == lab for r in readings if r["label"] == lab])) for lab in labels},
+        "explanation_latency_ms_p50": 1000 * statistics.median(r["explanation_s"] for r in explained)
+        if explained
+        else None,
+        "per_class": {
+            lab: float(np.mean([r["predicted"] == lab for r in readings if r["label"] == lab])) for lab in labels
+        },
         # labels pooled with the VST head: llm_top1 and ece are the pool's; these, the language model's alone
         "pool": reader.pool,
-        "llm_alone": {"top1": float(np.mean([r["llm_alone"] == r["label"] for r in readings])),
-                      "ece": expected_calibration_error([r["llm_alone_probability"] for r in readings],
-                                                        [r["llm_alone"] == r["label"] for r in readings]),
-                      "agreement_with_head": float(np.mean([r["llm_alone"] == r["head_label"] for r in readings]))}
-        if readings and all("llm_alone" in r for r in readings) else None,
+        "llm_alone": {
+            "top1": float(np.mean([r["llm_alone"] == r["label"] for r in readings])),
+            "ece": expected_calibration_error(
+                [r["llm_alone_probability"] for r in readings], [r["llm_alone"] == r["label"] for r in readings]
+            ),
+            "agreement_with_head": float(np.mean([r["llm_alone"] == r["head_label"] for r in readings])),
+        }
+        if readings and all("llm_alone" in r for r in readings)
+        else None,
     }
     return metrics, readings
 
 
-def run_eval(adapter: str, vst_run: str, cache_dir: str, protocol: str | None, out: str | None = None,
-             max_windows: int = 400, explain: int = 150, gguf: str | None = None, progress: bool = True) -> dict:
+def run_eval(
+    adapter: str,
+    vst_run: str,
+    cache_dir: str,
+    protocol: str | None,
+    out: str | None = None,
+    max_windows: int = 400,
+    explain: int = 150,
+    gguf: str | None = None,
+    progress: bool = True,
+) -> dict:
     from lvlm.finetune import build_examples
     from vst.cache import Cache
 
     protocol = protocol or Cache.open(cache_dir).index["protocol"]
     reader, meta = open_reader(adapter, gguf)
-    labels, examples = build_examples(vst_run, cache_dir, "test", protocol, windows_per_clip=1, progress=progress,
-                                      mirror=bool(meta.get("head_mirror")))
+    labels, examples = build_examples(
+        vst_run,
+        cache_dir,
+        "test",
+        protocol,
+        windows_per_clip=1,
+        progress=progress,
+        mirror=bool(meta.get("head_mirror")),
+    )
     if labels != meta["labels"]:
         raise EvalError(f"{vst_run}'s classes differ from the labels {adapter} was fine-tuned on")
     if not examples:
         raise EvalError(f"{cache_dir} has no test windows of the model's classes")
     examples = spread(examples, max_windows)
     metrics, readings = evaluate(reader, examples, explain, progress)
-    metrics.update({"protocol": protocol, "model": gguf or os.path.join(adapter, "merged"), "adapter": adapter,
-                    "examples": [{k: r[k] for k in ("clip", "label", "predicted", "probability", "explanation", "reference")}
-                                 for r in readings if r["explanation"] is not None][:8]})
+    metrics.update(
+        {
+            "protocol": protocol,
+            "model": gguf or os.path.join(adapter, "merged"),
+            "adapter": adapter,
+            "examples": [
+                {k: r[k] for k in ("clip", "label", "predicted", "probability", "explanation", "reference")}
+                for r in readings
+                if r["explanation"] is not None
+            ][:8],
+        }
+    )
     out = out or os.path.join(adapter, "eval", os.path.basename(gguf) if gguf else "merged")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "metrics.json"), "w") as f:
@@ -290,8 +379,11 @@ def run_eval(adapter: str, vst_run: str, cache_dir: str, protocol: str | None, o
     with open(os.path.join(out, "readings.jsonl"), "w") as f:
         for r in readings:
             f.write(json.dumps(r) + "\n")
-    plot_reliability([r["probability"] for r in readings], [r["predicted"] == r["label"] for r in readings],
-                     os.path.join(out, "reliability.png"),
-                     f"LLM label probability, {metrics['windows']} test windows, ECE {metrics['ece']:.3f}")
+    plot_reliability(
+        [r["probability"] for r in readings],
+        [r["predicted"] == r["label"] for r in readings],
+        os.path.join(out, "reliability.png"),
+        f"LLM label probability, {metrics['windows']} test windows, ECE {metrics['ece']:.3f}",
+    )
     metrics["out"] = out
     return metrics

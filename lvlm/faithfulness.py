@@ -17,14 +17,17 @@ up to `vst.actions.EDGE_FRAMES` frames either way (`repetitions_near`): a repeti
 lies that close to the window's edge is in or out by a frame or two. It is reported, not the
 target's definition.
 """
+
 from __future__ import annotations
 
 import re
 
 from vst.actions import ACTIONS, TIMES, times_word
 
-LIMBS = sorted({f"{side} {a.limb}" for a in ACTIONS if a.limb in ("hand", "leg") for side in ("left", "right")}
-               | {a.limb for a in ACTIONS if a.limb not in ("hand", "leg")})
+LIMBS = sorted(
+    {f"{side} {a.limb}" for a in ACTIONS if a.limb in ("hand", "leg") for side in ("left", "right")}
+    | {a.limb for a in ACTIONS if a.limb not in ("hand", "leg")}
+)
 COUNTS = sorted(TIMES.values())
 
 

@@ -15,6 +15,7 @@ training step runs the prefix once and shares its KV cache across the batch (gra
 through the shared cache), as the worker does at run time: a batch of 8 is 514 tokens instead
 of 1,424, and a step 2.4x faster on a CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from lvlm import prompt
+
 
 class FinetuneError(RuntimeError):
     """Fine-tuning that cannot start as asked (e.g. a checkpoint from other settings): one line."""
@@ -47,10 +49,16 @@ class FinetuneConfig:
     count_token: bool = True  # with a VST repetitions head: the window's count token ends the video block
 
 
-def encode(tokenizer, p: prompt.Prompt, base: int, codes: int, example: dict, counts: int = 0) -> tuple[list[int], list[int]]:
+def encode(
+    tokenizer, p: prompt.Prompt, base: int, codes: int, example: dict, counts: int = 0
+) -> tuple[list[int], list[int]]:
     """(input ids, labels) of one example; labels are -100 outside the answer."""
     video = prompt.video_ids(example["tokens"], base, codes, example.get("count") if counts else None, counts)
-    head = tokenizer.encode(p.prefix, add_special_tokens=False) + video + tokenizer.encode(p.suffix, add_special_tokens=False)
+    head = (
+        tokenizer.encode(p.prefix, add_special_tokens=False)
+        + video
+        + tokenizer.encode(p.suffix, add_special_tokens=False)
+    )
     answer = tokenizer.encode(prompt.answer(example["label"], example["explanation"]), add_special_tokens=False)
     return head + answer, [-100] * len(head) + answer
 
@@ -75,7 +83,9 @@ def shared_prefix_loss(model, prefix, ids, labels, mask, prefix_grad: bool = Tru
     start = max(int((labels != -100).int().argmax(dim=1).min()), 1)
     keep = torch.arange(start - 1, ids.shape[1] - 1, device=ids.device)
     logits = model(input_ids=ids, attention_mask=full_mask, cache=cache, logits_to_keep=keep).logits
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels[:, start:].flatten(), ignore_index=-100)
+    return torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1).float(), labels[:, start:].flatten(), ignore_index=-100
+    )
 
 
 def _batches(encoded, batch: int, pad: int, rng):
@@ -85,7 +95,7 @@ def _batches(encoded, batch: int, pad: int, rng):
     while True:
         order = rng.permutation(len(encoded))
         for start in range(0, len(encoded), batch):
-            chunk = [encoded[i] for i in order[start:start + batch]]
+            chunk = [encoded[i] for i in order[start : start + batch]]
             width = max(len(ids) for ids, _ in chunk)
             ids = torch.full((len(chunk), width), pad)
             labels = torch.full((len(chunk), width), -100)
@@ -118,7 +128,9 @@ def _code_tie(codebook, hidden: int):
 
         def forward(self, rows):
             k = self.codebook.shape[0]
-            return torch.cat([rows[:2], rows[2:2 + k] + self.codebook.to(rows) @ self.map.t().to(rows), rows[2 + k:]])
+            return torch.cat(
+                [rows[:2], rows[2 : 2 + k] + self.codebook.to(rows) @ self.map.t().to(rows), rows[2 + k :]]
+            )
 
     return CodeTie()
 
@@ -146,7 +158,9 @@ def _sparse_token_rows(peft_model) -> None:
             slot = torch.full((layer.weight.shape[0],), -1, device=x.device)
             slot[index] = torch.arange(len(index), device=x.device)
             at = slot[x]
-            out = torch.where((at >= 0)[..., None], rows[at.clamp(min=0)], F.embedding(x, layer.weight, layer.padding_idx))
+            out = torch.where(
+                (at >= 0)[..., None], rows[at.clamp(min=0)], F.embedding(x, layer.weight, layer.padding_idx)
+            )
             scale = self._get_embed_scale()
             return out if scale is None else out * scale.to(out.dtype)
         if isinstance(layer, torch.nn.Linear) and layer.bias is None:  # an output projection tied to the embedding
@@ -158,8 +172,20 @@ def _sparse_token_rows(peft_model) -> None:
             module.forward = types.MethodType(forward, module)
 
 
-def finetune(model, tokenizer, base: int, codes: int, labels: list[str], examples: list[dict], out: str,
-             cfg: FinetuneConfig, progress: bool = True, resume: bool = False, codebook=None, counts: int = 0) -> dict:
+def finetune(
+    model,
+    tokenizer,
+    base: int,
+    codes: int,
+    labels: list[str],
+    examples: list[dict],
+    out: str,
+    cfg: FinetuneConfig,
+    progress: bool = True,
+    resume: bool = False,
+    codebook=None,
+    counts: int = 0,
+) -> dict:
     """Train a LoRA adapter on `examples`; saves it (adapter + tokenizer + lvlm.json) to `out`.
     `counts` > 0: the vocabulary has that many count tokens and every example a `count`.
     Every `checkpoint_every` steps the trainable weights, the optimizer and the step go to
@@ -179,9 +205,14 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     device = training_device()
     model.to(device)
     torch.manual_seed(cfg.seed)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM",
-                      trainable_token_indices=list(range(base, base + codes + 2 + counts)))
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(LORA_TARGETS),
+        task_type="CAUSAL_LM",
+        trainable_token_indices=list(range(base, base + codes + 2 + counts)),
+    )
     peft_model = get_peft_model(model, lora)
     _sparse_token_rows(peft_model)
     tied_rows = None
@@ -189,14 +220,15 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         if codebook.shape[0] != codes:
             raise FinetuneError(f"the VST codebook has {codebook.shape[0]} codes, not {codes}")
         tied_rows = next(m for n, m in peft_model.named_modules() if n.endswith("trainable_tokens_delta"))
-        parametrize.register_parametrization(tied_rows, "default",
-                                             _code_tie(codebook, tied_rows["default"].shape[1]).to(device))
+        parametrize.register_parametrization(
+            tied_rows, "default", _code_tie(codebook, tied_rows["default"].shape[1]).to(device)
+        )
     p = prompt.build(labels)
     prefix = tokenizer.encode(p.prefix, add_special_tokens=False)
     encoded = [encode(tokenizer, p, base, codes, ex, counts) for ex in examples]
     if any(ids[: len(prefix)] != prefix for ids, _ in encoded):
         raise FinetuneError("the prompt prefix does not tokenize the same in every example")
-    encoded = [(ids[len(prefix):], lab[len(prefix):]) for ids, lab in encoded]
+    encoded = [(ids[len(prefix) :], lab[len(prefix) :]) for ids, lab in encoded]
     prefix = torch.tensor(prefix, device=device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batches = _batches(encoded, cfg.batch, pad, np.random.default_rng(cfg.seed))
@@ -207,6 +239,7 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     sched = None
     if cfg.schedule == "one-cycle":
         from vst.train import one_cycle
+
         sched = one_cycle(opt, cfg.lr, cfg.steps)
     elif cfg.schedule != "constant":
         raise FinetuneError(f"unknown learning-rate schedule {cfg.schedule!r}: constant or one-cycle")
@@ -217,12 +250,17 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
     if resume and os.path.exists(state_path):
         state = torch.load(state_path, map_location=device, weights_only=False)
         old = state["config"]
-        if (state["examples"] != len(examples) or old["seed"] != cfg.seed or old["batch"] != cfg.batch
-                or old.get("schedule", "constant") != cfg.schedule or old.get("prefix_grad", True) != cfg.prefix_grad
-                or old.get("lora_dropout", 0.05) != cfg.lora_dropout
-                or state.get("counts", 0) != counts
-                or (cfg.schedule != "constant" and (old["steps"], old["lr"]) != (cfg.steps, cfg.lr))
-                or set(state["trainable"]) != set(trainable)):
+        if (
+            state["examples"] != len(examples)
+            or old["seed"] != cfg.seed
+            or old["batch"] != cfg.batch
+            or old.get("schedule", "constant") != cfg.schedule
+            or old.get("prefix_grad", True) != cfg.prefix_grad
+            or old.get("lora_dropout", 0.05) != cfg.lora_dropout
+            or state.get("counts", 0) != counts
+            or (cfg.schedule != "constant" and (old["steps"], old["lr"]) != (cfg.steps, cfg.lr))
+            or set(state["trainable"]) != set(trainable)
+        ):
             raise FinetuneError(f"{state_path} was made with other examples or settings; start without --resume")
         with torch.no_grad():
             for n, q in trainable.items():
@@ -234,7 +272,9 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         for _ in range(start):
             next(batches)
     t0 = time.monotonic()
-    for step in tqdm(range(start, cfg.steps), desc="finetune", unit="step", disable=not progress, initial=start, total=cfg.steps):
+    for step in tqdm(
+        range(start, cfg.steps), desc="finetune", unit="step", disable=not progress, initial=start, total=cfg.steps
+    ):
         ids, lab, mask = (t.to(device) for t in next(batches))
         loss = shared_prefix_loss(peft_model, prefix, ids, lab, mask, cfg.prefix_grad)
         opt.zero_grad(set_to_none=True)
@@ -244,10 +284,19 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
             sched.step()
         losses.append(loss.item())
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            torch.save({"step": step + 1, "trainable": {n: q.detach().clone() for n, q in trainable.items()},
-                        "opt": opt.state_dict(), "sched": sched and sched.state_dict(), "losses": losses,
-                        "examples": len(examples), "counts": counts, "config": asdict(cfg)},
-                       state_path + ".part")
+            torch.save(
+                {
+                    "step": step + 1,
+                    "trainable": {n: q.detach().clone() for n, q in trainable.items()},
+                    "opt": opt.state_dict(),
+                    "sched": sched and sched.state_dict(),
+                    "losses": losses,
+                    "examples": len(examples),
+                    "counts": counts,
+                    "config": asdict(cfg),
+                },
+                state_path + ".part",
+            )
             os.replace(state_path + ".part", state_path)
     step_seconds = time.monotonic() - t0
     code_map_norm = None
@@ -256,10 +305,20 @@ def finetune(model, tokenizer, base: int, codes: int, labels: list[str], example
         parametrize.remove_parametrizations(tied_rows, "default", leave_parametrized=True)
     peft_model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    meta = {"prompt_format_version": prompt.PROMPT_FORMAT_VERSION, "token_id_base": base, "codes": codes, "counts": counts,
-            "labels": labels, "config": asdict(cfg), "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
-            "code_map_norm": code_map_norm, "device": device.type,
-            "steps_run": cfg.steps - start, "step_seconds": round(step_seconds, 3)}
+    meta = {
+        "prompt_format_version": prompt.PROMPT_FORMAT_VERSION,
+        "token_id_base": base,
+        "codes": codes,
+        "counts": counts,
+        "labels": labels,
+        "config": asdict(cfg),
+        "first_loss": losses[0],
+        "last_loss": float(np.mean(losses[-10:])),
+        "code_map_norm": code_map_norm,
+        "device": device.type,
+        "steps_run": cfg.steps - start,
+        "step_seconds": round(step_seconds, 3),
+    }
     with open(os.path.join(out, "lvlm.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return {"model": peft_model, **meta}
@@ -278,7 +337,9 @@ def merge(model, tokenizer, out: str, meta: dict | None = None) -> str:
     return out
 
 
-def calibration_split(examples: list[dict], views: int, held: set[str], vst_unseen: bool = False) -> tuple[list[dict], list[dict]]:
+def calibration_split(
+    examples: list[dict], views: int, held: set[str], vst_unseen: bool = False
+) -> tuple[list[dict], list[dict]]:
     """(training, calibration) windows from `build_examples` output, for the calibration performers
     `held` (`calibration_performers`). Training: views 0..views-1 of the other performers.
     Calibration, when the VST was not trained on them either (`vst_unseen`: `train vst
@@ -299,7 +360,9 @@ def calibration_split(examples: list[dict], views: int, held: set[str], vst_unse
     return [ex for ex in train if ex["view"] < views], [ex for ex in cal if (ex["view"] == 0) == vst_unseen]
 
 
-def calibration_performers(vst_run: str, cache_dir: str, protocol: str | None, share: float = 0.15) -> tuple[set[str], bool]:
+def calibration_performers(
+    vst_run: str, cache_dir: str, protocol: str | None, share: float = 0.15
+) -> tuple[set[str], bool]:
     """(performers whose windows calibrate the label, whether the VST was trained without them):
     those `train vst --hold-out` kept from the VST, else `share` of the training split's
     performers (`vst.ntu.held_out_performers`)."""
@@ -315,9 +378,18 @@ def calibration_performers(vst_run: str, cache_dir: str, protocol: str | None, s
     return held_out_performers([c["name"] for c in Cache.open(cache_dir).split("train", protocol)], share), False
 
 
-def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol: str | None = None,
-                   windows_per_clip: int = 3, progress: bool = True, views: int = 1, seed: int = 0,
-                   mirror: bool | set[str] = False, augmented: set[str] | None = None) -> tuple[list[str], list[dict]]:
+def build_examples(
+    vst_run: str,
+    cache_dir: str,
+    split: str = "train",
+    protocol: str | None = None,
+    windows_per_clip: int = 3,
+    progress: bool = True,
+    views: int = 1,
+    seed: int = 0,
+    mirror: bool | set[str] = False,
+    augmented: set[str] | None = None,
+) -> tuple[list[str], list[dict]]:
     """(labels, examples): the VST's tokens for up to `windows_per_clip` sliding windows per clip
     (those covering most of the action first), with the clip's label and the reference
     explanation of what the window shows (`vst.actions.window_attributes`: its repetitions),
@@ -347,10 +419,17 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
     out = []
     clips = [c for c in cache.split(split, protocol) if c["action"] in model.cfg.classes]
     for view in range(views):
-        todo = [(n, clip) for n, clip in enumerate(clips)  # n seeds the view's augmentation
-                if not view or augmented is None or performer_of(clip["name"]) in augmented]
-        for n, clip in tqdm(todo, desc=f"examples {split}" + (f" view {view + 1}/{views}" if views > 1 else ""),
-                            unit="clip", disable=not progress):
+        todo = [
+            (n, clip)
+            for n, clip in enumerate(clips)  # n seeds the view's augmentation
+            if not view or augmented is None or performer_of(clip["name"]) in augmented
+        ]
+        for n, clip in tqdm(
+            todo,
+            desc=f"examples {split}" + (f" view {view + 1}/{views}" if views > 1 else ""),
+            unit="clip",
+            disable=not progress,
+        ):
             attrs = clip.get("attributes") or {}
             if view:
                 frames, flipped = augmented_input(model.cfg, cache, clip, np.random.default_rng((seed, view, n)))
@@ -367,8 +446,19 @@ def build_examples(vst_run: str, cache_dir: str, split: str = "train", protocol:
                 head = int(probs.argmax())
                 seen = window_attributes(attrs, w["starts"][i], w["starts"][i] + model.cfg.W, len(frames))
                 explanation = seen.get("explanation") or f"The person performs the action '{label}'."
-                out.append({"clip": clip["name"], "view": view, "start": w["starts"][i], "tokens": w["ids"][i].tolist(),
-                            "count": int(read_count(w["reps"][i])) if "reps" in w else None,
-                            "label": label, "explanation": explanation, "attributes": seen,
-                            "head_label": labels[head], "head_score": float(probs[head]), "head_probs": probs.tolist()})
+                out.append(
+                    {
+                        "clip": clip["name"],
+                        "view": view,
+                        "start": w["starts"][i],
+                        "tokens": w["ids"][i].tolist(),
+                        "count": int(read_count(w["reps"][i])) if "reps" in w else None,
+                        "label": label,
+                        "explanation": explanation,
+                        "attributes": seen,
+                        "head_label": labels[head],
+                        "head_score": float(probs[head]),
+                        "head_probs": probs.tolist(),
+                    }
+                )
     return labels, out

@@ -21,6 +21,7 @@ Format 2 adds the count token: where the VST has a repetitions head, a model fin
 for the window: how many times the window shows the motion. With `counts` = 0 a block is
 format 1's, which format 2 readers still read.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -31,8 +32,10 @@ READS_FORMATS = (1, 2)  # format 1 is format 2 without count tokens
 VIDEO_START = "<video>"
 VIDEO_END = "</video>"
 SYSTEM = "You are lvlm-var, a video action recognition assistant. You read video as action tokens."
-INSTRUCTION = ("Which action does the person in this video perform? Choose one label from: {labels}. "
-               "Answer with the label, then explain in one sentence what the person does.")
+INSTRUCTION = (
+    "Which action does the person in this video perform? Choose one label from: {labels}. "
+    "Answer with the label, then explain in one sentence what the person does."
+)
 ANSWER_LABEL = "Label:"
 ANSWER_EXPLANATION = "Explanation:"
 END_OF_TURN = "<|im_end|>"
@@ -49,7 +52,9 @@ def count_token(n: int) -> str:
 def added_tokens(codes: int, counts: int = 0) -> list[str]:
     """The new vocabulary in id order: <video>, </video>, <act_000> ... <act_{K-1}>, then
     <count_1> ... <count_{counts}>."""
-    return [VIDEO_START, VIDEO_END] + [act_token(i) for i in range(codes)] + [count_token(n) for n in range(1, counts + 1)]
+    return (
+        [VIDEO_START, VIDEO_END] + [act_token(i) for i in range(codes)] + [count_token(n) for n in range(1, counts + 1)]
+    )
 
 
 def _check_window(tokens: Sequence[int], codes: int, count: int | None, counts: int) -> None:
@@ -59,7 +64,9 @@ def _check_window(tokens: Sequence[int], codes: int, count: int | None, counts: 
     if counts and count is None:
         raise ValueError(f"this model reads a count token (1..{counts}) after the action tokens; the window has none")
     if count is not None and not (counts and 1 <= count <= counts):
-        raise ValueError(f"count {count} outside this model's count tokens" + (f" 1..{counts}" if counts else " (it has none)"))
+        raise ValueError(
+            f"count {count} outside this model's count tokens" + (f" 1..{counts}" if counts else " (it has none)")
+        )
 
 
 def video_ids(tokens: Sequence[int], base: int, codes: int, count: int | None = None, counts: int = 0) -> list[int]:
@@ -72,7 +79,12 @@ def video_ids(tokens: Sequence[int], base: int, codes: int, count: int | None = 
 
 def video_text(tokens: Sequence[int], count: int | None = None) -> str:
     """The same block as text (for logs and for tokenizers that know the added tokens)."""
-    return VIDEO_START + "".join(act_token(int(t)) for t in tokens) + (count_token(int(count)) if count else "") + VIDEO_END
+    return (
+        VIDEO_START
+        + "".join(act_token(int(t)) for t in tokens)
+        + (count_token(int(count)) if count else "")
+        + VIDEO_END
+    )
 
 
 @dataclass(frozen=True)

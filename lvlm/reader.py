@@ -24,6 +24,7 @@ the label and its probability are the same either way. A node the search still n
 the rest of a label's path below it in the same call. The explanation speculates the same way,
 with the last explanation written for the label as its draft (`Reader._explanation`).
 """
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,6 @@ import numpy as np
 
 from lvlm import prompt
 from lvlm.trie import LabelTrie, decode_label
-
 
 SPAN = 8  # the first explanation guess's length in tokens (`Reader._explanation`)
 
@@ -56,7 +56,9 @@ def tempered(nodes, temperature: float):
         key = tuple(prefix)
         if key not in done:
             lp = nodes(prefix, allowed)
-            done[key] = lp if temperature == 1.0 else log_softmax(lp / temperature)  # lp / T and logits / T differ by a constant
+            done[key] = (
+                lp if temperature == 1.0 else log_softmax(lp / temperature)
+            )  # lp / T and logits / T differ by a constant
         return {a: float(done[key][a]) for a in allowed}
 
     return logprobs
@@ -95,8 +97,17 @@ class Reader:
     docstring); False asks for every trie node and every explanation token on its own (the
     benchmark's baseline)."""
 
-    def __init__(self, backend, labels: Sequence[str], base: int, codes: int, explanation_tokens: int = 48,
-                 temperature: float = 1.0, counts: int = 0, pool: dict | None = None):
+    def __init__(
+        self,
+        backend,
+        labels: Sequence[str],
+        base: int,
+        codes: int,
+        explanation_tokens: int = 48,
+        temperature: float = 1.0,
+        counts: int = 0,
+        pool: dict | None = None,
+    ):
         if not temperature > 0:
             raise ValueError(f"label temperature must be > 0, not {temperature}")
         if pool is not None and not (pool.get("llm", -1) >= 0 and pool.get("head", -1) >= 0):
@@ -117,7 +128,9 @@ class Reader:
         self.explanation_head = tok(prompt.ANSWER_EXPLANATION)
         stop = tok(prompt.END_OF_TURN)
         if len(stop) != 1:
-            raise ValueError(f"{prompt.END_OF_TURN!r} is not one token for this model; its tokenizer lacks the chat tokens")
+            raise ValueError(
+                f"{prompt.END_OF_TURN!r} is not one token for this model; its tokenizer lacks the chat tokens"
+            )
         self.stop = stop[0]
         self._prefix_ready = False
         self.speculate = True
@@ -125,11 +138,19 @@ class Reader:
         self._drafts: dict[str, list[int]] = {}  # the last explanation written for each label
 
     @classmethod
-    def for_bundle(cls, backend, manifest: dict, explanation_tokens: int = 48) -> "Reader":
+    def for_bundle(cls, backend, manifest: dict, explanation_tokens: int = 48) -> Reader:
         """The reader of a bundle's language model: labels, token ids and label temperature from its manifest."""
         lv = manifest["lvlm"]
-        return cls(backend, manifest["labels"], lv["token_id_base"], lv["codes"], explanation_tokens,
-                   lv.get("label_temperature", 1.0), lv.get("counts", 0), lv.get("label_pool"))
+        return cls(
+            backend,
+            manifest["labels"],
+            lv["token_id_base"],
+            lv["codes"],
+            explanation_tokens,
+            lv.get("label_temperature", 1.0),
+            lv.get("counts", 0),
+            lv.get("label_pool"),
+        )
 
     def forget_prefix(self) -> None:
         """Make the next read evaluate the instruction prefix again (benchmarks compare with this)."""
@@ -159,8 +180,13 @@ class Reader:
             self._prefix_ready = True
         b.rewind(len(self.prefix))
 
-    def label(self, tokens: Sequence[int], exhaustive: bool = True, count: int | None = None,
-              head: Sequence[float] | None = None):
+    def label(
+        self,
+        tokens: Sequence[int],
+        exhaustive: bool = True,
+        count: int | None = None,
+        head: Sequence[float] | None = None,
+    ):
         """(LabelResult, context length) for a window (`count`: its count token, for a model that
         has them; `head`: the VST head's probability of every label, pooled with where the reader
         has a pool). Each trie node costs the tokens that differ from the path already in the
@@ -172,8 +198,9 @@ class Reader:
             return decode_label(self.trie, tempered(nodes, 1.0), exhaustive, prior, self.pool["llm"]), n_ctx
         return decode_label(self.trie, tempered(nodes, self.temperature), exhaustive), n_ctx
 
-    def label_nodes(self, tokens: Sequence[int], count: int | None = None, guess: str | None = None,
-                    whole: bool = True):
+    def label_nodes(
+        self, tokens: Sequence[int], count: int | None = None, guess: str | None = None, whole: bool = True
+    ):
         """(logprobs(prefix, allowed) -> the full next-token log-probabilities after a trie node,
         context length): the window's context is evaluated now, with the nodes on the path of the
         label `guess` (speculation, see the module's docstring); every other node when first asked
@@ -185,7 +212,9 @@ class Reader:
         labels), and a pooled best-first search that must prove its label against others about a
         quarter of the calls, for about the same tokens."""
         b = self.backend
-        spec = self.label_ids[guess][:-1] if guess is not None else []  # the last token ends the label: no node after it
+        spec = (
+            self.label_ids[guess][:-1] if guess is not None else []
+        )  # the last token ends the label: no node after it
         rows = self._context(tokens, count, spec)
         n_ctx = b.n - len(spec)
         cache = {tuple(spec[:i]): rows[i] for i in range(len(spec) + 1)}
@@ -200,7 +229,7 @@ class Reader:
                 b.rewind(n_ctx + common)
                 got = b.feed(list(feed[common:]), rows=len(feed) - first)
                 for i in range(first, len(feed)):
-                    cache.setdefault(tuple(feed[:i + 1]), got[i - first])
+                    cache.setdefault(tuple(feed[: i + 1]), got[i - first])
                 path[:] = feed
             return cache[key]
 
@@ -221,15 +250,23 @@ class Reader:
         parents = [order[key[:-1]] if len(key) > 1 else -1 for key in inner]
         tree = [key[-1] for key in inner]
         for start in range(0, len(windows), batch):
-            chunk = windows[start:start + batch]
+            chunk = windows[start : start + batch]
             self._at_prefix()
-            rows = self.backend.feed_trees([self._video(w["tokens"], w.get("count")) + self.suffix for w in chunk], tree, parents)
+            rows = self.backend.feed_trees(
+                [self._video(w["tokens"], w.get("count")) + self.suffix for w in chunk], tree, parents
+            )
             for row in rows:
                 got = {(): row[0], **{key: row[1 + i] for i, key in enumerate(inner)}}
                 yield lambda prefix, allowed, got=got: got[tuple(prefix)]
 
-    def read(self, tokens: Sequence[int], explain: bool = True, exhaustive: bool = True, count: int | None = None,
-             head: Sequence[float] | None = None) -> Reading:
+    def read(
+        self,
+        tokens: Sequence[int],
+        explain: bool = True,
+        exhaustive: bool = True,
+        count: int | None = None,
+        head: Sequence[float] | None = None,
+    ) -> Reading:
         """exhaustive=False (the worker's way): best-first label search, exact label and probability,
         the other labels' probabilities only where the search computed them."""
         t0 = time.perf_counter()
@@ -243,8 +280,9 @@ class Reader:
         b.rewind(n_ctx + common)
         out = self._explanation(b.feed(ids[common:] + self.explanation_head)[0], result.label)
         text = prompt.parse_explanation(b.detokenize(out))
-        return Reading(result.label, result.probability, result.distribution, text, t1 - t0, time.perf_counter() - t1,
-                       result.model)
+        return Reading(
+            result.label, result.probability, result.distribution, text, t1 - t0, time.perf_counter() - t1, result.model
+        )
 
     def _explanation(self, lp: np.ndarray, label: str) -> list[int]:
         """The greedy explanation's tokens from the log-probabilities after `Explanation:`.
@@ -267,7 +305,7 @@ class Reader:
             if len(out) == self.explanation_tokens:
                 break
             at = _align(draft, nxt, at)
-            guess = draft[at:at + min(span, self.explanation_tokens - len(out))]
+            guess = draft[at : at + min(span, self.explanation_tokens - len(out))]
             n = b.n
             rows = b.feed([nxt] + guess, rows=1 + len(guess))
             kept = 0
@@ -319,7 +357,9 @@ class TransformersBackend:
             self.cache = DynamicCache()
         x = torch.tensor([list(ids)], device=self.device)
         with torch.no_grad():
-            out = self.model(input_ids=x, cache=self.cache, use_cache=True, logits_to_keep=rows)  # the cache grows in place
+            out = self.model(
+                input_ids=x, cache=self.cache, use_cache=True, logits_to_keep=rows
+            )  # the cache grows in place
         self.n += len(ids)
         return out.logits[0, -rows:].float().log_softmax(-1).cpu().numpy()
 
@@ -344,7 +384,7 @@ class TransformersBackend:
         n, q = self.n, width + len(tree)
         seen = torch.zeros(q, n + q, dtype=torch.bool)
         seen[:, :n] = True
-        seen[:, n:n + width] = torch.ones(q, width, dtype=torch.bool).tril()  # the context: causal
+        seen[:, n : n + width] = torch.ones(q, width, dtype=torch.bool).tril()  # the context: causal
         for j, up in enumerate(ancestors):
             seen[width + j, [n + width + a for a in up]] = True
         dev, dtype = self.device, next(self.model.parameters()).dtype
@@ -358,9 +398,14 @@ class TransformersBackend:
         ids = torch.tensor([list(c) + list(tree) for c in contexts], device=dev)
         keep = torch.arange(width - 1, q, device=dev)
         with torch.no_grad():
-            out = self.model(input_ids=ids, attention_mask=mask[None, None].expand(rows, 1, q, n + q).to(dev),
-                             position_ids=positions[None].expand(rows, q), cache=cache, use_cache=cache is not None,
-                             logits_to_keep=keep)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask[None, None].expand(rows, 1, q, n + q).to(dev),
+                position_ids=positions[None].expand(rows, q),
+                cache=cache,
+                use_cache=cache is not None,
+                logits_to_keep=keep,
+            )
         return out.logits.float().log_softmax(-1).cpu().numpy()
 
 
@@ -373,13 +418,22 @@ class LlamaCppBackend:
         self.vocab = llm.n_vocab()
 
     @classmethod
-    def open(cls, gguf: str, threads: int | None = None, n_ctx: int = 1024, n_gpu_layers: int = 0) -> "LlamaCppBackend":
+    def open(cls, gguf: str, threads: int | None = None, n_ctx: int = 1024, n_gpu_layers: int = 0) -> LlamaCppBackend:
         """threads: None uses every core (llama-cpp-python's own default is half of them)."""
         from llama_cpp import Llama
 
         threads = threads or os.cpu_count()
-        return cls(Llama(model_path=gguf, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                         n_gpu_layers=n_gpu_layers, logits_all=False, verbose=False))
+        return cls(
+            Llama(
+                model_path=gguf,
+                n_ctx=n_ctx,
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=n_gpu_layers,
+                logits_all=False,
+                verbose=False,
+            )
+        )
 
     @property
     def n(self) -> int:
@@ -412,10 +466,12 @@ class LlamaCppBackend:
         for i in range(len(ids) - rows, len(ids)):
             llm._batch.batch.logits[i] = True
         llm._ctx.decode(llm._batch)
-        llm.input_ids[n_past:n_past + len(ids)] = ids
+        llm.input_ids[n_past : n_past + len(ids)] = ids
         llm.n_tokens += len(ids)
-        logits = [np.ctypeslib.as_array(llm._ctx.get_logits_ith(i), shape=(self.vocab,))
-                  for i in range(len(ids) - rows, len(ids))]
+        logits = [
+            np.ctypeslib.as_array(llm._ctx.get_logits_ith(i), shape=(self.vocab,))
+            for i in range(len(ids) - rows, len(ids))
+        ]
         return log_softmax(np.stack(logits))
 
 

@@ -8,6 +8,7 @@ shared prefix evaluated once per node, a label set of L labels costs one model c
 node (shared prefixes are shared calls). The probabilities are the model's own: they sum to at
 most 1 (the rest of the mass went to text outside the label set).
 """
+
 from __future__ import annotations
 
 import heapq
@@ -20,7 +21,7 @@ LogProbs = Callable[[Sequence[int], Sequence[int]], Mapping[int, float]]
 
 @dataclass
 class _Node:
-    children: dict[int, "_Node"] = field(default_factory=dict)
+    children: dict[int, _Node] = field(default_factory=dict)
     label: str | None = None  # set where a label's token sequence ends
 
 
@@ -39,14 +40,18 @@ class LabelTrie:
             if node.label is not None:
                 raise ValueError(f"labels {node.label!r} and {label!r} have the same tokens")
             if node.children:
-                raise ValueError(f"label {label!r} is a token prefix of another label; end every label with a terminator")
+                raise ValueError(
+                    f"label {label!r} is a token prefix of another label; end every label with a terminator"
+                )
             node.label = label
         self._check_prefix_free(self.root)
 
     def _check_prefix_free(self, node: _Node) -> None:
         for child in node.children.values():
             if child.label is not None and child.children:
-                raise ValueError(f"label {child.label!r} is a token prefix of another label; end every label with a terminator")
+                raise ValueError(
+                    f"label {child.label!r} is a token prefix of another label; end every label with a terminator"
+                )
             self._check_prefix_free(child)
 
     @property
@@ -87,13 +92,21 @@ def _pooled(weight: float, lp: float, prior: float) -> float:
 
 def _max_prior(node: _Node, prior: Mapping[str, float], out: dict[int, float]) -> float:
     """The largest prior of the labels below `node`, for every node (by id) into `out`."""
-    best = prior[node.label] if node.label is not None else max(_max_prior(c, prior, out) for c in node.children.values())
+    best = (
+        prior[node.label] if node.label is not None else max(_max_prior(c, prior, out) for c in node.children.values())
+    )
     out[id(node)] = best
     return best
 
 
-def decode_label(trie: LabelTrie, logprobs: LogProbs, exhaustive: bool = True, prior: Mapping[str, float] | None = None,
-                 weight: float = 1.0, tolerance: float = 1e-2) -> LabelResult:
+def decode_label(
+    trie: LabelTrie,
+    logprobs: LogProbs,
+    exhaustive: bool = True,
+    prior: Mapping[str, float] | None = None,
+    weight: float = 1.0,
+    tolerance: float = 1e-2,
+) -> LabelResult:
     """The most probable label and its exact probability.
 
     exhaustive: every label's exact probability (`logprobs` asked once per inner node).
@@ -129,7 +142,9 @@ def decode_label(trie: LabelTrie, logprobs: LogProbs, exhaustive: bool = True, p
         _max_prior(trie.root, prior, bounds)
     w = weight if prior is not None else 1.0
     dist: dict[str, float] = {}  # the model's log-probability of each label completed
-    heap: list[tuple[float, int, _Node, tuple[int, ...], float]] = [(-bounds.get(id(trie.root), 0.0), 0, trie.root, (), 0.0)]
+    heap: list[tuple[float, int, _Node, tuple[int, ...], float]] = [
+        (-bounds.get(id(trie.root), 0.0), 0, trie.root, (), 0.0)
+    ]
     count = 1
     found = -math.inf  # log of the pool mass of the labels completed
     while heap:
@@ -163,5 +178,9 @@ def decode_label(trie: LabelTrie, logprobs: LogProbs, exhaustive: bool = True, p
         return LabelResult(best, probs[best], {lab: probs.get(lab, 0.0) for lab in trie.labels})
     pooled = {lab: math.exp(_pooled(w, lp, prior[lab]) - found) for lab, lp in dist.items()}
     best = max(pooled, key=pooled.get)
-    return LabelResult(best, pooled[best], {lab: pooled.get(lab, 0.0) for lab in trie.labels},
-                       {lab: math.exp(lp) for lab, lp in dist.items()})
+    return LabelResult(
+        best,
+        pooled[best],
+        {lab: pooled.get(lab, 0.0) for lab in trie.labels},
+        {lab: math.exp(lp) for lab, lp in dist.items()},
+    )

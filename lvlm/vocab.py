@@ -4,6 +4,7 @@ as `lvlm.prompt` lays them out), with embeddings initialised from words rather t
 code's row starts as the mean embedding of its glossary gloss and top class name, each count's
 as that of its count words ("three times"), so the language model begins with a meaningful
 guess of what a token stands for."""
+
 from __future__ import annotations
 
 from lvlm import prompt
@@ -18,8 +19,10 @@ def add_action_tokens(model, tokenizer, codes: int, glossary: dict | None = None
     emb = model.get_input_embeddings()
     base = emb.weight.shape[0]
     if len(tokenizer) != base:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the embedding {base} rows; "
-                         "the action-token ids would not match between training and llama.cpp")
+        raise ValueError(
+            f"tokenizer has {len(tokenizer)} tokens but the embedding {base} rows; "
+            "the action-token ids would not match between training and llama.cpp"
+        )
     new = prompt.added_tokens(codes, counts)
     added = tokenizer.add_tokens(new, special_tokens=True)
     if added != len(new):

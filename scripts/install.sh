@@ -18,6 +18,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp
   gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-rtsp-server-1.0
   libgirepository1.0-dev libcairo2-dev pkg-config python3-venv systemd
+  mosquitto  # the MQTT broker the tests start (the service itself needs only a broker somewhere)
 )
 
 missing=()

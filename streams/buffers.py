@@ -6,6 +6,7 @@
   and no frame is lost.
 Both close with `close()`: waiting readers wake up and get None once the buffer is empty.
 """
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """`lvlm-var streams ...`: print the pipeline a source builds, or probe a source for frames."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,13 @@ def _source(args):
     from streams.pipeline import Conversion
     from streams.source import Source
 
-    return Source(args.uri, Conversion(args.size, args.size, args.fps), realtime=args.realtime,
-                  connect_timeout_s=min(10.0, getattr(args, "seconds", 10.0)), max_reconnects=0)
+    return Source(
+        args.uri,
+        Conversion(args.size, args.size, args.fps),
+        realtime=args.realtime,
+        connect_timeout_s=min(10.0, getattr(args, "seconds", 10.0)),
+        max_reconnects=0,
+    )
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -39,7 +45,10 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
     src = _source(args)
     init()
-    print(f"source:   {src.spec.kind} {src.spec.display()}" + (" (credentials set as properties)" if src.spec.user else ""))
+    print(
+        f"source:   {src.spec.kind} {src.spec.display()}"
+        + (" (credentials set as properties)" if src.spec.user else "")
+    )
     print(f"policy:   {src.buffer.policy} ({'live' if src.spec.live else 'file'})")
     print(f"decoding: {decoder_note()}")
     print(f"pipeline: {src.description}")
@@ -52,7 +61,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
     first = last = None
     count = 0
     with src:
-        t0 = time.monotonic()  # from here: GStreamer's own start (a registry rescan can take seconds) is not the source's
+        t0 = (
+            time.monotonic()
+        )  # from here: GStreamer's own start (a registry rescan can take seconds) is not the source's
         while time.monotonic() - t0 < args.seconds:
             frame = src.read(0.1)
             if frame is None:
@@ -69,8 +80,10 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print(f"decoder: {stats.decoder or 'none (raw video)'}")
         span = (last.capture_wall_ns - first.capture_wall_ns) / 1e9
         rate = (count - 1) / span if span > 0 else float("nan")
-        print(f"frames:  {count} in {args.seconds:.1f}s, output {first.rgb.shape[1]}x{first.rgb.shape[0]} RGB, "
-              f"{rate:.1f} fps delivered, {stats.drops} dropped")
+        print(
+            f"frames:  {count} in {args.seconds:.1f}s, output {first.rgb.shape[1]}x{first.rgb.shape[0]} RGB, "
+            f"{rate:.1f} fps delivered, {stats.drops} dropped"
+        )
         return 0
     if stats.last_error:
         raise SourceError(stats.last_error)

@@ -1,4 +1,5 @@
 """`Frame`: one decoded, converted RGB frame of one stream."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

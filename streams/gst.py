@@ -3,6 +3,7 @@
 Everything that touches `gi` goes through `init()`, so importing `streams` costs nothing and a
 machine without PyGObject gets one clear line instead of an ImportError traceback.
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,9 +78,7 @@ def require_elements(names) -> None:
     missing = [n for n in names if not has_element(n)]
     if missing:
         pkgs = sorted({ELEMENT_PACKAGES.get(n, "a GStreamer plugin package") for n in missing})
-        raise SourceError(
-            f"GStreamer element(s) {', '.join(missing)} not found; install {', '.join(pkgs)}"
-        )
+        raise SourceError(f"GStreamer element(s) {', '.join(missing)} not found; install {', '.join(pkgs)}")
 
 
 def parse_pipeline(description: str):

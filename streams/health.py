@@ -5,6 +5,7 @@
 
 Transitions outside `TRANSITIONS` raise: a bug, never a silent state change.
 """
+
 from __future__ import annotations
 
 import threading
@@ -83,6 +84,13 @@ class Health:
     def snapshot(self, drops: int) -> HealthSnapshot:
         with self._lock:
             return HealthSnapshot(
-                self.state, self.frames, drops, self.reconnects, self.errors, self.last_error,
-                time.monotonic() - self._since, self.decoder, self.input_caps,
+                self.state,
+                self.frames,
+                drops,
+                self.reconnects,
+                self.errors,
+                self.last_error,
+                time.monotonic() - self._since,
+                self.decoder,
+                self.input_caps,
             )

@@ -4,6 +4,7 @@
 live runtime both decode through it, so a training frame and a live frame of the same video
 are bit-identical. Change it and every prepared cache must be rebuilt (`CONVERSION_VERSION`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -90,10 +91,7 @@ def source_text(spec: SourceSpec) -> str:
         for key, val in (("width", w), ("height", h), ("fps", fps)):
             if not val.isdigit():
                 raise SourceError(f"bad test:// option {key}={val!r}: a whole number")
-        return (
-            f"videotestsrc is-live=true pattern={spec.location} ! "
-            f"video/x-raw,width={w},height={h},framerate={fps}/1"
-        )
+        return f"videotestsrc is-live=true pattern={spec.location} ! video/x-raw,width={w},height={h},framerate={fps}/1"
     if spec.kind == "pipeline":
         return spec.location
     raise SourceError(f"unknown source kind {spec.kind!r}")
@@ -133,4 +131,8 @@ def check_available(spec: SourceSpec, conv: Conversion) -> None:
 
 def decoder_note() -> str:
     hw = [n for n in HW_DECODERS if has_element(n)]
-    return f"hardware decoders preferred: {', '.join(hw)}" if hw else "software decoding (no NVIDIA decoder element present)"
+    return (
+        f"hardware decoders preferred: {', '.join(hw)}"
+        if hw
+        else "software decoding (no NVIDIA decoder element present)"
+    )

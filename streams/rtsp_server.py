@@ -4,6 +4,7 @@ For tests, the live demo and local experiments. Files are served without re-enco
 rtph264pay), so a client decodes exactly the frames the file holds. `stop()` drops every client
 and closes the port; `start()` again on the same port simulates a camera coming back.
 """
+
 from __future__ import annotations
 
 import socket
@@ -55,7 +56,9 @@ class RtspServer:
         """Mount a file; each new connection plays it from the start."""
         return self.add_launch(path, f"( filesrc location={quote(video)} ! parsebin ! rtph264pay name=pay0 pt=96 )")
 
-    def add_test_pattern(self, path: str, width: int = 320, height: int = 240, fps: int = 15, pattern: str = "ball") -> str:
+    def add_test_pattern(
+        self, path: str, width: int = 320, height: int = 240, fps: int = 15, pattern: str = "ball"
+    ) -> str:
         return self.add_launch(
             path,
             f"( videotestsrc is-live=true pattern={pattern} ! video/x-raw,width={width},height={height},"
@@ -68,7 +71,7 @@ class RtspServer:
         auth = f"{self.user}:{self.password}@" if with_credentials and self.user else ""
         return f"rtsp://{auth}{self.host}:{self.port}{path}"
 
-    def start(self) -> "RtspServer":
+    def start(self) -> RtspServer:
         GLib, R, Gst = self._GLib, self._R, init()[0]
         server = R.RTSPServer()
         server.set_address(self.host)
@@ -79,9 +82,11 @@ class RtspServer:
             factory.set_launch(launch)
             factory.set_shared(shared)
             if self.user:
-                factory.add_role_from_structure(Gst.Structure.new_from_string(
-                    "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
-                ))
+                factory.add_role_from_structure(
+                    Gst.Structure.new_from_string(
+                        "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
+                    )
+                )
             mounts.add_factory(path, factory)
         if self.user:
             auth = R.RTSPAuth()
@@ -124,7 +129,7 @@ class RtspServer:
         self._thread.join(5)
         self._server = self._source = self._loop = self._thread = None
 
-    def __enter__(self) -> "RtspServer":
+    def __enter__(self) -> RtspServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

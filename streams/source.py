@@ -6,6 +6,7 @@ lossless for files). It watches the bus and a no-frame watchdog (rtspsrc can sta
 error), and reconnects live sources with exponential backoff and jitter. Files end at EOS with
 every frame delivered; a file that cannot be decoded fails with one clear line.
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,7 +73,7 @@ class Source:
     def stats(self) -> HealthSnapshot:
         return self.health.snapshot(self.buffer.drops)
 
-    def start(self) -> "Source":
+    def start(self) -> Source:
         """Validate what can be validated up front (raising SourceError), then start the thread."""
         init()
         check_available(self.spec, self.conversion)
@@ -83,8 +84,12 @@ class Source:
                 raise SourceError(f"video file not readable (permissions): {self.spec.location}")
         parse_pipeline(self.description)  # a bad pipeline:// text or a missing element fails here, not in the thread
         hw = prefer_hardware_decoders()
-        log.info("[%s] %s; pipeline: %s", self.stream_id,
-                 f"hardware decoders preferred: {', '.join(hw)}" if hw else "software decoding", self.description)
+        log.info(
+            "[%s] %s; pipeline: %s",
+            self.stream_id,
+            f"hardware decoders preferred: {', '.join(hw)}" if hw else "software decoding",
+            self.description,
+        )
         self._thread = threading.Thread(target=self._run, name=f"source-{self.stream_id}", daemon=True)
         self._thread.start()
         return self
@@ -95,7 +100,7 @@ class Source:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def __enter__(self) -> "Source":
+    def __enter__(self) -> Source:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -142,12 +147,14 @@ class Source:
                 attempt = 0 if produced else attempt + 1
                 if self.max_reconnects is not None and self.health.reconnects >= self.max_reconnects:
                     last = self.health.last_error or "no frames"
-                    self.health.error(f"{self.spec.display()}: gave up after {self.health.reconnects} reconnects; "
-                                      f"last error: {last.removeprefix(self.spec.display() + ': ')}")
+                    self.health.error(
+                        f"{self.spec.display()}: gave up after {self.health.reconnects} reconnects; "
+                        f"last error: {last.removeprefix(self.spec.display() + ': ')}"
+                    )
                     self.health.to(State.FAILED)
                     return
                 self.health.to(State.RECONNECTING)
-                delay = min(self.backoff_max_s, self.backoff_initial_s * (2 ** attempt))
+                delay = min(self.backoff_max_s, self.backoff_initial_s * (2**attempt))
                 delay *= 0.5 + self._rng.random()  # jitter: many cameras must not retry in lockstep
                 log.warning("[%s] reconnecting in %.1fs (%s)", self.stream_id, delay, self.health.last_error)
                 if self._stop.wait(delay):

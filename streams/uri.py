@@ -9,6 +9,7 @@ Accepted forms:
   test://[pattern]                             a live GStreamer test pattern (videotestsrc)
   pipeline://<gst-launch description>          anything else; it must output raw video
 """
+
 from __future__ import annotations
 
 import os
@@ -60,7 +61,7 @@ def parse(uri: str) -> SourceSpec:
     if not uri:
         raise SourceError("empty source URI; give a file path, rtsp://, /dev/videoN, csi://N, test:// or pipeline://")
     if uri.startswith("pipeline://"):
-        text = uri[len("pipeline://"):].strip()
+        text = uri[len("pipeline://") :].strip()
         if not text:
             raise SourceError("pipeline:// needs a GStreamer description, e.g. pipeline://videotestsrc is-live=true")
         return SourceSpec("pipeline", text)

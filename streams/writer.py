@@ -4,6 +4,7 @@ Used by the synthetic dataset generator, so generated clips are encoded by the s
 runtime decodes with. One x264 thread per writer: deterministic output, and N writers in N
 processes use N cores.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,7 @@ class VideoWriter:
             f"caps=video/x-raw,format=RGB,width={width},height={height},framerate={fps}/1 ! "
             "videoconvert dither=none ! video/x-raw,format=I420 ! "
             f"x264enc pass=quant quantizer={quantizer} speed-preset=veryfast bframes=0 "
-            f"key-int-max={fps} threads=1 ! h264parse ! {MUXERS[ext]} ! filesink location=\"{loc}\""
+            f'key-int-max={fps} threads=1 ! h264parse ! {MUXERS[ext]} ! filesink location="{loc}"'
         )
         self._src = self._pipeline.get_by_name("src")
         self._bus = self._pipeline.get_bus()
@@ -65,7 +66,7 @@ class VideoWriter:
         self._pipeline.set_state(Gst.State.NULL)
         raise SourceError(f"writing {self.path}: {why}")
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:

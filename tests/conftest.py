@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny synthetic NTU-layout dataset, its 32-px cache and a tiny VST run, and a local RTSP server."""
+
 from __future__ import annotations
 
 import json
@@ -106,8 +107,18 @@ def make_adapter(run: str, cache: str, pristine_tokenizer, out: str) -> str:
     vst = load_checkpoint(run).cfg
     counts = vst.counts  # the tiny VST has a repetitions head: format 2, with count tokens
     base = add_action_tokens(model, tok, vst.K, counts=counts)
-    result = finetune(model, tok, base, vst.K, labels, examples, out, FinetuneConfig(steps=40, batch=8, lr=1e-2), progress=False,
-                      counts=counts)
+    result = finetune(
+        model,
+        tok,
+        base,
+        vst.K,
+        labels,
+        examples,
+        out,
+        FinetuneConfig(steps=40, batch=8, lr=1e-2),
+        progress=False,
+        counts=counts,
+    )
     meta = {k: v for k, v in result.items() if k != "model"}
     # a pool with the VST head (what `finetune` fits on calibration windows; tested there), so that the
     # bundle, the worker and the benchmark read pooled labels as a default bundle does
@@ -133,8 +144,19 @@ def tiny_bundle(tiny_run, tiny_adapter, cache32, tmp_path_factory):
     return out, manifest
 
 
-TINY_POSE_VST = dict(R=32, D=32, hidden=48, code_dim=16, K=32, W=32, T=8, pose_joints=0, appearance=False, count_head=True,
-                     frontend="pose")
+TINY_POSE_VST = dict(
+    R=32,
+    D=32,
+    hidden=48,
+    code_dim=16,
+    K=32,
+    W=32,
+    T=8,
+    pose_joints=0,
+    appearance=False,
+    count_head=True,
+    frontend="pose",
+)
 
 
 @pytest.fixture(scope="session")

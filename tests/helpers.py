@@ -1,4 +1,5 @@
 """Helpers the tests share."""
+
 from __future__ import annotations
 
 import os

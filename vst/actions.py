@@ -6,6 +6,7 @@ involves, and the template of its reference explanation. `explain()` builds the 
 sentence from a clip's motion attributes; the LVLM issue's faithfulness check reads the same
 attributes back.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,38 +30,150 @@ class ActionClass:
 
 
 ACTIONS: tuple[ActionClass, ...] = (
-    ActionClass(1, "drink water", "drink", "hand", "to the mouth", (1, 1),
-                "The person raises the {limb} {motion} and holds it there {times}, as if drinking."),
-    ActionClass(6, "pickup", "pickup", "hand", "down to the floor", (1, 1),
-                "The person bends forward and reaches the {limb} {motion} {times}, picking something up."),
-    ActionClass(8, "sitting down", "sit_down", "whole body", "down onto a seat", (1, 1),
-                "The person lowers the {limb} {motion} {times} and stays seated."),
-    ActionClass(9, "standing up (from sitting position)", "stand_up", "whole body", "up from a seat", (1, 1),
-                "The person rises with the {limb} {motion} {times} and stays standing."),
-    ActionClass(10, "clapping", "clap", "both hands", "together in front of the chest", (3, 6),
-                "The person brings {limb} {motion} {times}, clapping."),
-    ActionClass(23, "hand waving", "wave", "hand", "side to side above the shoulder", (3, 5),
-                "The person raises the {limb} and moves it {motion} {times}, waving."),
-    ActionClass(24, "kicking something", "kick", "leg", "forward", (1, 2),
-                "The person swings the {limb} {motion} {times}, kicking."),
-    ActionClass(27, "jump up", "jump", "whole body", "up off the ground", (1, 3),
-                "The person bends the knees and springs the {limb} {motion} {times}."),
-    ActionClass(28, "make a phone call/answer phone", "phone", "hand", "to the ear", (1, 1),
-                "The person lifts the {limb} {motion} and holds it there {times}, as if on the phone."),
-    ActionClass(31, "pointing to something with finger", "point", "hand", "straight out in front", (1, 1),
-                "The person stretches the {limb} {motion} and holds it {times}, pointing at something."),
-    ActionClass(35, "nod head/bow", "bow", "head", "forward and back", (1, 3),
-                "The person tips the {limb} and upper body {motion} {times}, bowing."),
-    ActionClass(43, "falling", "fall", "whole body", "over to the ground", (1, 1),
-                "The person loses balance and the {limb} goes {motion} {times}."),
-    ActionClass(50, "punching/slapping other person", "punch", "hand", "in a fast jab forward", (1, 3),
-                "The person thrusts the {limb} {motion} {times}, punching."),
-    ActionClass(80, "squat down", "squat", "whole body", "down by bending the knees", (1, 2),
-                "The person lowers the {limb} {motion} {times} and rises again, squatting."),
-    ActionClass(121, "walking towards the camera", "walk_towards", "whole body", "towards the camera", (1, 1),
-                "The person walks with the {limb} moving {motion} {times}."),
-    ActionClass(122, "walking away from the camera", "walk_away", "whole body", "away from the camera", (1, 1),
-                "The person turns and walks with the {limb} moving {motion} {times}."),
+    ActionClass(
+        1,
+        "drink water",
+        "drink",
+        "hand",
+        "to the mouth",
+        (1, 1),
+        "The person raises the {limb} {motion} and holds it there {times}, as if drinking.",
+    ),
+    ActionClass(
+        6,
+        "pickup",
+        "pickup",
+        "hand",
+        "down to the floor",
+        (1, 1),
+        "The person bends forward and reaches the {limb} {motion} {times}, picking something up.",
+    ),
+    ActionClass(
+        8,
+        "sitting down",
+        "sit_down",
+        "whole body",
+        "down onto a seat",
+        (1, 1),
+        "The person lowers the {limb} {motion} {times} and stays seated.",
+    ),
+    ActionClass(
+        9,
+        "standing up (from sitting position)",
+        "stand_up",
+        "whole body",
+        "up from a seat",
+        (1, 1),
+        "The person rises with the {limb} {motion} {times} and stays standing.",
+    ),
+    ActionClass(
+        10,
+        "clapping",
+        "clap",
+        "both hands",
+        "together in front of the chest",
+        (3, 6),
+        "The person brings {limb} {motion} {times}, clapping.",
+    ),
+    ActionClass(
+        23,
+        "hand waving",
+        "wave",
+        "hand",
+        "side to side above the shoulder",
+        (3, 5),
+        "The person raises the {limb} and moves it {motion} {times}, waving.",
+    ),
+    ActionClass(
+        24,
+        "kicking something",
+        "kick",
+        "leg",
+        "forward",
+        (1, 2),
+        "The person swings the {limb} {motion} {times}, kicking.",
+    ),
+    ActionClass(
+        27,
+        "jump up",
+        "jump",
+        "whole body",
+        "up off the ground",
+        (1, 3),
+        "The person bends the knees and springs the {limb} {motion} {times}.",
+    ),
+    ActionClass(
+        28,
+        "make a phone call/answer phone",
+        "phone",
+        "hand",
+        "to the ear",
+        (1, 1),
+        "The person lifts the {limb} {motion} and holds it there {times}, as if on the phone.",
+    ),
+    ActionClass(
+        31,
+        "pointing to something with finger",
+        "point",
+        "hand",
+        "straight out in front",
+        (1, 1),
+        "The person stretches the {limb} {motion} and holds it {times}, pointing at something.",
+    ),
+    ActionClass(
+        35,
+        "nod head/bow",
+        "bow",
+        "head",
+        "forward and back",
+        (1, 3),
+        "The person tips the {limb} and upper body {motion} {times}, bowing.",
+    ),
+    ActionClass(
+        43,
+        "falling",
+        "fall",
+        "whole body",
+        "over to the ground",
+        (1, 1),
+        "The person loses balance and the {limb} goes {motion} {times}.",
+    ),
+    ActionClass(
+        50,
+        "punching/slapping other person",
+        "punch",
+        "hand",
+        "in a fast jab forward",
+        (1, 3),
+        "The person thrusts the {limb} {motion} {times}, punching.",
+    ),
+    ActionClass(
+        80,
+        "squat down",
+        "squat",
+        "whole body",
+        "down by bending the knees",
+        (1, 2),
+        "The person lowers the {limb} {motion} {times} and rises again, squatting.",
+    ),
+    ActionClass(
+        121,
+        "walking towards the camera",
+        "walk_towards",
+        "whole body",
+        "towards the camera",
+        (1, 1),
+        "The person walks with the {limb} moving {motion} {times}.",
+    ),
+    ActionClass(
+        122,
+        "walking away from the camera",
+        "walk_away",
+        "whole body",
+        "away from the camera",
+        (1, 1),
+        "The person turns and walks with the {limb} moving {motion} {times}.",
+    ),
 )
 
 BY_ID = {a.ntu_id: a for a in ACTIONS}
@@ -91,8 +204,12 @@ def mirror_attributes(attrs: dict) -> dict:
     if action is None or attrs.get("side") not in ("left", "right"):
         return dict(attrs)
     side = "left" if attrs["side"] == "right" else "right"
-    return {**attrs, "side": side, "limb": limb_phrase(action, side),
-            "explanation": explain(action, side, int(attrs["repetitions"]))}
+    return {
+        **attrs,
+        "side": side,
+        "limb": limb_phrase(action, side),
+        "explanation": explain(action, side, int(attrs["repetitions"])),
+    }
 
 
 def action_span(attrs: dict, frames: int) -> tuple[float, float]:
@@ -126,8 +243,13 @@ def window_attributes(attrs: dict, start: int, stop: int, frames: int) -> dict:
         return max(1, sum(start + shift <= t < stop + shift for t in instants))
 
     seen = held(0)
-    return {**attrs, "repetitions": seen, "clip_repetitions": reps, "explanation": explain(action, attrs["side"], seen),
-            "repetitions_near": sorted({held(d) for d in range(-EDGE_FRAMES, EDGE_FRAMES + 1)})}
+    return {
+        **attrs,
+        "repetitions": seen,
+        "clip_repetitions": reps,
+        "explanation": explain(action, attrs["side"], seen),
+        "repetitions_near": sorted({held(d) for d in range(-EDGE_FRAMES, EDGE_FRAMES + 1)}),
+    }
 
 
 def select(spec: str | None) -> tuple[ActionClass, ...]:

@@ -8,6 +8,7 @@ GStreamer conversion, into one memory-mappable uint8 file.
 Because `streams.pipeline.Conversion` is the only preprocessing, a cached frame is bit-identical
 to the frame the runtime's `Source` yields for the same file.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,15 +46,26 @@ def _decode_job(args):
         return None, str(exc)
 
 
-def write_index(out: str, conversion: dict, protocol: str, data: str, clips: list[dict], classes: dict[int, str],
-                failed: list[str] | None = None) -> None:
+def write_index(
+    out: str,
+    conversion: dict,
+    protocol: str,
+    data: str,
+    clips: list[dict],
+    classes: dict[int, str],
+    failed: list[str] | None = None,
+) -> None:
     """CACHE/index.json for frames already in CACHE/frames.u8 (clips back to back, in `clips` order);
     written last, so a cache without it is incomplete."""
     index = {
-        "format_version": FORMAT_VERSION, "conversion": conversion,
-        "protocol": protocol, "data": os.path.abspath(data), "total_frames": sum(c["frames"] for c in clips),
+        "format_version": FORMAT_VERSION,
+        "conversion": conversion,
+        "protocol": protocol,
+        "data": os.path.abspath(data),
+        "total_frames": sum(c["frames"] for c in clips),
         "classes": {str(k): v for k, v in sorted(classes.items()) if k in {c["action"] for c in clips}},
-        "clips": clips, "failed": failed or [],
+        "clips": clips,
+        "failed": failed or [],
     }
     with open(os.path.join(out, "index.json.tmp"), "w") as f:
         json.dump(index, f)
@@ -67,14 +79,16 @@ class Cache:
     frames: np.ndarray  # memmap uint8 [total, H, W, 3]
 
     @classmethod
-    def open(cls, root: str) -> "Cache":
+    def open(cls, root: str) -> Cache:
         path = os.path.join(root, "index.json")
         if not os.path.exists(path):
             raise DatasetError(f"no prepared cache at {root}; run `lvlm-var data prepare --data DIR --out {root}`")
         with open(path) as f:
             index = json.load(f)
         if index.get("format_version") != FORMAT_VERSION:
-            raise DatasetError(f"{root}: cache format {index.get('format_version')} is not {FORMAT_VERSION}; prepare it again")
+            raise DatasetError(
+                f"{root}: cache format {index.get('format_version')} is not {FORMAT_VERSION}; prepare it again"
+            )
         c = index["conversion"]
         total = index["total_frames"]
         frames = np.memmap(os.path.join(root, "frames.u8"), np.uint8, "r", shape=(total, c["height"], c["width"], 3))
@@ -85,7 +99,7 @@ class Cache:
         return self.index["clips"]
 
     def clip_frames(self, clip: dict) -> np.ndarray:
-        return self.frames[clip["offset"]: clip["offset"] + clip["frames"]]
+        return self.frames[clip["offset"] : clip["offset"] + clip["frames"]]
 
     def _skeleton_path(self, clip: dict) -> str | None:
         path = os.path.join(self.index.get("data", ""), "skeletons", clip["name"] + ".npz")
@@ -119,8 +133,16 @@ def spread(clips: list[dict], n: int, seed: int = 0) -> list[dict]:
     return [clips[i] for i in keep]
 
 
-def prepare(data: str, protocol: str, out: str, size: int = 112, fps: int = 15, crop: bool = True,
-            workers: int | None = None, progress: bool = True) -> dict:
+def prepare(
+    data: str,
+    protocol: str,
+    out: str,
+    size: int = 112,
+    fps: int = 15,
+    crop: bool = True,
+    workers: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Decode every clip the protocol uses into a cache at `out`; returns a summary."""
     from tqdm import tqdm
 
@@ -139,6 +161,7 @@ def prepare(data: str, protocol: str, out: str, size: int = 112, fps: int = 15, 
     t0 = time.monotonic()
     bar = tqdm(total=len(jobs), unit="clip", desc=f"prepare {protocol}", disable=not progress)
     with open(tmp_frames, "wb") as fh:
+
         def consume(rec, result):
             nonlocal offset
             arr, err = result
@@ -147,11 +170,17 @@ def prepare(data: str, protocol: str, out: str, size: int = 112, fps: int = 15, 
                 failed.append(err)
                 return
             fh.write(arr.tobytes())
-            clips.append({
-                "name": rec.name.stem, "action": rec.name.action, "split": split_of(rec.name, protocol),
-                "offset": offset, "frames": int(arr.shape[0]), "video": os.path.relpath(rec.video, data),
-                "attributes": rec.attributes,
-            })
+            clips.append(
+                {
+                    "name": rec.name.stem,
+                    "action": rec.name.action,
+                    "split": split_of(rec.name, protocol),
+                    "offset": offset,
+                    "frames": int(arr.shape[0]),
+                    "video": os.path.relpath(rec.video, data),
+                    "attributes": rec.attributes,
+                }
+            )
             offset += int(arr.shape[0])
 
         if workers == 1:
@@ -165,7 +194,19 @@ def prepare(data: str, protocol: str, out: str, size: int = 112, fps: int = 15, 
     if not clips:
         raise DatasetError(f"no clip of {data} could be decoded: {failed[0] if failed else 'none found'}")
     os.replace(tmp_frames, os.path.join(out, "frames.u8"))
-    write_index(out, {"width": size, "height": size, "fps": fps, "crop": crop, "version": CONVERSION_VERSION},
-                protocol, data, clips, class_names(data), failed)
-    return {"clips": len(clips), "failed": len(failed), "frames": offset,
-            "bytes": offset * size * size * 3, "seconds": round(time.monotonic() - t0, 1)}
+    write_index(
+        out,
+        {"width": size, "height": size, "fps": fps, "crop": crop, "version": CONVERSION_VERSION},
+        protocol,
+        data,
+        clips,
+        class_names(data),
+        failed,
+    )
+    return {
+        "clips": len(clips),
+        "failed": len(failed),
+        "frames": offset,
+        "bytes": offset * size * size * 3,
+        "seconds": round(time.monotonic() - t0, 1),
+    }

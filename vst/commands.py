@@ -1,5 +1,6 @@
 """`lvlm-var data ...` (synthetic data, cache preparation, statistics), `train vst`, `eval vst` and
 `vst glossary`."""
+
 from __future__ import annotations
 
 import argparse
@@ -48,26 +49,42 @@ def register(cli) -> None:
     t.add_argument("--data", required=True, help="prepared cache (lvlm-var data prepare)")
     t.add_argument("--protocol", required=True, choices=tuple(PROTOCOLS))
     t.add_argument("--out", required=True, help="run folder")
-    t.add_argument("--size", choices=("pose", "small", "base"), default="pose",
-                   help="pose (the default): the temporal half for the pretrained pose front end, trained on the "
-                        "synthetic skeletons; small, base: the own frame encoder (R=112), base is wider")
+    t.add_argument(
+        "--size",
+        choices=("pose", "small", "base"),
+        default="pose",
+        help="pose (the default): the temporal half for the pretrained pose front end, trained on the "
+        "synthetic skeletons; small, base: the own frame encoder (R=112), base is wider",
+    )
     t.add_argument("--frame-steps", type=int, default=None, help="stage 1 steps (single frames; default 6000)")
     t.add_argument("--epochs", type=int, default=None, help="stage 2 epochs over cached features (default 100)")
     t.add_argument("--views", type=int, default=None, help="augmented feature views per training clip (default 6)")
-    t.add_argument("--skeleton-views", type=int, default=None,
-                   help="stage 2 views per training clip made from its 3D skeleton seen from other azimuths "
-                        "(synthetic data, pose-only features; default 6 under xview, the cross-view protocol, "
-                        "when the feature is the joints alone, else 0)")
-    t.add_argument("--count-views", type=int, default=None,
-                   help="skeleton views per training clip that only the count head reads, for a share of its "
-                        "windows (synthetic data, pose-only features; default 6, 0: none)")
+    t.add_argument(
+        "--skeleton-views",
+        type=int,
+        default=None,
+        help="stage 2 views per training clip made from its 3D skeleton seen from other azimuths "
+        "(synthetic data, pose-only features; default 6 under xview, the cross-view protocol, "
+        "when the feature is the joints alone, else 0)",
+    )
+    t.add_argument(
+        "--count-views",
+        type=int,
+        default=None,
+        help="skeleton views per training clip that only the count head reads, for a share of its "
+        "windows (synthetic data, pose-only features; default 6, 0: none)",
+    )
     t.add_argument("--batch", type=int, default=None, help="stage 2 batch (default 64)")
     t.add_argument("--lr", type=float, default=None, help="stage 2 learning rate (default 3e-3)")
     t.add_argument("--minutes", type=float, default=None, help="stop after this long; continue later with --resume")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--hold-out", type=float, default=None,
-                   help="share of training performers the VST does not train on, for the language model's "
-                        "calibration (default 0: train on every performer)")
+    t.add_argument(
+        "--hold-out",
+        type=float,
+        default=None,
+        help="share of training performers the VST does not train on, for the language model's "
+        "calibration (default 0: train on every performer)",
+    )
     t.add_argument("--resume", action="store_true", help="continue from RUN/last_state.pt")
     t.set_defaults(func=cmd_train)
 
@@ -76,9 +93,12 @@ def register(cli) -> None:
     e.add_argument("--data", required=True, help="prepared cache")
     e.add_argument("--protocol", choices=tuple(PROTOCOLS), default=None, help="default: the cache's protocol")
     e.add_argument("--out", default=None, help="default: RUN/eval/PROTOCOL (PROTOCOL-mirror with --mirror)")
-    e.add_argument("--mirror", action="store_true",
-                   help="label each window from the mean of its and its mirror image's head probabilities, as the "
-                        "runtime does with engine.mirror = true (twice the frame encoder's work)")
+    e.add_argument(
+        "--mirror",
+        action="store_true",
+        help="label each window from the mean of its and its mirror image's head probabilities, as the "
+        "runtime does with engine.mirror = true (twice the frame encoder's work)",
+    )
     e.set_defaults(func=cmd_eval)
 
     g = cli.group("vst", "VST tools").add_parser("glossary", help="what every code stands for (JSON + Markdown)")
@@ -103,23 +123,36 @@ def cmd_synth(args: argparse.Namespace) -> int:
     _check_range("size", args.size, 32, 1024)
     _check_range("fps", args.fps, 5, 60)
     cfg = SynthConfig(
-        classes=tuple(a.ntu_id for a in select(args.classes)), performers=args.performers, cameras=args.cameras,
-        setups=args.setups, reps=args.reps, size=args.size, fps=args.fps, seconds=args.seconds, seed=args.seed,
+        classes=tuple(a.ntu_id for a in select(args.classes)),
+        performers=args.performers,
+        cameras=args.cameras,
+        setups=args.setups,
+        reps=args.reps,
+        size=args.size,
+        fps=args.fps,
+        seconds=args.seconds,
+        seed=args.seed,
         ext="." + args.format,
     )
     summary = generate(cfg, args.out, workers=args.workers)
-    print(f"wrote {summary['clips']} clips ({summary['frames']} frames) to {args.out} in {summary['seconds']}s "
-          f"= {summary['clips_per_s']} clips/s")
+    print(
+        f"wrote {summary['clips']} clips ({summary['frames']} frames) to {args.out} in {summary['seconds']}s "
+        f"= {summary['clips_per_s']} clips/s"
+    )
     return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from vst.cache import prepare
 
-    summary = prepare(args.data, args.protocol, args.out, size=args.size, fps=args.fps, crop=not args.no_crop,
-                      workers=args.workers)
-    print(f"prepared {summary['clips']} clips, {summary['frames']} frames ({summary['bytes'] / 2**20:.0f} MiB) "
-          f"into {args.out} in {summary['seconds']}s" + (f"; {summary['failed']} clips failed (see index.json)" if summary["failed"] else ""))
+    summary = prepare(
+        args.data, args.protocol, args.out, size=args.size, fps=args.fps, crop=not args.no_crop, workers=args.workers
+    )
+    print(
+        f"prepared {summary['clips']} clips, {summary['frames']} frames ({summary['bytes'] / 2**20:.0f} MiB) "
+        f"into {args.out} in {summary['seconds']}s"
+        + (f"; {summary['failed']} clips failed (see index.json)" if summary["failed"] else "")
+    )
     return 0
 
 
@@ -132,12 +165,19 @@ def dataset_stats(data: str, protocols) -> dict:
     for protocol in protocols:
         parts = split(records, protocol)
         out[protocol] = {
-            part: {"clips": len(recs), "per_class": {str(a): sum(r.name.action == a for r in recs)
-                                                     for a in sorted({r.name.action for r in records})}}
+            part: {
+                "clips": len(recs),
+                "per_class": {
+                    str(a): sum(r.name.action == a for r in recs) for a in sorted({r.name.action for r in records})
+                },
+            }
             for part, recs in parts.items()
         }
-    return {"clips": len(records), "classes": {str(a): names.get(a, "?") for a in sorted({r.name.action for r in records})},
-            "protocols": out}
+    return {
+        "clips": len(records),
+        "classes": {str(a): names.get(a, "?") for a in sorted({r.name.action for r in records})},
+        "protocols": out,
+    }
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
@@ -150,7 +190,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
         print(f"\n{protocol}: train {parts['train']['clips']}, test {parts['test']['clips']}")
         print(f"  {'class':<46} {'train':>6} {'test':>6}")
         for a, name in stats["classes"].items():
-            print(f"  A{int(a):03d} {name[:41]:<41} {parts['train']['per_class'][a]:>6} {parts['test']['per_class'][a]:>6}")
+            print(
+                f"  A{int(a):03d} {name[:41]:<41} {parts['train']['per_class'][a]:>6} {parts['test']['per_class'][a]:>6}"
+            )
     return 0
 
 
@@ -163,17 +205,32 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_range("skeleton-views", args.skeleton_views, 0, 12)
     if args.count_views is not None:
         _check_range("count-views", args.count_views, 0, 12)
-    given = {"frame_steps": args.frame_steps, "epochs": args.epochs, "views": args.views, "batch": args.batch, "lr": args.lr,
-             "hold_out": args.hold_out, "skeleton_views": args.skeleton_views, "count_views": args.count_views}
-    tc = TrainConfig(protocol=args.protocol, size=args.size, minutes=args.minutes, seed=args.seed,
-                     **{k: v for k, v in given.items() if v is not None})
+    given = {
+        "frame_steps": args.frame_steps,
+        "epochs": args.epochs,
+        "views": args.views,
+        "batch": args.batch,
+        "lr": args.lr,
+        "hold_out": args.hold_out,
+        "skeleton_views": args.skeleton_views,
+        "count_views": args.count_views,
+    }
+    tc = TrainConfig(
+        protocol=args.protocol,
+        size=args.size,
+        minutes=args.minutes,
+        seed=args.seed,
+        **{k: v for k, v in given.items() if v is not None},
+    )
     result = train(args.data, args.out, tc, resume=args.resume)
     best = result["best"] or {}
     if result["stopped_early"]:
         print(f"stopped after {result['seconds']:.0f}s (--minutes); continue with --resume")
         return 0
-    print(f"trained in {result['seconds']:.0f}s; best checkpoint at stage-2 step {best.get('step')}: "
-          f"test top-1 {best.get('top1', float('nan')):.3f} (periodic subset) -> {args.out}/model.safetensors")
+    print(
+        f"trained in {result['seconds']:.0f}s; best checkpoint at stage-2 step {best.get('step')}: "
+        f"test top-1 {best.get('top1', float('nan')):.3f} (periodic subset) -> {args.out}/model.safetensors"
+    )
     return 0
 
 
@@ -189,16 +246,22 @@ def print_eval(m: dict) -> None:
     """The figures of `eval vst` (and of `eval front-end`, which reads the same metrics)."""
     from vst.evaluate import stability_text
 
-    print(f"{m['protocol']} test{' through the pose front end' if m['reading'] == 'front-end' else ''}"
-          f"{' (mirror reading)' if m['mirror'] else ''}: {m['clips']} clips, top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, "
-          f"window top-1 {m['window_top1']:.1%}")
-    print(f"codebook: {m['codes_used']:.0%} of codes used, perplexity {m['perplexity']:.1f}; "
-          f"token stability {stability_text(m['token_stability'])}; {m['tokens_per_window']} tokens per window, "
-          f"{m['tokens_per_second']:.1f} tokens per second of video")
+    print(
+        f"{m['protocol']} test{' through the pose front end' if m['reading'] == 'front-end' else ''}"
+        f"{' (mirror reading)' if m['mirror'] else ''}: {m['clips']} clips, top-1 {m['top1']:.1%}, top-5 {m['top5']:.1%}, "
+        f"window top-1 {m['window_top1']:.1%}"
+    )
+    print(
+        f"codebook: {m['codes_used']:.0%} of codes used, perplexity {m['perplexity']:.1f}; "
+        f"token stability {stability_text(m['token_stability'])}; {m['tokens_per_window']} tokens per window, "
+        f"{m['tokens_per_second']:.1f} tokens per second of video"
+    )
     known = {k: v for k, v in m["attributes"].items() if v is not None}
     if known:
-        print("attributes read per window (the side from the tokens, the repetitions by the count head where the run "
-              "has one): " + ", ".join(f"{k} {v:.1%}" for k, v in known.items()))
+        print(
+            "attributes read per window (the side from the tokens, the repetitions by the count head where the run "
+            "has one): " + ", ".join(f"{k} {v:.1%}" for k, v in known.items())
+        )
     print(f"wrote {m['out']}/metrics.json and {m['out']}/confusion.png")
 
 

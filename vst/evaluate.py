@@ -3,6 +3,7 @@ window probabilities; and per window), per-class accuracy, a confusion-matrix PN
 (codes used, perplexity), token stability between consecutive overlapping windows, tokens per
 second of video and, on synthetic data, how well the tokens carry the motion attributes the
 explanations state (the attribute heads' limb side and the repetitions each window holds)."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,15 @@ def token_stability(ids: torch.Tensor, shift: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, features: list | None = None,
-             mirror: bool = False, inputs: list | None = None) -> dict:
+def evaluate(
+    model,
+    cache: Cache,
+    clips: list[dict],
+    progress: bool = False,
+    features: list | None = None,
+    mirror: bool = False,
+    inputs: list | None = None,
+) -> dict:
     """Metrics over clips; `features` (per clip, from the frame encoder) skips re-encoding frames;
     `inputs` (per clip) is what the first engine reads in place of `clip_input`'s.
     mirror: the label from the mean of each window's and its mirror image's probabilities
@@ -49,8 +57,11 @@ def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, fea
     attr = {"side": [0, 0], "repetitions": [0, 0]}  # [right, windows with a target]
     all_ids = []
     for i, clip in enumerate(tqdm(clips, desc="eval", unit="clip", disable=not progress)):
-        out = feature_windows(model, features[i]) if features is not None else clip_windows(
-            model, inputs[i] if inputs is not None else clip_input(cfg, cache, clip), mirror)
+        out = (
+            feature_windows(model, features[i])
+            if features is not None
+            else clip_windows(model, inputs[i] if inputs is not None else clip_input(cfg, cache, clip), mirror)
+        )
         label = cfg.classes.index(clip["action"])
         probs = out["probs"]
         mean = probs.mean(0)
@@ -64,18 +75,23 @@ def evaluate(model, cache: Cache, clips: list[dict], progress: bool = False, fea
         if "aux" in out:
             _, side, clip_reps = clip_targets(clip, cfg)
             # counting is only asked of repeated actions: a one-off action's window holds it once
-            reps = torch.tensor([clip_targets(clip, cfg, (s, s + cfg.W))[2] if clip_reps > 0 else -1
-                                 for s in out["starts"]])
-            for key, pred, target in (("side", out["aux"][:, :2].argmax(-1), torch.full_like(reps, side)),
-                                      ("repetitions", read_count(out["reps"]) - 1, reps)):  # reps: count - 1
+            reps = torch.tensor(
+                [clip_targets(clip, cfg, (s, s + cfg.W))[2] if clip_reps > 0 else -1 for s in out["starts"]]
+            )
+            for key, pred, target in (
+                ("side", out["aux"][:, :2].argmax(-1), torch.full_like(reps, side)),
+                ("repetitions", read_count(out["reps"]) - 1, reps),
+            ):  # reps: count - 1
                 known = target >= 0
                 attr[key][0] += int((pred[known] == target[known]).sum())
                 attr[key][1] += int(known.sum())
     ids = torch.cat(all_ids)
     used, perplexity = model.quantizer.usage(ids)
     total = int(confusion.sum())
-    per_class = {str(a): (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
-                 for i, a in enumerate(cfg.classes)}
+    per_class = {
+        str(a): (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
+        for i, a in enumerate(cfg.classes)
+    }
     return {
         "clips": total,
         "top1": float(np.trace(confusion) / max(total, 1)),
@@ -111,8 +127,15 @@ def plot_confusion(confusion, labels: list[str], path: str, title: str) -> None:
     for i in range(len(labels)):
         for j in range(len(labels)):
             if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=10)
@@ -122,8 +145,17 @@ def plot_confusion(confusion, labels: list[str], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def run_eval(run: str, cache_dir: str, protocol: str | None, out: str | None = None, progress: bool = True,
-             mirror: bool = False, max_clips: int | None = None, inputs_of=None, reading: str = "") -> dict:
+def run_eval(
+    run: str,
+    cache_dir: str,
+    protocol: str | None,
+    out: str | None = None,
+    progress: bool = True,
+    mirror: bool = False,
+    max_clips: int | None = None,
+    inputs_of=None,
+    reading: str = "",
+) -> dict:
     """max_clips: that many test clips spread over the split. inputs_of(cache, clips) -> what the
     first engine reads of each clip in place of `clip_input` (e.g. the runtime's pose front end
     on the rendered frames, `benchmarks.front_end`), named by `reading` in the output folder."""
@@ -144,12 +176,18 @@ def run_eval(run: str, cache_dir: str, protocol: str | None, out: str | None = N
     inputs = inputs_of(cache, clips) if inputs_of is not None else None
     metrics = evaluate(model, cache, clips, inputs=inputs, progress=progress, mirror=mirror)
     metrics["protocol"], metrics["reading"] = protocol, reading or "skeletons"
-    out = out or os.path.join(run, "eval", protocol + (f"-{reading}" if reading else "") + ("-mirror" if mirror else ""))
+    out = out or os.path.join(
+        run, "eval", protocol + (f"-{reading}" if reading else "") + ("-mirror" if mirror else "")
+    )
     os.makedirs(out, exist_ok=True)
     names = cache.index.get("classes", {})
     labels = [f"A{a:03d} {names.get(str(a), '')[:22]}" for a in model.cfg.classes]
-    plot_confusion(metrics["confusion"], labels, os.path.join(out, "confusion.png"),
-                   f"VST semantic head{' (mirror reading)' if mirror else ''}, {protocol} test, top-1 {metrics['top1']:.1%}")
+    plot_confusion(
+        metrics["confusion"],
+        labels,
+        os.path.join(out, "confusion.png"),
+        f"VST semantic head{' (mirror reading)' if mirror else ''}, {protocol} test, top-1 {metrics['top1']:.1%}",
+    )
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=1)
     metrics["out"] = out

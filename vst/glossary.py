@@ -6,6 +6,7 @@ generated from the skeleton frames it covers ("right hand above the head, moving
 Written as RUN/glossary.json (machines; the language-model side initialises the action-token
 embeddings from the gloss words) and RUN/glossary.md (people).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,13 @@ import numpy as np
 from vst.cache import Cache, spread
 from vst.skeleton import J
 
-PARTS = {"left hand": "hand_left", "right hand": "hand_right", "left foot": "foot_left", "right foot": "foot_right",
-         "head": "head"}
+PARTS = {
+    "left hand": "hand_left",
+    "right hand": "hand_right",
+    "left foot": "foot_left",
+    "right foot": "foot_right",
+    "head": "head",
+}
 STILL_M = 0.03  # metres of movement over a segment below which a part counts as still
 
 
@@ -59,7 +65,9 @@ def describe_segment(joints: np.ndarray) -> str:
     spine = last[J["spine_shoulder"]] - last[J["spine_base"]]
     tilt = np.degrees(np.arccos(np.clip(spine[1] / max(np.linalg.norm(spine), 1e-6), -1, 1)))
     pelvis_move = last[J["spine_base"]] - first[J["spine_base"]]
-    leg = np.linalg.norm(first[J["hip_left"]] - first[J["knee_left"]]) + np.linalg.norm(first[J["knee_left"]] - first[J["ankle_left"]])
+    leg = np.linalg.norm(first[J["hip_left"]] - first[J["knee_left"]]) + np.linalg.norm(
+        first[J["knee_left"]] - first[J["ankle_left"]]
+    )
     pelvis_height = last[J["spine_base"], 1] - min(last[J["ankle_left"], 1], last[J["ankle_right"], 1])
     if tilt > 55 and pelvis_height < 0.5 * leg:
         posture = "lying"
@@ -74,8 +82,11 @@ def describe_segment(joints: np.ndarray) -> str:
     moves["whole body"] = (float(np.linalg.norm(pelvis_move)) * 1.3, pelvis_move)
     part, (dist, d) = max(moves.items(), key=lambda kv: kv[1][0])
     if dist < STILL_M:
-        raised = [(last[J[PARTS[h]], 1], h) for h in ("left hand", "right hand")
-                  if posture in ("upright", "lowered") and last[J[PARTS[h]], 1] > last[J["spine_mid"], 1]]
+        raised = [
+            (last[J[PARTS[h]], 1], h)
+            for h in ("left hand", "right hand")
+            if posture in ("upright", "lowered") and last[J[PARTS[h]], 1] > last[J["spine_mid"], 1]
+        ]
         if raised:
             y, hand = max(raised)
             return f"{hand} {_height_phrase(float(y), last)}, held still"
@@ -118,8 +129,17 @@ def build_glossary(run: str, cache_dir: str, split: str = "train", max_clips: in
     clips = [c for c in clips if c["action"] in cfg.classes]
     clips = spread(clips, max_clips)
     names = cache.index.get("classes", {})
-    stats = defaultdict(lambda: {"count": 0, "classes": Counter(), "positions": Counter(), "glosses": Counter(),
-                                 "side": Counter(), "limb": Counter(), "phase": Counter()})
+    stats = defaultdict(
+        lambda: {
+            "count": 0,
+            "classes": Counter(),
+            "positions": Counter(),
+            "glosses": Counter(),
+            "side": Counter(),
+            "limb": Counter(),
+            "phase": Counter(),
+        }
+    )
     for clip in tqdm(clips, desc="glossary", unit="clip", disable=not progress):
         out = clip_windows(model, clip_input(cfg, cache, clip))
         attrs = clip.get("attributes")
@@ -138,7 +158,9 @@ def build_glossary(run: str, cache_dir: str, split: str = "train", max_clips: in
                     s["limb"][attrs["limb"]] += 1
                     s["phase"][_phase(action, lo, hi)] += 1
                 if skel is not None and hi > lo:
-                    s["glosses"][describe_segment(skel[cache.source_index(clip, np.arange(lo, hi + 1), len(skel))])] += 1
+                    s["glosses"][
+                        describe_segment(skel[cache.source_index(clip, np.arange(lo, hi + 1), len(skel))])
+                    ] += 1
     total = sum(s["count"] for s in stats.values())
     codes = {}
     for code in sorted(stats):
@@ -147,24 +169,40 @@ def build_glossary(run: str, cache_dir: str, split: str = "train", max_clips: in
         top = [[a, names.get(str(a), f"A{a:03d}"), round(k / n, 3)] for a, k in s["classes"].most_common(3)]
         gloss, gloss_n = s["glosses"].most_common(1)[0] if s["glosses"] else (f"mostly {top[0][1]}", top[0][2] * n)
         codes[str(code)] = {
-            "count": n, "share": round(n / total, 5), "classes": top,
+            "count": n,
+            "share": round(n / total, 5),
+            "classes": top,
             "position_mean": round(sum(t * k for t, k in s["positions"].items()) / n, 2),
-            "gloss": gloss, "gloss_share": round(gloss_n / n, 3),
+            "gloss": gloss,
+            "gloss_share": round(gloss_n / n, 3),
             "attributes": {key: dict(s[key].most_common(3)) for key in ("side", "limb", "phase") if s[key]},
         }
-    result = {"run": os.path.abspath(run), "K": cfg.K, "T": cfg.T, "clips": len(clips), "split": split,
-              "codes_seen": len(codes), "codes": codes}
+    result = {
+        "run": os.path.abspath(run),
+        "K": cfg.K,
+        "T": cfg.T,
+        "clips": len(clips),
+        "split": split,
+        "codes_seen": len(codes),
+        "codes": codes,
+    }
     json_path = os.path.join(run, "glossary.json")
     md_path = os.path.join(run, "glossary.md")
     with open(json_path, "w") as f:
         json.dump(result, f, indent=1)
     with open(md_path, "w") as f:
-        f.write(f"# Codebook glossary\n\n{len(codes)} of {cfg.K} codes seen in {len(clips)} {split} clips "
-                f"({total} tokens). Position: mean token index within a window (0..{cfg.T - 1}).\n\n")
-        f.write("| code | share | gloss (share of its segments) | classes | position | phase |\n| --- | --- | --- | --- | --- | --- |\n")
+        f.write(
+            f"# Codebook glossary\n\n{len(codes)} of {cfg.K} codes seen in {len(clips)} {split} clips "
+            f"({total} tokens). Position: mean token index within a window (0..{cfg.T - 1}).\n\n"
+        )
+        f.write(
+            "| code | share | gloss (share of its segments) | classes | position | phase |\n| --- | --- | --- | --- | --- | --- |\n"
+        )
         for code, c in sorted(codes.items(), key=lambda kv: -kv[1]["count"]):
             cls = "; ".join(f"{name} {share:.0%}" for _, name, share in c["classes"])
             phase = ", ".join(f"{k} {v}" for k, v in c["attributes"].get("phase", {}).items())
-            f.write(f"| act_{int(code):03d} | {c['share']:.2%} | {c['gloss']} ({c['gloss_share']:.0%}) | {cls} | "
-                    f"{c['position_mean']:.1f} | {phase} |\n")
+            f.write(
+                f"| act_{int(code):03d} | {c['share']:.2%} | {c['gloss']} ({c['gloss_share']:.0%}) | {cls} | "
+                f"{c['position_mean']:.1f} | {phase} |\n"
+            )
     return {"codes_seen": len(codes), "json": json_path, "markdown": md_path}

@@ -7,13 +7,35 @@ height (so distances mean the same along both axes), visibility in [0, 1]. The T
 normalises each window to its person itself (`vst.model.person_normalise`), so where the person
 stands and how large they appear do not matter.
 """
+
 from __future__ import annotations
 
 JOINT_NAMES = (
-    "spine_base", "spine_mid", "neck", "head", "shoulder_left", "elbow_left", "wrist_left", "hand_left",
-    "shoulder_right", "elbow_right", "wrist_right", "hand_right", "hip_left", "knee_left", "ankle_left",
-    "foot_left", "hip_right", "knee_right", "ankle_right", "foot_right", "spine_shoulder",
-    "handtip_left", "thumb_left", "handtip_right", "thumb_right",
+    "spine_base",
+    "spine_mid",
+    "neck",
+    "head",
+    "shoulder_left",
+    "elbow_left",
+    "wrist_left",
+    "hand_left",
+    "shoulder_right",
+    "elbow_right",
+    "wrist_right",
+    "hand_right",
+    "hip_left",
+    "knee_left",
+    "ankle_left",
+    "foot_left",
+    "hip_right",
+    "knee_right",
+    "ankle_right",
+    "foot_right",
+    "spine_shoulder",
+    "handtip_left",
+    "thumb_left",
+    "handtip_right",
+    "thumb_right",
 )
 J = {name: i for i, name in enumerate(JOINT_NAMES)}
 # joint index of each joint's mirror image (left <-> right)
@@ -35,12 +57,27 @@ BLAZEPOSE_TO_NTU: tuple[tuple[tuple[int, float], ...], ...] = (
     ((23, 0.25), (24, 0.25), (11, 0.25), (12, 0.25)),
     ((11, 0.29), (12, 0.29), (7, 0.21), (8, 0.21)),
     _HEAD,
-    ((11, 1.0),), ((13, 1.0),), ((15, 1.0),), ((15, 0.5), (17, 0.25), (19, 0.25)),
-    ((12, 1.0),), ((14, 1.0),), ((16, 1.0),), ((16, 0.5), (18, 0.25), (20, 0.25)),
-    ((23, 1.0),), ((25, 1.0),), ((27, 1.0),), ((31, 1.0),),
-    ((24, 1.0),), ((26, 1.0),), ((28, 1.0),), ((32, 1.0),),
+    ((11, 1.0),),
+    ((13, 1.0),),
+    ((15, 1.0),),
+    ((15, 0.5), (17, 0.25), (19, 0.25)),
+    ((12, 1.0),),
+    ((14, 1.0),),
+    ((16, 1.0),),
+    ((16, 0.5), (18, 0.25), (20, 0.25)),
+    ((23, 1.0),),
+    ((25, 1.0),),
+    ((27, 1.0),),
+    ((31, 1.0),),
+    ((24, 1.0),),
+    ((26, 1.0),),
+    ((28, 1.0),),
+    ((32, 1.0),),
     _MID_SHOULDER,
-    ((19, 1.0),), ((21, 1.0),), ((20, 1.0),), ((22, 1.0),),
+    ((19, 1.0),),
+    ((21, 1.0),),
+    ((20, 1.0),),
+    ((22, 1.0),),
 )
 
 

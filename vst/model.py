@@ -13,6 +13,7 @@ GStreamer) and normalises inside, so the runtime feeds frames as they come. The 
 segment-local with one segment of causal context, so windows that overlap by W - S frames see
 the same inputs for most shared segments; a consistency loss in training does the rest.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,23 +98,45 @@ class VSTConfig:
             json.dump(asdict(self), f, indent=1)
 
     @classmethod
-    def load(cls, path: str) -> "VSTConfig":
+    def load(cls, path: str) -> VSTConfig:
         with open(path) as f:
             return cls(**json.load(f))
 
 
 SIZES = {
-    "small": dict(R=112, widths=(16, 32, 64, 128), D=192, hidden=192, code_dim=48, spatial_channels=24, pose_joints=25,
-                  appearance=False, count_head=True),
+    "small": dict(
+        R=112,
+        widths=(16, 32, 64, 128),
+        D=192,
+        hidden=192,
+        code_dim=48,
+        spatial_channels=24,
+        pose_joints=25,
+        appearance=False,
+        count_head=True,
+    ),
     # the temporal half for the pose front end: no frame encoder to train
-    "pose": dict(R=112, D=192, hidden=192, code_dim=48, pose_joints=0, appearance=False, count_head=True, frontend="pose"),
-    "base": dict(R=112, widths=(24, 48, 96, 160), D=256, hidden=256, code_dim=64, spatial_channels=32, pose_joints=25,
-                 appearance=False, count_head=True),
+    "pose": dict(
+        R=112, D=192, hidden=192, code_dim=48, pose_joints=0, appearance=False, count_head=True, frontend="pose"
+    ),
+    "base": dict(
+        R=112,
+        widths=(24, 48, 96, 160),
+        D=256,
+        hidden=256,
+        code_dim=64,
+        spatial_channels=32,
+        pose_joints=25,
+        appearance=False,
+        count_head=True,
+    ),
 }
 
 
 def conv_bn(cin, cout, k, stride=1, groups=1):
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU6())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.ReLU6()
+    )
 
 
 class DSBlock(nn.Module):
@@ -154,7 +177,9 @@ class FrameEncoder(nn.Module):
         self.pose = PoseHeatmaps(cfg) if cfg.pose_joints else None
         self.appearance = cfg.appearance  # False: the feature is the joints alone (appearance trains stage 1 only)
 
-    def parts(self, frames_u8: torch.Tensor, appearance: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def parts(
+        self, frames_u8: torch.Tensor, appearance: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """uint8 [N, R, R, 3] -> (appearance [N, D] or None when not asked for, joints [N, J, 2]
         in [0, 1] or None without the pose branch)."""
         x = frames_u8.permute(0, 3, 1, 2).to(self.mean.dtype)  # float32, or float16 in the FP16 export
@@ -188,11 +213,15 @@ class PoseHeatmaps(nn.Module):
         self.heat = nn.Sequential(conv_bn(width, width, 3, groups=width), nn.Conv2d(width, cfg.pose_joints, 1))
         g = cfg.R // 8
         centres = (torch.arange(g, dtype=torch.float32) + 0.5) / g
-        self.register_buffer("grid", torch.stack([centres.repeat(g), centres.repeat_interleave(g)], 1))  # [g*g, 2] (x, y)
+        self.register_buffer(
+            "grid", torch.stack([centres.repeat(g), centres.repeat_interleave(g)], 1)
+        )  # [g*g, 2] (x, y)
 
     def forward(self, f8: torch.Tensor, f16: torch.Tensor) -> torch.Tensor:
         """-> joints [N, J, 2], normalised image coordinates (x, y) in [0, 1]."""
-        return self.soft_argmax(self.heat(self.lat8(f8) + F.interpolate(self.lat16(f16), scale_factor=2.0, mode="nearest")))
+        return self.soft_argmax(
+            self.heat(self.lat8(f8) + F.interpolate(self.lat16(f16), scale_factor=2.0, mode="nearest"))
+        )
 
     def soft_argmax(self, heat: torch.Tensor) -> torch.Tensor:
         """Heatmap logits [N, J, g, g] -> the expected (x, y) cell centre of each joint [N, J, 2]."""
@@ -226,7 +255,9 @@ class TemporalTokenizer(nn.Module):
         super().__init__()
         self.patch = nn.Conv1d(2 * cfg.feature_size, cfg.hidden, cfg.segment, stride=cfg.segment)
         self.causal = nn.Conv1d(cfg.hidden, cfg.hidden, 2)
-        self.mlp = nn.Sequential(nn.GELU(), nn.Conv1d(cfg.hidden, cfg.hidden, 1), nn.GELU(), nn.Conv1d(cfg.hidden, cfg.code_dim, 1))
+        self.mlp = nn.Sequential(
+            nn.GELU(), nn.Conv1d(cfg.hidden, cfg.hidden, 1), nn.GELU(), nn.Conv1d(cfg.hidden, cfg.code_dim, 1)
+        )
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """[B, W, feature_size] -> [B, T, code_dim]."""
@@ -241,8 +272,9 @@ class SemanticHead(nn.Module):
 
     def __init__(self, cfg: VSTConfig, outputs: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(1), nn.Linear(cfg.T * cfg.code_dim, 256), nn.GELU(), nn.Dropout(0.1),
-                                 nn.Linear(256, outputs))
+        self.net = nn.Sequential(
+            nn.Flatten(1), nn.Linear(cfg.T * cfg.code_dim, 256), nn.GELU(), nn.Dropout(0.1), nn.Linear(256, outputs)
+        )
 
     def forward(self, q):
         return self.net(q)
@@ -264,9 +296,17 @@ class CountHead(nn.Module):
         def block(cin, cout):
             return [nn.Conv1d(cin, cout, 5, padding=2), nn.BatchNorm1d(cout), nn.ReLU()]
 
-        self.net = nn.Sequential(*block(2 * cfg.feature_size, width), *block(width, width), nn.MaxPool1d(2),
-                                 *block(width, width), nn.MaxPool1d(2), nn.Flatten(1),
-                                 nn.Linear(width * (cfg.W // 4), 128), nn.GELU(), nn.Linear(128, cfg.max_reps))
+        self.net = nn.Sequential(
+            *block(2 * cfg.feature_size, width),
+            *block(width, width),
+            nn.MaxPool1d(2),
+            *block(width, width),
+            nn.MaxPool1d(2),
+            nn.Flatten(1),
+            nn.Linear(width * (cfg.W // 4), 128),
+            nn.GELU(),
+            nn.Linear(128, cfg.max_reps),
+        )
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         """[B, W, feature_size] -> [B, max_reps]."""
@@ -364,7 +404,9 @@ def load_checkpoint(folder: str, name: str = "model") -> VST:
     if not (os.path.exists(cfg_path) and os.path.exists(path)):
         from vst.ntu import DatasetError
 
-        raise DatasetError(f"no VST checkpoint in {folder} (config.json + {name}.safetensors); train one with `lvlm-var train vst`")
+        raise DatasetError(
+            f"no VST checkpoint in {folder} (config.json + {name}.safetensors); train one with `lvlm-var train vst`"
+        )
     model = VST(VSTConfig.load(cfg_path))
     model.load_state_dict(load_file(path))
     return model.eval()

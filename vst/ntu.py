@@ -4,6 +4,7 @@ A clip is named SsssCcccPpppRrrrAaaa_rgb.avi (setup, camera, performer, replicat
 The reader walks a folder of real NTU videos or of synthetic ones (same layout, plus attributes
 and skeletons) and splits it by protocol exactly as the NTU papers define them.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,43 @@ NAME_RE = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})$")
 VIDEO_SUFFIXES = ("_rgb.avi", "_rgb.mp4")
 
 XSUB60_TRAIN = frozenset({1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38})
-XSUB120_TRAIN = XSUB60_TRAIN | frozenset({
-    45, 46, 47, 49, 50, 52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86, 89, 91, 92, 93,
-    94, 95, 97, 98, 100, 103,
-})
+XSUB120_TRAIN = XSUB60_TRAIN | frozenset(
+    {
+        45,
+        46,
+        47,
+        49,
+        50,
+        52,
+        53,
+        54,
+        55,
+        56,
+        57,
+        58,
+        59,
+        70,
+        74,
+        78,
+        80,
+        81,
+        82,
+        83,
+        84,
+        85,
+        86,
+        89,
+        91,
+        92,
+        93,
+        94,
+        95,
+        97,
+        98,
+        100,
+        103,
+    }
+)
 XVIEW_TRAIN_CAMERAS = frozenset({2, 3})
 
 PROTOCOLS = {
@@ -46,7 +80,7 @@ class ClipName:
         return f"S{self.setup:03d}C{self.camera:03d}P{self.performer:03d}R{self.replication:03d}A{self.action:03d}"
 
     @classmethod
-    def parse(cls, filename: str) -> "ClipName":
+    def parse(cls, filename: str) -> ClipName:
         base = os.path.basename(filename)
         stem = base
         for suffix in VIDEO_SUFFIXES + (".skeleton", ".npz", ".json"):
@@ -97,7 +131,7 @@ def held_out_performers(clips, share: float) -> set[str]:
     people = sorted({performer_of(c) for c in clips})
     every = max(2, round(1 / share))
     if len(people) >= every:
-        return set(people[every // 2::every])
+        return set(people[every // 2 :: every])
     held = {p for p in people if zlib.crc32(p.encode()) % every == 0}
     return held if len(held) < len(people) else set()
 

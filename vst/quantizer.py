@@ -1,5 +1,6 @@
 """`VectorQuantizer`: cosine nearest-neighbour codebook with EMA updates, dead-code restart and a
 straight-through gradient. In eval mode it is a pure argmax + gather (exports to ONNX as such)."""
+
 from __future__ import annotations
 
 import torch

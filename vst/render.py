@@ -3,6 +3,7 @@ capsules (limbs, torso) and discs (head, hands), a room background with a floor,
 effects that make the task real (lighting drift, sensor noise, motion blur, occlusion).
 Pure numpy; about a millisecond per 112 x 112 frame.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,9 @@ class Camera:
         up = np.cross(right, fwd)
         object.__setattr__(self, "_pos", pos)
         object.__setattr__(self, "_rot", np.stack([right, up, fwd]))
-        object.__setattr__(self, "focal", 0.86 * self.size * 3.2 / 1.8 * self.zoom)  # a 1.8 m person at 3.2 m fills 86 %
+        object.__setattr__(
+            self, "focal", 0.86 * self.size * 3.2 / 1.8 * self.zoom
+        )  # a 1.8 m person at 3.2 m fills 86 %
 
     def to_camera(self, pts: np.ndarray) -> np.ndarray:
         """World -> camera coordinates (x right, y up, z forward = depth)."""
@@ -55,8 +58,9 @@ def joints_seen_from(attrs: dict, joints_world: np.ndarray, joints2d: np.ndarray
     uv = seen.project(pts)[0] - size / 2
     ref = np.asarray(joints2d, np.float64).reshape(-1, 2) - size / 2
     zoom = float((uv * ref).sum() / max((uv * uv).sum(), 1e-9))
-    moved = Camera(attrs["camera_azimuth_deg"] + azimuth_offset, attrs["camera_height_m"], attrs["camera_distance_m"],
-                   size, zoom)
+    moved = Camera(
+        attrs["camera_azimuth_deg"] + azimuth_offset, attrs["camera_height_m"], attrs["camera_distance_m"], size, zoom
+    )
     return (moved.project(pts)[0] / size).reshape(*np.shape(joints2d)).astype(np.float32)
 
 
@@ -144,7 +148,7 @@ def background(rng: np.random.Generator, cam: Camera, room: dict) -> np.ndarray:
     for obj in room["objects"]:
         x0, y0, w, h, col = obj
         xa, ya = int(x0 * s), int(y0 * horizon)
-        img[ya: ya + max(1, int(h * horizon)), xa: xa + max(1, int(w * s))] = col
+        img[ya : ya + max(1, int(h * horizon)), xa : xa + max(1, int(w * s))] = col
     texture = rng.normal(0, 4.0, (s // 4 + 1, s // 4 + 1, 1)).astype(np.float32)
     img += np.kron(texture, np.ones((4, 4, 1), np.float32))[:s, :s]
     return img
@@ -154,7 +158,10 @@ def draw_person(canvas: Canvas, cam: Camera, joints: np.ndarray, look: Look, hei
     """Draw one performer (painter's order by depth); returns the 2D joints [25, 2]."""
     uv, z = cam.project(joints)
     colours = {
-        "skin": look.skin, "shirt": look.shirt, "pants": look.pants, "shoes": look.shoes,
+        "skin": look.skin,
+        "shirt": look.shirt,
+        "pants": look.pants,
+        "shoes": look.shoes,
         "sleeve": look.shirt if look.long_sleeves else look.skin,
     }
     items = []

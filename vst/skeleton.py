@@ -8,6 +8,7 @@ pelvis position, spine bend, head pitch, hand and foot targets. `joints()` turns
 25 joints with IK for arms and legs, then applies the whole-body tilt (falling), yaw and walking
 translation.
 """
+
 from __future__ import annotations
 
 import math
@@ -272,8 +273,11 @@ def m_wave(u, ctx):
     s = SIDES[ctx.side]
     osc = math.sin(2 * math.pi * ctx.reps * smooth((u - 0.15) / 0.7)) * 0.16 * ctx.amp
     up = an.shoulder(ctx.side) + np.array([s * (0.22 + osc), 0.42, 0.12])
-    return Pose(p, hands={ctx.side: _lerp(an.rest_hand(ctx.side), up, w)},
-                elbow_poles={ctx.side: np.array([s * 0.8, -1.0, 0.0])})
+    return Pose(
+        p,
+        hands={ctx.side: _lerp(an.rest_hand(ctx.side), up, w)},
+        elbow_poles={ctx.side: np.array([s * 0.8, -1.0, 0.0])},
+    )
 
 
 def m_point(u, ctx):
@@ -283,8 +287,11 @@ def m_point(u, ctx):
     s = SIDES[ctx.side]
     direction = _unit(np.array([s * 0.35, 0.25 * ctx.amp, 1.0]))
     far = an.shoulder(ctx.side) + direction * ctx.body.reach * 1.2
-    return Pose(p, hands={ctx.side: _lerp(an.rest_hand(ctx.side), far, w)},
-                elbow_poles={ctx.side: np.array([s * 0.5, -1.0, 0.0])})
+    return Pose(
+        p,
+        hands={ctx.side: _lerp(an.rest_hand(ctx.side), far, w)},
+        elbow_poles={ctx.side: np.array([s * 0.5, -1.0, 0.0])},
+    )
 
 
 def m_punch(u, ctx):
@@ -295,7 +302,7 @@ def m_punch(u, ctx):
     guards = {side: an.shoulder(side) + np.array([-SIDES[side] * 0.06, -0.22, 0.22]) for side in SIDES}
     r = ((u - 0.12) / 0.76) * ctx.reps
     k = r - math.floor(r) if 0 <= r < ctx.reps else 0.0
-    jab = math.exp(-((k - 0.35) / 0.12) ** 2)  # fast out, slower back
+    jab = math.exp(-(((k - 0.35) / 0.12) ** 2))  # fast out, slower back
     strike = an.shoulder(ctx.side) + np.array([-s * 0.05, 0.0, ctx.body.reach * 1.1 * ctx.amp])
     hands = {side: _lerp(an.rest_hand(side), guards[side], w) for side in SIDES}
     hands[ctx.side] = _lerp(hands[ctx.side], strike, jab * w)
@@ -334,7 +341,9 @@ def m_sit_down(u, ctx):
     p = _lerp(_stand(ctx), _seat_pelvis(ctx), w)
     bend = 0.55 * bump(u) + 0.1 * w
     an = Anatomy(ctx.body, p, bend)
-    hands = {side: _lerp(an.rest_hand(side), an.hip(side) + np.array([SIDES[side] * 0.1, 0.0, 0.3]), w) for side in SIDES}
+    hands = {
+        side: _lerp(an.rest_hand(side), an.hip(side) + np.array([SIDES[side] * 0.1, 0.0, 0.3]), w) for side in SIDES
+    }
     return Pose(p, bend, hands=hands)
 
 
@@ -350,7 +359,10 @@ def m_squat(u, ctx):
     p = _stand(ctx) + np.array([0, -b.leg * 0.5 * depth, -0.12 * depth])
     bend = 0.45 * depth
     an = Anatomy(b, p, bend)
-    hands = {side: _lerp(an.rest_hand(side), an.shoulder(side) + np.array([0, -0.05, b.reach * 0.95]), depth) for side in SIDES}
+    hands = {
+        side: _lerp(an.rest_hand(side), an.shoulder(side) + np.array([0, -0.05, b.reach * 0.95]), depth)
+        for side in SIDES
+    }
     return Pose(p, bend, hands=hands)
 
 
@@ -370,13 +382,16 @@ def m_jump(u, ctx):
     r = u * ctx.reps
     k = r - math.floor(r) if r < ctx.reps else 0.0
     b = ctx.body
-    crouch = 0.14 * (math.exp(-((k - 0.18) / 0.1) ** 2) + math.exp(-((k - 0.85) / 0.1) ** 2))
+    crouch = 0.14 * (math.exp(-(((k - 0.18) / 0.1) ** 2)) + math.exp(-(((k - 0.85) / 0.1) ** 2)))
     lift = 0.3 * ctx.amp * max(0.0, math.sin(math.pi * (k - 0.3) / 0.42)) if 0.3 <= k <= 0.72 else 0.0
     p = _stand(ctx) + np.array([0, -crouch * b.leg + lift, -0.05 * crouch])
     an = Anatomy(b, p, 0.25 * crouch / 0.14)
     feet = {side: an.foot_home(side) + np.array([0, lift * 0.9, 0]) for side in SIDES}
     swing = min(1.0, lift / 0.15)
-    hands = {side: _lerp(an.rest_hand(side), an.shoulder(side) + np.array([SIDES[side] * 0.15, 0.3, 0.25]), swing) for side in SIDES}
+    hands = {
+        side: _lerp(an.rest_hand(side), an.shoulder(side) + np.array([SIDES[side] * 0.15, 0.3, 0.25]), swing)
+        for side in SIDES
+    }
     return Pose(p, 0.25 * crouch / 0.14, hands=hands, feet=feet)
 
 
@@ -406,7 +421,10 @@ def m_fall(u, ctx):
     b = ctx.body
     p = _stand(ctx) + np.array([0, -0.12 * b.leg * bump(min(t, 1) * 0.5), 0])
     an = Anatomy(b, p, 0.2 * t)
-    hands = {side: _lerp(an.rest_hand(side), an.shoulder(side) + np.array([SIDES[side] * 0.45, 0.15, 0.2]), smooth(t * 2)) for side in SIDES}
+    hands = {
+        side: _lerp(an.rest_hand(side), an.shoulder(side) + np.array([SIDES[side] * 0.45, 0.15, 0.2]), smooth(t * 2))
+        for side in SIDES
+    }
     return Pose(p, 0.2 * t, -0.3 * t, hands=hands, tilt=tilt, tilt_axis=ctx.variant or "back")
 
 
@@ -418,7 +436,7 @@ def _walk(u, ctx, direction):
     p = _stand(ctx) + np.array([0, 0.015 * math.cos(2 * phase), 0])
     feet, hands = {}, {}
     an = Anatomy(b, p, 0.05)
-    for side, s in SIDES.items():
+    for side in SIDES:
         ph = phase + (0 if side == "left" else math.pi)
         feet[side] = an.foot_home(side) + np.array([0, max(0.0, math.sin(ph)) * 0.07, stride * math.cos(ph)])
         hands[side] = an.rest_hand(side) + np.array([0, 0, -stride * 0.8 * math.cos(ph)])
@@ -435,18 +453,42 @@ def m_walk_away(u, ctx):
 
 
 MOTIONS = {
-    "drink": m_drink, "phone": m_phone, "wave": m_wave, "point": m_point, "punch": m_punch,
-    "clap": m_clap, "bow": m_bow, "sit_down": m_sit_down, "stand_up": m_stand_up, "squat": m_squat,
-    "pickup": m_pickup, "jump": m_jump, "kick": m_kick, "fall": m_fall,
-    "walk_towards": m_walk_towards, "walk_away": m_walk_away,
+    "drink": m_drink,
+    "phone": m_phone,
+    "wave": m_wave,
+    "point": m_point,
+    "punch": m_punch,
+    "clap": m_clap,
+    "bow": m_bow,
+    "sit_down": m_sit_down,
+    "stand_up": m_stand_up,
+    "squat": m_squat,
+    "pickup": m_pickup,
+    "jump": m_jump,
+    "kick": m_kick,
+    "fall": m_fall,
+    "walk_towards": m_walk_towards,
+    "walk_away": m_walk_away,
 }
 
 # seconds of active motion at tempo 1: fixed part + per repetition
 DURATIONS = {
-    "drink": (2.4, 0.0), "phone": (2.6, 0.0), "wave": (0.8, 0.45), "point": (2.3, 0.0), "punch": (0.5, 0.55),
-    "clap": (0.6, 0.4), "bow": (0.3, 1.2), "sit_down": (1.9, 0.0), "stand_up": (1.9, 0.0), "squat": (0.2, 1.7),
-    "pickup": (2.4, 0.0), "jump": (0.3, 0.9), "kick": (0.4, 1.0), "fall": (2.0, 0.0),
-    "walk_towards": (3.0, 0.0), "walk_away": (3.0, 0.0),
+    "drink": (2.4, 0.0),
+    "phone": (2.6, 0.0),
+    "wave": (0.8, 0.45),
+    "point": (2.3, 0.0),
+    "punch": (0.5, 0.55),
+    "clap": (0.6, 0.4),
+    "bow": (0.3, 1.2),
+    "sit_down": (1.9, 0.0),
+    "stand_up": (1.9, 0.0),
+    "squat": (0.2, 1.7),
+    "pickup": (2.4, 0.0),
+    "jump": (0.3, 0.9),
+    "kick": (0.4, 1.0),
+    "fall": (2.0, 0.0),
+    "walk_towards": (3.0, 0.0),
+    "walk_away": (3.0, 0.0),
 }
 
 

@@ -13,6 +13,7 @@ move the cameras (height, distance, zoom) and the room. Performers differ in pro
 clothing, tempo, amplitude and handedness; clips in background details, lighting drift, sensor
 noise, motion blur and occlusion. Everything is deterministic for a given seed.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -85,8 +86,12 @@ class Performer:
 def performer(seed: int, pid: int) -> Performer:
     rng = rng_for(seed, "performer", pid)
     height = float(np.clip(rng.normal(1.70, 0.08), 1.5, 1.92))
-    body = Body(height, float(0.22 * height * rng.uniform(0.92, 1.1)), float(0.14 * height * rng.uniform(0.9, 1.12)),
-                float(rng.uniform(0.94, 1.06)))
+    body = Body(
+        height,
+        float(0.22 * height * rng.uniform(0.92, 1.1)),
+        float(0.14 * height * rng.uniform(0.9, 1.12)),
+        float(rng.uniform(0.94, 1.06)),
+    )
     shirt = _colour(rng)
     look = Look(
         skin=tuple(float(c) for c in SKIN_TONES[rng.integers(len(SKIN_TONES))]),
@@ -96,8 +101,13 @@ def performer(seed: int, pid: int) -> Performer:
         hair=_colour(rng, (0.2, 0.8), (0.05, 0.45)),
         long_sleeves=bool(rng.random() < 0.5),
     )
-    return Performer(body, look, float(rng.uniform(0.78, 1.28)), float(rng.uniform(0.82, 1.15)),
-                     "right" if rng.random() < 0.85 else "left")
+    return Performer(
+        body,
+        look,
+        float(rng.uniform(0.78, 1.28)),
+        float(rng.uniform(0.82, 1.15)),
+        "right" if rng.random() < 0.85 else "left",
+    )
 
 
 def setup_camera(seed: int, setup: int, camera: int, size: int) -> Camera:
@@ -110,11 +120,20 @@ def setup_camera(seed: int, setup: int, camera: int, size: int) -> Camera:
 def setup_room(seed: int, setup: int) -> dict:
     rng = rng_for(seed, "room", setup)
     objects = [
-        (rng.uniform(0, 0.85), rng.uniform(0.1, 0.7), rng.uniform(0.08, 0.3), rng.uniform(0.1, 0.5),
-         np.asarray(_colour(rng), np.float32))
+        (
+            rng.uniform(0, 0.85),
+            rng.uniform(0.1, 0.7),
+            rng.uniform(0.08, 0.3),
+            rng.uniform(0.1, 0.5),
+            np.asarray(_colour(rng), np.float32),
+        )
         for _ in range(int(rng.integers(2, 5)))
     ]
-    return {"wall": _colour(rng, (0.0, 0.35), (0.45, 0.95)), "floor": _colour(rng, (0.0, 0.4), (0.2, 0.6)), "objects": objects}
+    return {
+        "wall": _colour(rng, (0.0, 0.35), (0.45, 0.95)),
+        "floor": _colour(rng, (0.0, 0.4), (0.2, 0.6)),
+        "objects": objects,
+    }
 
 
 @dataclass
@@ -178,7 +197,7 @@ def render_clip(cfg: SynthConfig, name: ClipName) -> Clip:
         img = canvas.img
         if occluder is not None:
             x0, w, y0, col = occluder
-            img[y0:, x0:x0 + w] = col
+            img[y0:, x0 : x0 + w] = col
         img *= (1 + light_amp * math.sin(2 * math.pi * i / (cfg.fps * light_period) + light_phase)) * tint
         if blur and prev is not None:
             img = (1 - blur) * img + blur * prev
@@ -192,15 +211,30 @@ def render_clip(cfg: SynthConfig, name: ClipName) -> Clip:
         "name": name.stem,
         "action_id": action.ntu_id,
         "action": action.name,
-        "setup": name.setup, "camera": name.camera, "performer": name.performer, "replication": name.replication,
-        "frames": n, "fps": cfg.fps, "size": cfg.size,
-        "action_start_frame": int(round(start)), "action_end_frame": int(min(n, round(stop))),
-        "side": side, "limb": limb_phrase(action, side), "motion": action.motion, "repetitions": reps,
-        "variant": variant, "tempo": round(tempo, 3), "amplitude": round(amp, 3),
+        "setup": name.setup,
+        "camera": name.camera,
+        "performer": name.performer,
+        "replication": name.replication,
+        "frames": n,
+        "fps": cfg.fps,
+        "size": cfg.size,
+        "action_start_frame": int(round(start)),
+        "action_end_frame": int(min(n, round(stop))),
+        "side": side,
+        "limb": limb_phrase(action, side),
+        "motion": action.motion,
+        "repetitions": reps,
+        "variant": variant,
+        "tempo": round(tempo, 3),
+        "amplitude": round(amp, 3),
         "explanation": explain(action, side, reps),
-        "camera_azimuth_deg": round(cam.azimuth_deg, 2), "camera_height_m": round(cam.height, 3),
-        "camera_distance_m": round(cam.distance, 3), "performer_height_m": round(perf.body.height, 3),
-        "occluded": occluder is not None, "motion_blur": round(float(blur), 3), "noise_sigma": round(float(noise_sigma), 2),
+        "camera_azimuth_deg": round(cam.azimuth_deg, 2),
+        "camera_height_m": round(cam.height, 3),
+        "camera_distance_m": round(cam.distance, 3),
+        "performer_height_m": round(perf.body.height, 3),
+        "occluded": occluder is not None,
+        "motion_blur": round(float(blur), 3),
+        "noise_sigma": round(float(noise_sigma), 2),
     }
     return Clip(name, frames, jw, j3, j2, attributes)
 
@@ -220,8 +254,12 @@ def write_clip(cfg: SynthConfig, out: str, name: ClipName) -> int:
         for frame in clip.frames:
             w.write(frame)
     os.replace(tmp, video)
-    np.savez_compressed(os.path.join(out, "skeletons", name.stem + ".npz"),
-                        joints_world=clip.joints_world, joints3d=clip.joints3d, joints2d=clip.joints2d)
+    np.savez_compressed(
+        os.path.join(out, "skeletons", name.stem + ".npz"),
+        joints_world=clip.joints_world,
+        joints3d=clip.joints3d,
+        joints2d=clip.joints2d,
+    )
     with open(attr_path + ".tmp", "w") as f:
         json.dump(clip.attributes, f, indent=1)
     os.replace(attr_path + ".tmp", attr_path)  # written last: its presence marks the clip complete
@@ -240,9 +278,16 @@ def generate(cfg: SynthConfig, out: str, workers: int | None = None, progress: b
     for sub in ("rgb", "skeletons", "attributes"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     meta_path = os.path.join(out, "dataset.json")
-    meta = {"format_version": FORMAT_VERSION, "generator": "lvlm-var synth", "config": asdict(cfg),
-            "classes": [{"id": a.ntu_id, "code": a.code, "name": a.name, "limb": a.limb, "motion": a.motion}
-                        for a in ACTIONS if a.ntu_id in cfg.classes]}
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "generator": "lvlm-var synth",
+        "config": asdict(cfg),
+        "classes": [
+            {"id": a.ntu_id, "code": a.code, "name": a.name, "limb": a.limb, "motion": a.motion}
+            for a in ACTIONS
+            if a.ntu_id in cfg.classes
+        ],
+    }
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             old = json.load(f)
@@ -267,4 +312,9 @@ def generate(cfg: SynthConfig, out: str, workers: int | None = None, progress: b
                 bar.update()
     bar.close()
     dt = time.monotonic() - t0
-    return {"clips": len(names), "frames": frames, "seconds": round(dt, 1), "clips_per_s": round(len(names) / max(dt, 1e-9), 2)}
+    return {
+        "clips": len(names),
+        "frames": frames,
+        "seconds": round(dt, 1),
+        "clips_per_s": round(len(names) / max(dt, 1e-9), 2),
+    }

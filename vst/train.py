@@ -19,6 +19,7 @@ tqdm progress, periodic evaluation, best checkpoint kept, resumable (per stage),
 default, CUDA when present. Run folder: config.json + model.safetensors (best), last.safetensors
 + last_state.pt (resume), train_config.json, history.jsonl.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,15 @@ from vst.cache import Cache, spread
 from vst.evaluate import check_cache, evaluate, stability_text
 from vst.model import SIZES, VST, VSTConfig, load_checkpoint, save_checkpoint
 from vst.ntu import DatasetError, held_out_performers, performer_of
-from vst.windows import (Augment, FeatureWindowSampler, augmented_input, clip_input, encode_clip, frame_batches,
-                         skeleton_view)
+from vst.windows import (
+    Augment,
+    FeatureWindowSampler,
+    augmented_input,
+    clip_input,
+    encode_clip,
+    frame_batches,
+    skeleton_view,
+)
 
 
 @dataclass
@@ -109,7 +117,7 @@ def token_losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0
     b = feats.shape[0]
 
     def windows_of(spans: torch.Tensor) -> torch.Tensor:  # [B, W+S, D] -> the pairs' first windows, then their second
-        return torch.cat([spans[:, : cfg.W], spans[:, cfg.S: cfg.S + cfg.W]])
+        return torch.cat([spans[:, : cfg.W], spans[:, cfg.S : cfg.S + cfg.W]])
 
     windows = windows_of(feats)
     more = batch.get("count_feats")  # windows for the count head alone: one pass over both sets
@@ -118,10 +126,18 @@ def token_losses(model: VST, batch: dict, tc: TrainConfig, progress: float = 1.0
     ce = F.cross_entropy(out["logits"], labels, label_smoothing=0.05)
     ce_z = F.cross_entropy(out["z_logits"], labels, label_smoothing=0.05)
     consistency = consistency_loss(out["z"][:b], out["z"][b:], cfg.shift, tc.temperature)
-    loss = ce + tc.z_head_weight * ce_z + tc.commit_weight * out["commit"] \
+    loss = (
+        ce
+        + tc.z_head_weight * ce_z
+        + tc.commit_weight * out["commit"]
         + tc.consistency_weight * min(1.0, progress / 0.2) * consistency
-    stats = {"ce": ce.item(), "commit": out["commit"].item(), "consistency": consistency.item(),
-             "acc": (out["logits"].argmax(-1) == labels).float().mean().item()}
+    )
+    stats = {
+        "ce": ce.item(),
+        "commit": out["commit"].item(),
+        "consistency": consistency.item(),
+        "acc": (out["logits"].argmax(-1) == labels).float().mean().item(),
+    }
     if model.aux is not None:
         side, reps = batch["side"].repeat(2), batch["reps"].t().reshape(-1)  # [first windows, second windows]
         aux = out["aux"]
@@ -155,9 +171,20 @@ class _Run:
 
     def save_state(self, stage: str, step: int, opt, sched, best: float, best_record: dict | None, **extra) -> None:
         save_checkpoint(self.model, self.out, "last", {"stage": stage, "step": step})
-        torch.save({"stage": stage, "step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "best": best, "best_record": best_record, "train_config": asdict(self.tc),
-                    "torch_rng": torch.get_rng_state(), **extra}, os.path.join(self.out, "last_state.pt"))
+        torch.save(
+            {
+                "stage": stage,
+                "step": step,
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "best": best,
+                "best_record": best_record,
+                "train_config": asdict(self.tc),
+                "torch_rng": torch.get_rng_state(),
+                **extra,
+            },
+            os.path.join(self.out, "last_state.pt"),
+        )
 
     def log(self, record: dict) -> None:
         self.history.write(json.dumps(record) + "\n")
@@ -190,8 +217,9 @@ def _stage_frames(run: _Run, cache: Cache, clips: list[dict], state: dict | None
     workers = tc.loader_workers
     if workers < 0:
         workers = 0 if run.device.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) - 2))
-    batches = frame_batches(cache, clips, model.cfg, tc.frame_batch, tc.seed * 1000 + step, workers,
-                            pin=run.device.type == "cuda")
+    batches = frame_batches(
+        cache, clips, model.cfg, tc.frame_batch, tc.seed * 1000 + step, workers, pin=run.device.type == "cuda"
+    )
     model.train()
     n_cls = len(model.cfg.classes)
     bar = tqdm(total=tc.frame_steps, initial=step, desc="stage 1/2 frames", unit="step", disable=not progress)
@@ -204,10 +232,10 @@ def _stage_frames(run: _Run, cache: Cache, clips: list[dict], state: dict | None
         loss = F.cross_entropy(logits[:, :n_cls], batch["label"], label_smoothing=0.05)
         side, has_pose = batch["side"], batch["has_pose"]
         if (side >= 0).any():
-            loss = loss + 0.2 * F.cross_entropy(logits[:, n_cls:n_cls + 2][side >= 0], side[side >= 0])
+            loss = loss + 0.2 * F.cross_entropy(logits[:, n_cls : n_cls + 2][side >= 0], side[side >= 0])
         if has_pose.any():  # the pose target makes the features about the body, not the clothes
             target = batch["pose"][has_pose]
-            pose = logits[:, n_cls + 2:].reshape(-1, 25, 2)
+            pose = logits[:, n_cls + 2 :].reshape(-1, 25, 2)
             loss = loss + tc.pose_weight * F.smooth_l1_loss(pose[has_pose], target, beta=0.05) * 10
             if joints is not None:  # the heatmap branch's joints
                 loss = loss + tc.pose_weight * F.smooth_l1_loss(joints[has_pose], target, beta=0.02) * 10
@@ -226,8 +254,15 @@ def _stage_frames(run: _Run, cache: Cache, clips: list[dict], state: dict | None
     bar.close()
     run.log({"stage": "frames", "step": step, "elapsed_s": round(time.monotonic() - run.t0, 1), **first, **running})
     finished = step >= tc.frame_steps
-    run.save_state("tokens" if finished else "frames", 0 if finished else step, opt, sched, -1.0, None,
-                   frame_head=head.state_dict())
+    run.save_state(
+        "tokens" if finished else "frames",
+        0 if finished else step,
+        opt,
+        sched,
+        -1.0,
+        None,
+        frame_head=head.state_dict(),
+    )
     return finished
 
 
@@ -255,8 +290,17 @@ def _features(model: VST, cache: Cache, clips: list[dict], views: int, seed: int
     return out, flips
 
 
-def _skeleton_views(cache: Cache, clips: list[dict], cfg: VSTConfig, tc: TrainConfig, plain: list, progress: bool,
-                    n: int, stream: int = 1000, desc: str = "skeleton view"):
+def _skeleton_views(
+    cache: Cache,
+    clips: list[dict],
+    cfg: VSTConfig,
+    tc: TrainConfig,
+    plain: list,
+    progress: bool,
+    n: int,
+    stream: int = 1000,
+    desc: str = "skeleton view",
+):
     """n views per clip from its 3D skeleton (`skeleton_view`), drawn from random stream `stream`;
     a clip without one keeps its unaugmented encoder features."""
     from tqdm import tqdm
@@ -265,8 +309,15 @@ def _skeleton_views(cache: Cache, clips: list[dict], cfg: VSTConfig, tc: TrainCo
     for v in range(n):
         feats, flipped = [], []
         for i, clip in enumerate(tqdm(clips, desc=f"{desc} {v + 1}/{n}", unit="clip", disable=not progress)):
-            got = skeleton_view(cache, clip, cfg, np.random.default_rng((tc.seed, stream + v, i)), Augment(),
-                                tc.skeleton_azimuth, tc.skeleton_noise)
+            got = skeleton_view(
+                cache,
+                clip,
+                cfg,
+                np.random.default_rng((tc.seed, stream + v, i)),
+                Augment(),
+                tc.skeleton_azimuth,
+                tc.skeleton_noise,
+            )
             feats.append(got[0] if got else plain[i])
             flipped.append(got[1] if got else False)
         out.append(feats)
@@ -274,7 +325,9 @@ def _skeleton_views(cache: Cache, clips: list[dict], cfg: VSTConfig, tc: TrainCo
     return out, flips
 
 
-def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict | None, progress: bool) -> tuple[bool, dict | None]:
+def _stage_tokens(
+    run: _Run, cache: Cache, train_clips, eval_clips, state: dict | None, progress: bool
+) -> tuple[bool, dict | None]:
     from tqdm import tqdm
 
     model, tc = run.model, run.tc
@@ -284,8 +337,9 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
         views, flips = views + more, flips + more_flips
     count_batch = round(tc.batch * tc.count_share / max(1e-9, 1 - tc.count_share)) if tc.count_views else 0
     if count_batch:  # `train` sets no count views unless there is a count head and the feature is the joints alone
-        count_views = _skeleton_views(cache, train_clips, model.cfg, tc, views[0], progress, tc.count_views, 2000,
-                                      "count view")
+        count_views = _skeleton_views(
+            cache, train_clips, model.cfg, tc, views[0], progress, tc.count_views, 2000, "count view"
+        )
     eval_feats = _features(model, cache, eval_clips, 1, tc.seed, progress, "encode test")[0][0]
     params = [p for n, p in model.named_parameters() if not n.startswith(("encoder.", "count."))]
     count_params = list(model.count.parameters()) if model.count is not None else []
@@ -298,11 +352,23 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, best, best_record = state["step"], state["best"], state["best_record"]
-    sampler = FeatureWindowSampler([[f.to(run.device) for f in view] for view in views], train_clips, flips,
-                                   model.cfg, Augment(), seed=tc.seed * 1000 + step + 1)
+    sampler = FeatureWindowSampler(
+        [[f.to(run.device) for f in view] for view in views],
+        train_clips,
+        flips,
+        model.cfg,
+        Augment(),
+        seed=tc.seed * 1000 + step + 1,
+    )
     if count_batch:  # its own random stream: the main sampler draws what it draws without it
-        count_sampler = FeatureWindowSampler([[f.to(run.device) for f in view] for view in count_views[0]], train_clips,
-                                             count_views[1], model.cfg, Augment(), seed=(tc.seed * 1000 + step + 1, 2000))
+        count_sampler = FeatureWindowSampler(
+            [[f.to(run.device) for f in view] for view in count_views[0]],
+            train_clips,
+            count_views[1],
+            model.cfg,
+            Augment(),
+            seed=(tc.seed * 1000 + step + 1, 2000),
+        )
     bar = tqdm(total=total, initial=step, desc="stage 2/2 tokens", unit="step", disable=not progress)
     running: dict[str, float] = {}
     first: dict[str, float] = {}
@@ -334,12 +400,20 @@ def _stage_tokens(run: _Run, cache: Cache, train_clips, eval_clips, state: dict 
             model.train()
             if model.encoder is not None:
                 model.encoder.eval()
-            record = {"stage": "tokens", "step": step, "epoch": round(epoch, 2), "elapsed_s": round(time.monotonic() - run.t0, 1),
-                      **first, **{k: round(v, 4) for k, v in running.items()},
-                      **{k: m[k] for k in ("top1", "window_top1", "codes_used", "perplexity", "token_stability")}}
+            record = {
+                "stage": "tokens",
+                "step": step,
+                "epoch": round(epoch, 2),
+                "elapsed_s": round(time.monotonic() - run.t0, 1),
+                **first,
+                **{k: round(v, 4) for k, v in running.items()},
+                **{k: m[k] for k in ("top1", "window_top1", "codes_used", "perplexity", "token_stability")},
+            }
             run.log(record)
-            bar.write(f"step {step} epoch {epoch:.0f}: test top-1 {m['top1']:.3f} (windows {m['window_top1']:.3f}), "
-                      f"codes {m['codes_used']:.0%}, stability {stability_text(m['token_stability'])}")
+            bar.write(
+                f"step {step} epoch {epoch:.0f}: test top-1 {m['top1']:.3f} (windows {m['window_top1']:.3f}), "
+                f"codes {m['codes_used']:.0%}, stability {stability_text(m['token_stability'])}"
+            )
             if m["top1"] >= best:
                 best, best_record = m["top1"], record
                 save_checkpoint(model, run.out, "model", {"step": step, "top1_subset": best})
@@ -360,8 +434,14 @@ def training_device() -> torch.device:
     return torch.device("cpu")
 
 
-def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progress: bool = True,
-          overrides: dict | None = None) -> dict:
+def train(
+    cache_dir: str,
+    out: str,
+    tc: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    overrides: dict | None = None,
+) -> dict:
     """Train a VST on a prepared cache; returns {'steps', 'seconds', 'best', 'stopped_early'}."""
     device = training_device()
     cache = Cache.open(cache_dir)
@@ -382,13 +462,20 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
         if tc.size not in SIZES:
             raise ValueError(f"unknown size {tc.size!r}; choose one of {', '.join(SIZES)}")
         classes = sorted({c["action"] for c in train_clips})
-        cfg = VSTConfig(classes=classes, fps=cache.index["conversion"]["fps"], **{**SIZES[tc.size], **(overrides or {})})
+        cfg = VSTConfig(
+            classes=classes, fps=cache.index["conversion"]["fps"], **{**SIZES[tc.size], **(overrides or {})}
+        )
         cfg.aux_side = any(c.get("attributes") for c in train_clips)
         if cfg.frontend == "pose" and not all(cache.has_skeleton(c) for c in train_clips):
-            raise DatasetError(f"{cache_dir}: the pose front end's VST trains on synthetic skeletons, and some "
-                               "training clips have none; use --size small for real videos alone")
+            raise DatasetError(
+                f"{cache_dir}: the pose front end's VST trains on synthetic skeletons, and some "
+                "training clips have none; use --size small for real videos alone"
+            )
         if cfg.pose_joints and not any(cache.has_skeleton(c) for c in train_clips):
-            cfg.pose_joints, cfg.appearance = 0, True  # no 2D skeletons to teach the pose branch (e.g. NTU videos alone)
+            cfg.pose_joints, cfg.appearance = (
+                0,
+                True,
+            )  # no 2D skeletons to teach the pose branch (e.g. NTU videos alone)
         seed_everything(tc.seed)
         model = VST(cfg)
     pose_only = bool(model.cfg.pose_joints and not model.cfg.appearance)
@@ -397,8 +484,10 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
     if not (pose_only and model.count is not None) or model.cfg.frontend == "pose":  # pose: every view is joints
         tc = replace(tc, count_views=0)  # they are joints, and only the count head reads them
     if tc.skeleton_views and not pose_only:
-        raise ValueError("--skeleton-views needs a VST whose feature is the joints alone: "
-                         + (f"{cache_dir} has no 2D skeletons" if not model.cfg.pose_joints else "this one has appearance features"))
+        raise ValueError(
+            "--skeleton-views needs a VST whose feature is the joints alone: "
+            + (f"{cache_dir} has no 2D skeletons" if not model.cfg.pose_joints else "this one has appearance features")
+        )
     check_cache(cache, model.cfg)
     held = held_out_performers([c["name"] for c in train_clips], tc.hold_out)
     train_clips = [c for c in train_clips if performer_of(c["name"]) not in held]
@@ -407,8 +496,11 @@ def train(cache_dir: str, out: str, tc: TrainConfig, resume: bool = False, progr
     model.to(device)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "train_config.json"), "w") as f:
-        json.dump({**asdict(tc), "cache": os.path.abspath(cache_dir), "classes": model.cfg.classes,
-                   "held_out": sorted(held)}, f, indent=1)
+        json.dump(
+            {**asdict(tc), "cache": os.path.abspath(cache_dir), "classes": model.cfg.classes, "held_out": sorted(held)},
+            f,
+            indent=1,
+        )
     run = _Run(out, model, tc, device)
     done = True
     best = state["best_record"] if state else None

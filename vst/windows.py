@@ -1,5 +1,6 @@
 """Windows of frames from the prepared cache: random training windows with the augmentations that
 matter for cameras, and the sliding windows the runtime sees (stride S) for evaluation."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,8 @@ import torch.nn.functional as F
 
 from vst.actions import action_span, window_attributes
 from vst.cache import Cache
-from vst.model import VSTConfig, joint_features
 from vst.joints import JOINT_NAMES, MIRROR, J, mirror_pose
+from vst.model import VSTConfig, joint_features
 
 SIDES = ("left", "right")
 
@@ -69,7 +70,7 @@ def augment_frames(frames: np.ndarray, rng: np.random.Generator, a: Augment, poi
     r = x.shape[-1]
     side, top, left = crop_box(r, rng, a)
     if side <= r:
-        x = x[:, :, top:top + side, left:left + side]
+        x = x[:, :, top : top + side, left : left + side]
     else:  # zoom out: the window reaches past the frame, whose edge pixels fill the rest
         x = F.pad(x, (-left, side - r + left, -top, side - r + top), mode="replicate")
     if side != r:
@@ -113,8 +114,9 @@ def move_points(points: np.ndarray, r: int, box: tuple[int, int, int], flipped: 
     return p.astype(np.float32)
 
 
-def skeleton_view(cache: Cache, clip: dict, cfg: VSTConfig, rng: np.random.Generator, a: Augment,
-                  max_azimuth: float, noise: float) -> tuple[torch.Tensor, bool] | None:
+def skeleton_view(
+    cache: Cache, clip: dict, cfg: VSTConfig, rng: np.random.Generator, a: Augment, max_azimuth: float, noise: float
+) -> tuple[torch.Tensor, bool] | None:
     """Stage-2 features [n, 50] of a synthetic clip without the encoder: the take's own 3D skeleton
     seen by its camera moved up to `max_azimuth` degrees around the room (`vst.render.joints_seen_from`),
     under the crop and flip augmentations, with Gaussian noise of `noise` (normalised image units)
@@ -137,7 +139,11 @@ def pose_features(uv, visibility=None):
     """Joints [n, 25, 2] (x, y in units of the frame height) and their visibility [n, 25] (None:
     all 1) -> the pose front end's frame features [n, 75] (`vst.joints`), float32."""
     uv = np.asarray(uv, np.float32)
-    vis = np.ones(uv.shape[:-1] + (1,), np.float32) if visibility is None else np.asarray(visibility, np.float32)[..., None]
+    vis = (
+        np.ones(uv.shape[:-1] + (1,), np.float32)
+        if visibility is None
+        else np.asarray(visibility, np.float32)[..., None]
+    )
     return np.concatenate([uv, vis], -1).reshape(len(uv), -1)
 
 
@@ -171,8 +177,12 @@ def pose_view(cache: Cache, clip: dict, rng: np.random.Generator | None, a: Augm
         uv = uv + rng.normal(0, POSE_OFFSET * torso, (1, uv.shape[1], 2)) + rng.normal(0, POSE_JITTER * torso, uv.shape)
         hidden = rng.random(uv.shape[1]) < POSE_OCCLUDED
         if rng.random() < POSE_CUT:  # the frame's lower edge cuts the legs off
-            hidden |= np.isin(np.arange(uv.shape[1]), [J[n] for n in JOINT_NAMES if n.split("_")[0] in ("knee", "ankle", "foot")])
-        vis = np.where(hidden[None], rng.uniform(0.0, 0.4, vis.shape), rng.uniform(0.8, 1.0, vis.shape)).astype(np.float32)
+            hidden |= np.isin(
+                np.arange(uv.shape[1]), [J[n] for n in JOINT_NAMES if n.split("_")[0] in ("knee", "ankle", "foot")]
+            )
+        vis = np.where(hidden[None], rng.uniform(0.0, 0.4, vis.shape), rng.uniform(0.8, 1.0, vis.shape)).astype(
+            np.float32
+        )
         uv = uv + hidden[None, :, None] * rng.normal(0, 2 * POSE_JITTER * torso, uv.shape)
         flipped = bool(rng.random() < a.flip)
     feats = pose_features(uv, vis)
@@ -249,16 +259,28 @@ class FrameSampler:
             sides.append(1 - side if flipped and side >= 0 else side)
             poses.append(target)
             has_pose.append(pose is not None)
-        return {"frames": torch.stack(frames), "label": torch.tensor(labels), "side": torch.tensor(sides),
-                "pose": torch.from_numpy(np.stack(poses)), "has_pose": torch.tensor(has_pose)}
+        return {
+            "frames": torch.stack(frames),
+            "label": torch.tensor(labels),
+            "side": torch.tensor(sides),
+            "pose": torch.from_numpy(np.stack(poses)),
+            "has_pose": torch.tensor(has_pose),
+        }
 
 
 class FeatureWindowSampler:
     """Stage 2: pairs of windows S frames apart over cached frame features (several augmented
     views per clip), with temporal speed jitter."""
 
-    def __init__(self, views: list[list[torch.Tensor]], clips: list[dict], flipped: list[list[bool]], cfg: VSTConfig,
-                 aug: Augment, seed: int = 0):
+    def __init__(
+        self,
+        views: list[list[torch.Tensor]],
+        clips: list[dict],
+        flipped: list[list[bool]],
+        cfg: VSTConfig,
+        aug: Augment,
+        seed: int = 0,
+    ):
         self.views, self.clips, self.flipped, self.cfg, self.aug = views, clips, flipped, cfg, aug
         self.rng = np.random.default_rng(seed)
         self.span = cfg.W + cfg.S
@@ -274,10 +296,18 @@ class FeatureWindowSampler:
             labels.append(label)
             sides.append(1 - side if self.flipped[v][i] and side >= 0 else side)
             # each of the pair's two windows has its own count of the repetitions it holds
-            reps.append([clip_targets(self.clips[i], self.cfg, (int(idx[k]), int(idx[k + self.cfg.W - 1]) + 1))[2]
-                         for k in (0, self.cfg.S)])
-        return {"feats": torch.stack(feats), "label": torch.tensor(labels), "side": torch.tensor(sides),
-                "reps": torch.tensor(reps)}
+            reps.append(
+                [
+                    clip_targets(self.clips[i], self.cfg, (int(idx[k]), int(idx[k + self.cfg.W - 1]) + 1))[2]
+                    for k in (0, self.cfg.S)
+                ]
+            )
+        return {
+            "feats": torch.stack(feats),
+            "label": torch.tensor(labels),
+            "side": torch.tensor(sides),
+            "reps": torch.tensor(reps),
+        }
 
 
 class _FrameBatches(torch.utils.data.IterableDataset):
@@ -291,8 +321,9 @@ class _FrameBatches(torch.utils.data.IterableDataset):
         from vst.cache import Cache
 
         info = torch.utils.data.get_worker_info()
-        sampler = FrameSampler(Cache.open(self.cache_root), self.clips, self.cfg, Augment(),
-                               seed=(self.seed, info.id if info else 0))
+        sampler = FrameSampler(
+            Cache.open(self.cache_root), self.clips, self.cfg, Augment(), seed=(self.seed, info.id if info else 0)
+        )
         while True:
             yield sampler.sample(self.batch)
 
@@ -308,9 +339,15 @@ def frame_batches(cache, clips: list[dict], cfg: VSTConfig, batch: int, seed: in
         sampler = FrameSampler(cache, clips, cfg, Augment(), seed=seed)
         while True:
             yield sampler.sample(batch)
-    yield from torch.utils.data.DataLoader(_FrameBatches(cache.root, clips, cfg, batch, seed), batch_size=None,
-                                           num_workers=workers, pin_memory=pin, prefetch_factor=4,
-                                           worker_init_fn=_one_thread, persistent_workers=True)
+    yield from torch.utils.data.DataLoader(
+        _FrameBatches(cache.root, clips, cfg, batch, seed),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=pin,
+        prefetch_factor=4,
+        worker_init_fn=_one_thread,
+        persistent_workers=True,
+    )
 
 
 def _gpu_shape(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -332,7 +369,7 @@ def encode_clip(model, frames: np.ndarray, batch_frames: int = 512) -> torch.Ten
     if x.device.type == "cuda":
         batch_frames = 64
         x = _gpu_shape(x, batch_frames)
-    return torch.cat([model.encode_frames(x[i:i + batch_frames]) for i in range(0, len(x), batch_frames)])[:n]
+    return torch.cat([model.encode_frames(x[i : i + batch_frames]) for i in range(0, len(x), batch_frames)])[:n]
 
 
 @torch.no_grad()
@@ -342,7 +379,7 @@ def feature_windows(model, feats: torch.Tensor) -> dict:
     come back on the CPU."""
     cfg = model.cfg
     starts = sliding_starts(len(feats), cfg)
-    windows = torch.stack([feats[s:s + cfg.W] for s in starts]).to(next(model.parameters()).device)
+    windows = torch.stack([feats[s : s + cfg.W] for s in starts]).to(next(model.parameters()).device)
     n = len(windows)
     if windows.device.type == "cuda":
         windows = _gpu_shape(windows, 8)

@@ -1,5 +1,6 @@
 """`lvlm-var bench --quick` runs on a tiny bundle and writes every output (it checks that the
 benchmark runs and reports, not the speed)."""
+
 import json
 import os
 
@@ -26,7 +27,13 @@ def test_quick_bench_writes_json_markdown_and_plots(tiny_bundle, tmp_path):
     assert set(res["quantization"]) == {"F16", "Q8_0"}
     assert res["quantization"]["Q8_0"]["size_mb"] < res["quantization"]["F16"]["size_mb"]
     md = (out / "bench.md").read_text()
-    for section in ("## 1. Frame encoder", "## 2. Feature caching", "## 3. Language model", "## 4. End to end", "## 5. Quantization"):
+    for section in (
+        "## 1. Frame encoder",
+        "## 2. Feature caching",
+        "## 3. Language model",
+        "## 4. End to end",
+        "## 5. Quantization",
+    ):
         assert section in md
     for png in ("latency_cdf.png", "fps_vs_streams.png"):
         assert (out / png).stat().st_size > 10000
@@ -49,8 +56,18 @@ def test_pose_bundle_bench_times_the_front_end_on_both_runtimes_and_streams_peop
     assert rows[0]["frames"] > 40 and rows[0]["windows"] > 0 and rows[0]["results"] == 0 and not rows[0]["llm"]
     assert rows[0]["frames_without_person"] < rows[0]["frames"] // 4  # the streamed person is found
     assert realtime_streams(rows) in (0, 1)
-    md = markdown({"date": "d", "bundle": bundle, "bundle_id": "x", "machine": {"cpu": "c", "cores": 2, "gpu": None, "python": "3",
-                                                                                  "versions": {}},
-                   "encoder": pose, "streams": rows, "streams_without_llm": rows, "max_realtime_streams": 1,
-                   "max_realtime_streams_without_llm": 1, "realtime_streams_ratio": 1.0})
+    md = markdown(
+        {
+            "date": "d",
+            "bundle": bundle,
+            "bundle_id": "x",
+            "machine": {"cpu": "c", "cores": 2, "gpu": None, "python": "3", "versions": {}},
+            "encoder": pose,
+            "streams": rows,
+            "streams_without_llm": rows,
+            "max_realtime_streams": 1,
+            "max_realtime_streams_without_llm": 1,
+            "realtime_streams_ratio": 1.0,
+        }
+    )
     assert "## 1. Pose front end" in md and "LiteRT" in md and "Without the language model's worker: 1" in md

@@ -1,5 +1,6 @@
 """`python -m benchmarks.cuda_check`: the CUDA-path measurements run on any machine; without a GPU
 the CUDA columns say why they are missing and the CPU ones are real."""
+
 import json
 import math
 import subprocess
@@ -11,8 +12,12 @@ from tests.conftest import TINY_VST, gpu_available
 
 
 def test_ort_check_reports_cpu_numbers_and_why_cuda_is_missing(tiny_bundle, cache32, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "benchmarks.cuda_check", "ort", tiny_bundle[0], cache32, str(tmp_path)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cuda_check", "ort", tiny_bundle[0], cache32, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.load(open(tmp_path / "cuda_ort.json"))
     assert res["windows"] > 0 and all(res["encoder_fps"][f"cpu batch {b}"] > 0 for b in (1, 8, 64))
@@ -41,10 +46,17 @@ def test_finetune_check_fine_tunes_on_each_device_present(tiny_run, cache32, pri
     base = tmp_path / "base"  # a config and a tokenizer, no weights: --random-weights builds the model
     LlamaConfig(vocab_size=len(pristine_tokenizer), **LLAMA).save_pretrained(base)
     pristine_tokenizer.save_pretrained(base)
-    res = finetune_check(tiny_run[0], cache32, str(tmp_path / "out"), str(base), random_weights=True, steps=6, cpu_steps=4)
+    res = finetune_check(
+        tiny_run[0], cache32, str(tmp_path / "out"), str(base), random_weights=True, steps=6, cpu_steps=4
+    )
     cpu = res["runs"]["cpu"]
     assert "error" not in cpu, cpu
-    assert cpu["device"] == "cpu" and cpu["steps"] == 4 and cpu["s_per_step"] > 0 and res["examples"] == cpu["examples"] > 0
+    assert (
+        cpu["device"] == "cpu"
+        and cpu["steps"] == 4
+        and cpu["s_per_step"] > 0
+        and res["examples"] == cpu["examples"] > 0
+    )
     assert math.isfinite(cpu["first_loss"]) and cpu["last_loss"] < cpu["first_loss"]
     if gpu_available():
         cuda = res["runs"]["cuda"]

@@ -1,5 +1,6 @@
 """`lvlm-var eval real` on a folder of labelled videos (here rendered ones: tests never read the
 shared real clips), through the runtime's own pieces: every output, and bad input as one line."""
+
 import json
 import os
 
@@ -19,9 +20,11 @@ def test_eval_real_scores_a_folder_and_draws_the_skeletons(tiny_pose_bundle, tmp
     (clips / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
     cls = {"hand waving": "A023", "sitting down": "A008", "standing up (from sitting position)": "A009"}
     truth = cls.get(segments[0]["label"], "A023")  # the rendered action, where the tiny bundle has its class
-    (clips / "manifest.tsv").write_text("file\tntu_class_id\tnote\n"
-                                        f"wave.mp4\t{truth}\trendered\nbroken.mp4\tA023\tnot a video\n"
-                                        "wave.mp4\tnone\tno class of the table\n")
+    (clips / "manifest.tsv").write_text(
+        "file\tntu_class_id\tnote\n"
+        f"wave.mp4\t{truth}\trendered\nbroken.mp4\tA023\tnot a video\n"
+        "wave.mp4\tnone\tno class of the table\n"
+    )
     out = tmp_path / "out"
     r = run_cli("eval", "real", "--bundle", bundle, "--clips", str(clips), "--out", str(out), timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -32,7 +35,11 @@ def test_eval_real_scores_a_folder_and_draws_the_skeletons(tiny_pose_bundle, tmp
     assert wave["pooled"] in manifest["labels"] and 0 < wave["pooled_share"] <= 1
     assert "error" in broken and "Traceback" not in broken["error"]
     assert none["truth"] is None
-    assert 0 <= m["head_top1"] <= 1 and 0 <= m["pooled_top1"] <= 1 and set(m["pooled_per_class"]) <= set(manifest["labels"])
+    assert (
+        0 <= m["head_top1"] <= 1
+        and 0 <= m["pooled_top1"] <= 1
+        and set(m["pooled_per_class"]) <= set(manifest["labels"])
+    )
     for png in ("confusion.png", "contact_sheet.png"):
         assert open(out / png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "clip top-1 over 2 labelled clips" in r.stdout

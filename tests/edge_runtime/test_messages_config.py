@@ -1,4 +1,5 @@
 """Message schema (msgpack, versioned, validated) and the config schema (errors name the field)."""
+
 import time
 
 import msgpack
@@ -9,28 +10,56 @@ from edge_runtime.config import EXAMPLE, ConfigError, load, parse_value
 from edge_runtime.messages import ActionResult, Health, MessageError, TokenWindow
 from tests.helpers import run_cli
 
-WINDOW = TokenWindow(stream="cam1", window_seq=3, t_start_ns=1, t_end_ns=2, tokens=(1, 2, 3), distances=(0.1, 0.2, 0.3),
-                     provisional_label="hand waving", provisional_score=0.9, capture_to_tokens_ms=4.5, sent_ns=10, bundle="abc")
+WINDOW = TokenWindow(
+    stream="cam1",
+    window_seq=3,
+    t_start_ns=1,
+    t_end_ns=2,
+    tokens=(1, 2, 3),
+    distances=(0.1, 0.2, 0.3),
+    provisional_label="hand waving",
+    provisional_score=0.9,
+    capture_to_tokens_ms=4.5,
+    sent_ns=10,
+    bundle="abc",
+)
 
 
 def test_messages_round_trip():
     assert messages.decode(messages.encode(WINDOW)) == WINDOW
-    r = ActionResult(stream="cam1", window_seq=3, t_start_ns=1, t_end_ns=2, tokens=(1, 2), provisional_label="a",
-                     provisional_score=0.5, label="b", probability=0.7, explanation=None, capture_to_tokens_ms=1.0,
-                     tokens_to_label_ms=20.0, tokens_to_explanation_ms=None, bundle="abc", worker="w")
+    r = ActionResult(
+        stream="cam1",
+        window_seq=3,
+        t_start_ns=1,
+        t_end_ns=2,
+        tokens=(1, 2),
+        provisional_label="a",
+        provisional_score=0.5,
+        label="b",
+        probability=0.7,
+        explanation=None,
+        capture_to_tokens_ms=1.0,
+        tokens_to_label_ms=20.0,
+        tokens_to_explanation_ms=None,
+        bundle="abc",
+        worker="w",
+    )
     assert messages.decode(messages.encode(r)) == r
     h = Health(service="ingest", name="n", state="ok", counters={"frames": 3}, sent_ns=5)
     assert messages.decode(messages.encode(h)) == h
 
 
-@pytest.mark.parametrize("data, match", [
-    (b"\xc1garbage", "not a msgpack"),
-    (msgpack.packb([1, 2]), "not a map"),
-    (msgpack.packb({"v": 99, "kind": "window"}), "schema version 99"),
-    (msgpack.packb({"v": 1, "kind": "pickle"}), "unknown message kind"),
-    (msgpack.packb({"v": 1, "kind": "window", "stream": "x"}), "missing"),
-    (b"\x00" * (messages.MAX_BYTES + 1), "exceeds"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"\xc1garbage", "not a msgpack"),
+        (msgpack.packb([1, 2]), "not a map"),
+        (msgpack.packb({"v": 99, "kind": "window"}), "schema version 99"),
+        (msgpack.packb({"v": 1, "kind": "pickle"}), "unknown message kind"),
+        (msgpack.packb({"v": 1, "kind": "window", "stream": "x"}), "missing"),
+        (b"\x00" * (messages.MAX_BYTES + 1), "exceeds"),
+    ],
+)
 def test_malformed_messages_are_rejected_with_a_reason(data, match):
     with pytest.raises(MessageError, match=match):
         messages.decode(data)
@@ -38,8 +67,14 @@ def test_malformed_messages_are_rejected_with_a_reason(data, match):
 
 def test_field_types_are_checked():
     body = msgpack.unpackb(messages.encode(WINDOW))
-    for field, bad in (("tokens", ["a"]), ("window_seq", "3"), ("provisional_score", True), ("stream", 5), ("count", "3"),
-                       ("count", 2.5)):
+    for field, bad in (
+        ("tokens", ["a"]),
+        ("window_seq", "3"),
+        ("provisional_score", True),
+        ("stream", 5),
+        ("count", "3"),
+        ("count", 2.5),
+    ):
         with pytest.raises(MessageError, match=field):
             messages.decode(msgpack.packb({**body, field: bad}))
 
@@ -91,10 +126,18 @@ def test_explanations_can_be_disabled_or_rate_limited_per_stream():
 
     from edge_runtime.worker import LLMWorker
 
-    cfg = load(None, {"bundle": "b", "llm": {"explain": True, "explain_interval_s": 0.0},
-                      "streams": [{"id": "quiet", "uri": "test://", "explain": False},
-                                  {"id": "slow", "uri": "test://", "explain_interval_s": 3600},
-                                  {"id": "plain", "uri": "test://"}]})
+    cfg = load(
+        None,
+        {
+            "bundle": "b",
+            "llm": {"explain": True, "explain_interval_s": 0.0},
+            "streams": [
+                {"id": "quiet", "uri": "test://", "explain": False},
+                {"id": "slow", "uri": "test://", "explain_interval_s": 3600},
+                {"id": "plain", "uri": "test://"},
+            ],
+        },
+    )
     w = LLMWorker(cfg, "b", {}, "id", threading.Event())
     assert not w._explain_now("quiet") and w._explain_now("plain") and w._explain_now("unknown-stream")
     assert w._explain_now("slow")

@@ -1,5 +1,6 @@
 """The runtime end to end on a tiny bundle with real components: a local RTSP server, GStreamer,
 ONNX Runtime, ZeroMQ (inproc, ipc, CURVE tcp) and llama.cpp; in one process and as services."""
+
 import json
 import os
 import signal
@@ -37,10 +38,16 @@ def test_one_process_rtsp_to_labels(tiny_bundle, actions_video, rtsp_server, tmp
     url = rtsp_server.add_file("/a", actions_video[0])
     rtsp_server.start()
     rec = Recorder()
-    cfg = load(None, {"bundle": bundle, "streams": [{"id": "cam1", "uri": url, "max_reconnects": 0}],
-                      "bus": {"windows": "inproc://w", "collect": "inproc://c", "results": "inproc://r"},
-                      "llm": {"threads": 1, "explain_interval_s": 0.0},
-                      "sinks": {"console": False, "jsonl": str(tmp_path / "r.jsonl")}})
+    cfg = load(
+        None,
+        {
+            "bundle": bundle,
+            "streams": [{"id": "cam1", "uri": url, "max_reconnects": 0}],
+            "bus": {"windows": "inproc://w", "collect": "inproc://c", "results": "inproc://r"},
+            "llm": {"threads": 1, "explain_interval_s": 0.0},
+            "sinks": {"console": False, "jsonl": str(tmp_path / "r.jsonl")},
+        },
+    )
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     stats = serve(cfg, until_done=True, duration_s=60, extra_sinks=[rec])
     # the signal handlers serve installs go when it returns (a caller can still be interrupted)
@@ -49,7 +56,10 @@ def test_one_process_rtsp_to_labels(tiny_bundle, actions_video, rtsp_server, tmp
     assert frames >= 100 and stats["streams"]["cam1"]["windows"] == len(rec.windows) >= 5, stats
     assert rec.windows[0].window_seq == 0 and all(w.provisional_label in manifest["labels"] for w in rec.windows)
     assert len(rec.results) >= 3 and all(r.label in manifest["labels"] and 0 < r.probability <= 1 for r in rec.results)
-    assert all(r.bundle == rec.windows[0].bundle and r.tokens_to_label_ms > 0 and r.capture_to_tokens_ms >= 0 for r in rec.results)
+    assert all(
+        r.bundle == rec.windows[0].bundle and r.tokens_to_label_ms > 0 and r.capture_to_tokens_ms >= 0
+        for r in rec.results
+    )
     assert any(r.explanation for r in rec.results)
     # the bundle reads count tokens: every window carries the VST's count, every result the one it read
     counts = manifest["lvlm"]["counts"]
@@ -57,7 +67,68 @@ def test_one_process_rtsp_to_labels(tiny_bundle, actions_video, rtsp_server, tmp
     sent = {w.window_seq: w.count for w in rec.windows}
     assert all(r.count == sent[r.window_seq] for r in rec.results)
     lines = [json.loads(x) for x in open(tmp_path / "r.jsonl")]
-    assert len(lines) == len(rec.results) and lines[0]["stream"] == "cam1"
+    results = [x for x in lines if "event" not in x]
+    assert len(results) == len(rec.results) and results[0]["stream"] == "cam1"
+    ended = [x["event"] for x in lines if "event" in x and x["event"]["state"] == "end"]
+    assert len(ended) == len([e for e in rec.events if e.state == "end"])
+    # over RTSP the stream's clock is the file's: the server plays it from its start for the client
+    assert 0 <= rec.windows[0].pts_start_ns < 0.5e9, rec.windows[0]
+    from edge_runtime.demo import score_demo_events
+
+    timeline = tmp_path / "timeline.png"
+    ev = score_demo_events(rec, actions_video[1], 15, frames / 15, str(timeline))
+    assert ev["true_segments"] == 3 and 0 <= ev["frame_accuracy"] <= 1 and timeline.stat().st_size > 1000
+
+
+def test_a_recorded_file_is_read_whole_with_events_on_its_own_clock(tiny_bundle, actions_video, tmp_path):
+    """A file decoded much faster than real time, one worker with a short deadline: every window
+    reaches the worker and gets a result (none superseded, none stale), results carry the file's
+    own timestamps, and the events opened on them lie inside the video and end by its end."""
+    from edge_runtime.demo import Recorder
+    from edge_runtime.service import serve
+
+    bundle, manifest = tiny_bundle
+    rec = Recorder()
+    cfg = load(
+        None,
+        {
+            "bundle": bundle,
+            "streams": [{"id": "f", "uri": actions_video[0]}],
+            "bus": {"windows": "inproc://lw", "collect": "inproc://lc", "results": "inproc://lr"},
+            "llm": {"threads": 1, "explain": False, "deadline_s": 0.2},
+            "events": {"min_probability": 0.05, "open_windows": 1, "close_windows": 1},
+            "sinks": {"console": False},
+        },
+    )
+    stats = serve(cfg, until_done=True, duration_s=120, extra_sinks=[rec])
+    worker = next(iter(stats["workers"].values()))
+    windows = stats["streams"]["f"]["windows"]
+    assert windows >= 10 and len(rec.results) == windows == worker["read"], (stats, len(rec.results))
+    assert worker["superseded"] == 0 and worker["stale"] == 0 and stats["streams"]["f"]["windows_unanswered"] == 0
+    assert all(w.lossless for w in rec.windows)
+    seconds = stats["streams"]["f"]["frames"] / 15
+    assert all(0 <= r.pts_start_ns < r.pts_end_ns <= seconds * 1e9 + 1e8 for r in rec.results)
+    ended = [e for e in rec.events if e.state == "end"]
+    assert ended and len(ended) == len({e.event_id for e in rec.events})  # every event that started has ended
+    assert all(-0.5 <= e.start_s < e.end_s <= seconds + 0.5 for e in ended)
+    assert all(e.label in manifest["labels"] for e in ended)
+
+
+def test_run_over_a_file_exits_by_itself_with_a_summary_of_events(tiny_bundle, actions_video, tmp_path):
+    bundle, _ = tiny_bundle
+    bus = [f"--set=bus.{k}=ipc://{tmp_path}/{k}" for k in ("windows", "collect", "results")]
+    r = subprocess.run(
+        [EXE, "run", "--bundle", bundle, "--stream", f"f={actions_video[0]}", "--set", "sinks.console=false"]
+        + ["--set", "llm.threads=1", "--set", "llm.explain=false", "--set", "events.min_probability=0.05", *bus],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = r.stdout.strip().splitlines()
+    n = int(summary[0].split()[0])
+    assert summary[0].endswith("event(s)") and n == len(summary) - 1 >= 1, r.stdout
+    assert all(line.startswith("f event ") and " end: " in line for line in summary[1:])
 
 
 def test_pose_bundle_reads_each_person_and_nobody_gives_no_window(tiny_pose_bundle, tmp_path):
@@ -77,10 +148,19 @@ def test_pose_bundle_reads_each_person_and_nobody_gives_no_window(tiny_pose_bund
         for k in range(60):
             w.write(np.full((90, 160, 3), 80 + k % 5, np.uint8))
     rec = Recorder()
-    cfg = load(None, {"bundle": bundle, "streams": [{"id": "room", "uri": person, "max_reconnects": 0},
-                                                      {"id": "empty", "uri": empty, "max_reconnects": 0}],
-                      "bus": {"windows": "inproc://pw", "collect": "inproc://pc", "results": "inproc://pr"},
-                      "llm": {"threads": 1, "explain": False}, "sinks": {"console": False}})
+    cfg = load(
+        None,
+        {
+            "bundle": bundle,
+            "streams": [
+                {"id": "room", "uri": person, "max_reconnects": 0},
+                {"id": "empty", "uri": empty, "max_reconnects": 0},
+            ],
+            "bus": {"windows": "inproc://pw", "collect": "inproc://pc", "results": "inproc://pr"},
+            "llm": {"threads": 1, "explain": False},
+            "sinks": {"console": False},
+        },
+    )
     stats = serve(cfg, until_done=True, duration_s=90, extra_sinks=[rec])
     room, nobody = stats["streams"]["room"], stats["streams"]["empty"]
     assert nobody["frames"] == 60 and nobody["windows"] == 0 and nobody["frames_without_person"] == 60
@@ -90,7 +170,9 @@ def test_pose_bundle_reads_each_person_and_nobody_gives_no_window(tiny_pose_bund
     windows = [w for w in rec.windows if w.stream == "room"]
     assert len(windows) == room["windows"] and all(w.track is not None and w.stream == "room" for w in windows)
     assert not [w for w in rec.windows if w.stream == "empty"]
-    assert rec.results and all(r.track in {w.track for w in windows} and r.label in manifest["labels"] for r in rec.results)
+    assert rec.results and all(
+        r.track in {w.track for w in windows} and r.label in manifest["labels"] for r in rec.results
+    )
 
 
 def test_mirror_reading_averages_the_head_over_each_window_and_its_mirror(tiny_bundle, actions_video, tmp_path):
@@ -103,11 +185,21 @@ def test_mirror_reading_averages_the_head_over_each_window_and_its_mirror(tiny_b
     runs = {}
     for mirror in (False, True):
         rec = Recorder()
-        cfg = load(None, {"bundle": bundle, "streams": [{"id": "f", "uri": actions_video[0]}],
-                          "engine": {"mirror": mirror},
-                          "bus": {"windows": f"inproc://w{mirror}", "collect": f"inproc://c{mirror}",
-                                  "results": f"inproc://r{mirror}"},
-                          "llm": {"threads": 1, "explain": False}, "sinks": {"console": False}})
+        cfg = load(
+            None,
+            {
+                "bundle": bundle,
+                "streams": [{"id": "f", "uri": actions_video[0]}],
+                "engine": {"mirror": mirror},
+                "bus": {
+                    "windows": f"inproc://w{mirror}",
+                    "collect": f"inproc://c{mirror}",
+                    "results": f"inproc://r{mirror}",
+                },
+                "llm": {"threads": 1, "explain": False},
+                "sinks": {"console": False},
+            },
+        )
         serve(cfg, until_done=True, duration_s=60, extra_sinks=[rec])
         runs[mirror] = {w.window_seq: w for w in rec.windows}
         assert rec.results and all(r.label in manifest["labels"] for r in rec.results)
@@ -128,8 +220,10 @@ def test_engine_mirror_follows_the_bundle_unless_set(tiny_bundle, caplog):
 
     bundle, manifest = tiny_bundle
     plain = {**manifest, "lvlm": {**manifest["lvlm"], "head_mirror": False}}
-    cfg = {m: load(None, {"bundle": bundle, "streams": [{"id": "f", "uri": "test://"}], "engine": {"mirror": m}})
-           for m in (None, False, True)}
+    cfg = {
+        m: load(None, {"bundle": bundle, "streams": [{"id": "f", "uri": "test://"}], "engine": {"mirror": m}})
+        for m in (None, False, True)
+    }
     assert manifest["lvlm"]["head_mirror"] is True and head_mirror(cfg[None], manifest) is True
     assert head_mirror(cfg[None], plain) is False
     assert head_mirror(cfg[True], manifest) is True and not caplog.records
@@ -144,19 +238,35 @@ def test_worker_refuses_windows_its_bundle_cannot_read(tiny_bundle):
     from edge_runtime.worker import check_window
 
     _, manifest = tiny_bundle
-    w = TokenWindow(stream="cam1", window_seq=0, t_start_ns=1, t_end_ns=2, tokens=(1,) * manifest["vst"]["T"],
-                    distances=(0.1,) * manifest["vst"]["T"], provisional_label="a", provisional_score=0.5,
-                    capture_to_tokens_ms=1.0, sent_ns=3, bundle="b", count=2)
+    w = TokenWindow(
+        stream="cam1",
+        window_seq=0,
+        t_start_ns=1,
+        t_end_ns=2,
+        tokens=(1,) * manifest["vst"]["T"],
+        distances=(0.1,) * manifest["vst"]["T"],
+        provisional_label="a",
+        provisional_score=0.5,
+        capture_to_tokens_ms=1.0,
+        sent_ns=3,
+        bundle="b",
+        count=2,
+    )
     assert check_window(manifest, w) is w
     ok = dataclasses.replace(w, provisional_probs=(1.0,) + (0.0,) * (len(manifest["labels"]) - 1))
     assert check_window(manifest, ok) is ok
-    for bad, match in ((dataclasses.replace(w, count=None), "count None"), (dataclasses.replace(w, count=7), "count 7"),
-                       (dataclasses.replace(w, tokens=(1, 2)), "T/K"),
-                       (dataclasses.replace(w, tokens=(manifest["vst"]["K"],) * manifest["vst"]["T"]), "T/K"),
-                       (dataclasses.replace(w, provisional_probs=(0.5, 0.5)), "head probabilities"),
-                       (dataclasses.replace(w, provisional_probs=(1.5,) + (0.0,) * (len(manifest["labels"]) - 1)),
-                        "head probabilities"),
-                       (Health(service="x", name="y", state="z"), "expected a window")):
+    for bad, match in (
+        (dataclasses.replace(w, count=None), "count None"),
+        (dataclasses.replace(w, count=7), "count 7"),
+        (dataclasses.replace(w, tokens=(1, 2)), "T/K"),
+        (dataclasses.replace(w, tokens=(manifest["vst"]["K"],) * manifest["vst"]["T"]), "T/K"),
+        (dataclasses.replace(w, provisional_probs=(0.5, 0.5)), "head probabilities"),
+        (
+            dataclasses.replace(w, provisional_probs=(1.5,) + (0.0,) * (len(manifest["labels"]) - 1)),
+            "head probabilities",
+        ),
+        (Health(service="x", name="y", state="z"), "expected a window"),
+    ):
         with pytest.raises(MessageError, match=match):
             check_window(manifest, bad)
     format1 = {**manifest, "lvlm": {**manifest["lvlm"], "counts": 0}}
@@ -165,7 +275,9 @@ def test_worker_refuses_windows_its_bundle_cannot_read(tiny_bundle):
 
 def _config(tmp_path, bundle, endpoints, curve=None, stream=None):
     streams = stream or {"id": "cam1", "uri": "test://ball"}
-    text = [f'bundle = "{bundle}"', 'name = "test"', "[[streams]]"] + [f'{k} = {json.dumps(v)}' for k, v in streams.items()]
+    text = [f'bundle = "{bundle}"', 'name = "test"', "[[streams]]"] + [
+        f"{k} = {json.dumps(v)}" for k, v in streams.items()
+    ]
     text += ["[bus]"] + [f'{k} = "{v}"' for k, v in endpoints.items()]
     if curve:
         text += ["[bus.curve]"] + [f'{k} = "{v}"' for k, v in curve.items()]
@@ -176,8 +288,9 @@ def _config(tmp_path, bundle, endpoints, curve=None, stream=None):
 
 
 def _spawn(*args, env=None):
-    return subprocess.Popen([EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
 
 
 def _stop(proc, seconds=5.0):
@@ -189,9 +302,15 @@ def _stop(proc, seconds=5.0):
 
 
 def _results(endpoint, cfg_path, count, timeout):
-    r = subprocess.run([EXE, "monitor", "--config", cfg_path, "--count", str(count), "--timeout", str(timeout), "--json"],
-                       capture_output=True, text=True, timeout=timeout + 30)
-    return [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    r = subprocess.run(
+        [EXE, "monitor", "--config", cfg_path, "--count", str(count), "--timeout", str(timeout), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 30,
+    )
+    return [
+        x for x in map(json.loads, (y for y in r.stdout.splitlines() if y.startswith("{"))) if x["kind"] == "result"
+    ]
 
 
 def _endpoints(kind, tmp_path):
@@ -213,8 +332,12 @@ def test_services_over_ipc_and_curve_tcp(kind, tiny_bundle, tmp_path):
         _, server_secret = generate_keys(str(keys), "server")
         client_public, client_secret = generate_keys(str(keys), "client")
         os.replace(client_public, allowed / "client.key")
-        curve = {"server_secret_key": server_secret, "authorized_keys": str(allowed), "client_secret_key": client_secret,
-                 "server_public_key": str(keys / "server.key")}
+        curve = {
+            "server_secret_key": server_secret,
+            "authorized_keys": str(allowed),
+            "client_secret_key": client_secret,
+            "server_public_key": str(keys / "server.key"),
+        }
     cfg = _config(tmp_path, bundle, ep, curve)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))
@@ -230,7 +353,9 @@ def test_services_over_ipc_and_curve_tcp(kind, tiny_bundle, tmp_path):
                 continue
 
     threading.Thread(target=listen, daemon=True).start()
-    ingest = _spawn("ingest", "--config", cfg, env={"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"})
+    ingest = _spawn(
+        "ingest", "--config", cfg, env={"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"}
+    )
     worker = _spawn("llm-worker", "--config", cfg)
     try:
         got = _results(ep["results"], cfg, 3, 90)
@@ -308,9 +433,23 @@ def test_bad_bundle_and_dead_source_give_one_line(tiny_bundle, tmp_path):
     assert r.returncode == 2 and "not a bundle" in r.stderr and "Traceback" not in r.stderr
     r = run_cli("run", "--bundle", tiny_bundle[0])
     assert r.returncode == 2 and "no streams" in r.stderr
-    r = run_cli("run", "--bundle", tiny_bundle[0], "--stream", "a=/no/such/file.mp4", "--until-done",
-                "--set", "sinks.console=false", "--set", "bus.windows=inproc://w", "--set", "bus.collect=inproc://c",
-                "--set", "bus.results=inproc://r", timeout=120)
+    r = run_cli(
+        "run",
+        "--bundle",
+        tiny_bundle[0],
+        "--stream",
+        "a=/no/such/file.mp4",
+        "--until-done",
+        "--set",
+        "sinks.console=false",
+        "--set",
+        "bus.windows=inproc://w",
+        "--set",
+        "bus.collect=inproc://c",
+        "--set",
+        "bus.results=inproc://r",
+        timeout=120,
+    )
     assert r.returncode == 0 and "no such video file" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -325,18 +464,31 @@ def test_systemd_units_verify(tmp_path):
         if not name.endswith((".service", ".target")):
             continue
         text = open(os.path.join(root, name)).read().replace("/opt/lvlm-var/bin/lvlm-var", EXE)
-        for instance in (["edge01"] if "@" in name else [None]):
+        for instance in ["edge01"] if "@" in name else [None]:
             unit = name.replace("@.", f"@{instance}.") if instance else name
             (tmp_path / unit).write_text(text)
             units.append(str(tmp_path / unit))
     assert len(units) == 3
-    r = subprocess.run(["systemd-analyze", "verify", "--man=no", *units], capture_output=True, text=True,
-                       env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"})
+    r = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *units],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SYSTEMD_LOG_LEVEL": "warning"},
+    )
     ours = [line for line in r.stderr.splitlines() if str(tmp_path) in line]
     assert r.returncode == 0 and not ours, r.stderr
     text = open(os.path.join(root, "lvlm-var-ingest@.service")).read()
-    for must in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "DynamicUser=yes", "ProtectSystem=strict",
-                 "NoNewPrivileges=yes", "StateDirectory=", "CacheDirectory=", "DeviceAllow=char-video4linux"):
+    for must in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "StateDirectory=",
+        "CacheDirectory=",
+        "DeviceAllow=char-video4linux",
+    ):
         assert must in text
     assert "\nPrivateDevices=" not in text
 
@@ -358,9 +510,16 @@ def test_tensorrt_backend_runs_the_pipeline(tiny_bundle, actions_video, cache32,
     manifest, _ = open_bundle(bundle)
     assert Engines(bundle, manifest, "auto").backend.startswith("tensorrt")
     rec = Recorder()
-    cfg = load(None, {"bundle": bundle, "engine": {"backend": "tensorrt"},
-                      "streams": [{"id": "cam1", "uri": actions_video[0]}],
-                      "bus": {"windows": "inproc://w", "collect": "inproc://c", "results": "inproc://r"},
-                      "llm": {"threads": 2, "n_gpu_layers": -1}, "sinks": {"console": False}})
+    cfg = load(
+        None,
+        {
+            "bundle": bundle,
+            "engine": {"backend": "tensorrt"},
+            "streams": [{"id": "cam1", "uri": actions_video[0]}],
+            "bus": {"windows": "inproc://w", "collect": "inproc://c", "results": "inproc://r"},
+            "llm": {"threads": 2, "n_gpu_layers": -1},
+            "sinks": {"console": False},
+        },
+    )
     stats = serve(cfg, until_done=True, duration_s=120, extra_sinks=[rec])
     assert stats["streams"]["cam1"]["windows"] == len(rec.windows) >= 5 and rec.results

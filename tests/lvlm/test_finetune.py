@@ -1,4 +1,5 @@
 """A tiny LLaMA with the real SmolLM2 tokenizer learns action tokens -> label through LoRA."""
+
 import copy
 import json
 import os
@@ -25,7 +26,9 @@ def examples(n, codes, seed=0, counts=0):
         k = int(rng.integers(0, 3))
         tokens = [int(x) for x in rng.integers(k * 4, k * 4 + 4, 8)]  # each label has its own codes
         count = int(rng.integers(1, counts + 1)) if counts else None
-        out.append({"tokens": tokens, "count": count, "label": LABELS[k], "explanation": f"The person does {LABELS[k]}."})
+        out.append(
+            {"tokens": tokens, "count": count, "label": LABELS[k], "explanation": f"The person does {LABELS[k]}."}
+        )
     return out
 
 
@@ -33,7 +36,7 @@ def test_loss_covers_the_answer_only(tokenizer):
     p = prompt.build(LABELS)
     ids, labels = encode(tokenizer, p, len(tokenizer), 16, examples(1, 16)[0])
     answer = [t for t in labels if t != -100]
-    assert ids[-len(answer):] == answer and labels[: len(ids) - len(answer)] == [-100] * (len(ids) - len(answer))
+    assert ids[-len(answer) :] == answer and labels[: len(ids) - len(answer)] == [-100] * (len(ids) - len(answer))
     assert tokenizer.decode(answer).startswith(" ") and "Explanation:" in tokenizer.decode(answer)
 
 
@@ -43,7 +46,7 @@ def test_count_token_ends_the_video_block_of_an_example(tokenizer):
     base = len(tokenizer)
     ids, _ = encode(tokenizer, p, base, 16, ex, counts=6)
     end = ids.index(base + 1)  # </video>
-    assert ids[end - 9: end] == [base + 2 + t for t in ex["tokens"]] + [base + 2 + 16 + ex["count"] - 1]
+    assert ids[end - 9 : end] == [base + 2 + t for t in ex["tokens"]] + [base + 2 + 16 + ex["count"] - 1]
     assert encode(tokenizer, p, base, 16, ex)[0] == ids[: end - 1] + ids[end:]  # format 1 ignores the count
 
 
@@ -58,13 +61,17 @@ def test_shared_prefix_loss_equals_the_full_rows_loss(pristine_tokenizer):
     rows[1] = (rows[1][0] + rows[1][0][-3:], rows[1][1] + rows[1][1][-3:])  # rows of different lengths: padding
     pad = tok.eos_token_id
     full_ids, full_lab, full_mask = next(_batches(rows, 5, pad, np.random.default_rng(0)))
-    ids, lab, mask = next(_batches([(i[len(prefix):], y[len(prefix):]) for i, y in rows], 5, pad, np.random.default_rng(0)))
+    ids, lab, mask = next(
+        _batches([(i[len(prefix) :], y[len(prefix) :]) for i, y in rows], 5, pad, np.random.default_rng(0))
+    )
     embedded = []  # the input embedding's output, per forward (the prefix's run first)
     model.model.embed_tokens.register_forward_hook(lambda mod, args, out: embedded.append(out))
     grads = []
-    for loss_fn in (lambda: model(input_ids=full_ids, attention_mask=full_mask, labels=full_lab).loss,
-                    lambda: shared_prefix_loss(model, torch.tensor(prefix), ids, lab, mask),
-                    lambda: shared_prefix_loss(model, torch.tensor(prefix), ids, lab, mask, prefix_grad=False)):
+    for loss_fn in (
+        lambda: model(input_ids=full_ids, attention_mask=full_mask, labels=full_lab).loss,
+        lambda: shared_prefix_loss(model, torch.tensor(prefix), ids, lab, mask),
+        lambda: shared_prefix_loss(model, torch.tensor(prefix), ids, lab, mask, prefix_grad=False),
+    ):
         model.zero_grad()
         loss = loss_fn()
         loss.backward()
@@ -99,7 +106,7 @@ def test_code_tie_moves_the_action_rows_in_and_out_and_folds_into_them(pristine_
         tied = peft_model(input_ids=x).logits
         # before the first action token the inputs are unchanged: so are the logits of the other tokens
         assert torch.equal(tied[0, :3, : base + 2], before[0, :3, : base + 2])
-        assert not torch.allclose(tied[0, 0, base + 2:], before[0, 0, base + 2:])  # the tied output rows moved
+        assert not torch.allclose(tied[0, 0, base + 2 :], before[0, 0, base + 2 :])  # the tied output rows moved
         assert not torch.allclose(tied[0, 3:, : base + 2], before[0, 3:, : base + 2])  # the action inputs moved
         parametrize.remove_parametrizations(rows, "default", leave_parametrized=True)
         assert torch.allclose(peft_model(input_ids=x).logits, tied, atol=1e-5)  # folded in: the same model
@@ -124,8 +131,9 @@ def test_sparse_token_rows_give_peft_s_values_and_gradients(pristine_tokenizer):
 
     tok = copy.deepcopy(pristine_tokenizer)
     base = add_action_tokens(model := tiny_llama(len(tok)), tok, 16)
-    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"],
-                                                  trainable_token_indices=list(range(base, base + 18))))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, target_modules=["q_proj"], trainable_token_indices=list(range(base, base + 18)))
+    )
     rows = next(m for n, m in peft_model.named_modules() if n.endswith("trainable_tokens_delta"))
     parametrize.register_parametrization(rows, "default", _code_tie(CODEBOOK, rows["default"].shape[1]))
     with torch.no_grad():
@@ -146,7 +154,9 @@ def test_sparse_token_rows_give_peft_s_values_and_gradients(pristine_tokenizer):
     sparse_logits, sparse_grads = run()
     assert torch.allclose(sparse_logits, logits, atol=1e-5)
     assert len(grads) == 6 and all(torch.allclose(grads[n], sparse_grads[n], atol=1e-5) for n in grads), grads.keys()
-    assert all(g.abs().sum() > 0 for n, g in grads.items() if "trainable_tokens" in n)  # the rows and the code map learn
+    assert all(
+        g.abs().sum() > 0 for n, g in grads.items() if "trainable_tokens" in n
+    )  # the rows and the code map learn
 
 
 @pytest.mark.slow
@@ -154,16 +164,37 @@ def test_finetune_with_count_tokens_trains_their_rows(pristine_tokenizer, tmp_pa
     tok = copy.deepcopy(pristine_tokenizer)
     model = tiny_llama(len(tok))
     base = add_action_tokens(model, tok, 16, counts=6)
-    before = model.get_input_embeddings().weight[base + 18: base + 24].detach().clone()
-    r = finetune(model, tok, base, 16, LABELS, examples(16, 16, counts=6), str(tmp_path), progress=False, codebook=CODEBOOK,
-                 cfg=FinetuneConfig(steps=4, batch=4, lr=1e-2), counts=6)
+    before = model.get_input_embeddings().weight[base + 18 : base + 24].detach().clone()
+    r = finetune(
+        model,
+        tok,
+        base,
+        16,
+        LABELS,
+        examples(16, 16, counts=6),
+        str(tmp_path),
+        progress=False,
+        codebook=CODEBOOK,
+        cfg=FinetuneConfig(steps=4, batch=4, lr=1e-2),
+        counts=6,
+    )
     assert r["counts"] == 6 and r["prompt_format_version"] == 2
-    after = r["model"].merge_and_unload().get_input_embeddings().weight[base + 18: base + 24]
+    after = r["model"].merge_and_unload().get_input_embeddings().weight[base + 18 : base + 24]
     seen = sorted({ex["count"] for ex in examples(16, 16, counts=6)})
     assert all(not torch.allclose(after[n - 1], before[n - 1]) for n in seen)  # the counts fed were trained
     with pytest.raises(ValueError, match="has none"):  # a model with count tokens needs every example's count
-        finetune(model, tok, base, 16, LABELS, examples(4, 16), str(tmp_path / "x"), FinetuneConfig(steps=1, batch=4),
-                 progress=False, counts=6)
+        finetune(
+            model,
+            tok,
+            base,
+            16,
+            LABELS,
+            examples(4, 16),
+            str(tmp_path / "x"),
+            FinetuneConfig(steps=1, batch=4),
+            progress=False,
+            counts=6,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +203,18 @@ def tuned(pristine_tokenizer, tmp_path_factory):
     model = tiny_llama(len(tok))
     base = add_action_tokens(model, tok, 16)
     out = str(tmp_path_factory.mktemp("adapter"))
-    result = finetune(model, tok, base, 16, LABELS, examples(48, 16), out, FinetuneConfig(steps=120, batch=8, lr=1e-2, schedule="constant"),
-                      progress=False, codebook=CODEBOOK)
+    result = finetune(
+        model,
+        tok,
+        base,
+        16,
+        LABELS,
+        examples(48, 16),
+        out,
+        FinetuneConfig(steps=120, batch=8, lr=1e-2, schedule="constant"),
+        progress=False,
+        codebook=CODEBOOK,
+    )
     return tok, base, out, result
 
 
@@ -198,10 +239,13 @@ def test_constrained_decoding_reads_the_learned_labels(tuned):
     p = prompt.build(LABELS)
     correct = 0
     for ex in examples(12, 16, seed=1):  # windows not seen in training
-        head = (tok.encode(p.prefix, add_special_tokens=False) + prompt.video_ids(ex["tokens"], base, 16)
-                + tok.encode(p.suffix, add_special_tokens=False))
+        head = (
+            tok.encode(p.prefix, add_special_tokens=False)
+            + prompt.video_ids(ex["tokens"], base, 16)
+            + tok.encode(p.suffix, add_special_tokens=False)
+        )
 
-        def logprobs(prefix, allowed):
+        def logprobs(prefix, allowed, head=head):
             with torch.no_grad():
                 out = peft_model(input_ids=torch.tensor([head + list(prefix)])).logits[0, -1].log_softmax(-1)
             return {a: float(out[a]) for a in allowed}
@@ -231,9 +275,13 @@ def test_label_temperature_is_fitted_on_held_out_windows(tuned):
 
     held = examples(24, 16, seed=5)
     for ex in held[::3]:
-        ex["label"] = LABELS[(LABELS.index(ex["label"]) + 1) % 3]  # some wrong labels: a confident model is overconfident
-    fits = [fit_temperature(Reader(cls(model, tok), LABELS, base, 16), held, progress=False)
-            for cls in (TransformersBackend, Sharper)]
+        ex["label"] = LABELS[
+            (LABELS.index(ex["label"]) + 1) % 3
+        ]  # some wrong labels: a confident model is overconfident
+    fits = [
+        fit_temperature(Reader(cls(model, tok), LABELS, base, 16), held, progress=False)
+        for cls in (TransformersBackend, Sharper)
+    ]
     for fit in fits:
         assert fit["temperature"] in TEMPERATURES.round(4) and fit["windows"] == 24
         assert fit["nll"] <= fit["nll_t1"] and 0 <= fit["ece"] <= 1
@@ -336,7 +384,9 @@ def test_examples_come_from_the_vst_windows(tiny_run, cache32):
         assert ex["label"] in labels and ex["explanation"] == ex["attributes"]["explanation"]
         # the reference states the repetitions the window holds (the clip's own count kept beside it)
         clip = clips[ex["clip"]]
-        assert ex["attributes"] == window_attributes(clip["attributes"], ex["start"], ex["start"] + cfg.W, clip["frames"])
+        assert ex["attributes"] == window_attributes(
+            clip["attributes"], ex["start"], ex["start"] + cfg.W, clip["frames"]
+        )
     # each window carries the count the VST's repetitions head reads for it
     from vst.model import read_count
     from vst.windows import clip_windows
@@ -349,9 +399,13 @@ def test_examples_come_from_the_vst_windows(tiny_run, cache32):
     assert waves and all(1 <= a["repetitions"] <= a["clip_repetitions"] for a in waves)
     _, two = build_examples(run, cache32, "train", windows_per_clip=2, progress=False, views=2)
     assert two[: len(exs)] == exs and len(two) == 2 * len(exs)  # view 0 as recorded, then an augmented view
-    augmented = two[len(exs):]
+    augmented = two[len(exs) :]
     assert any(a["tokens"] != b["tokens"] for a, b in zip(exs, augmented))
-    mirrored = [a for a in augmented if a["attributes"]["side"] != next(e for e in exs if e["clip"] == a["clip"])["attributes"]["side"]]
+    mirrored = [
+        a
+        for a in augmented
+        if a["attributes"]["side"] != next(e for e in exs if e["clip"] == a["clip"])["attributes"]["side"]
+    ]
     assert 0 < len(mirrored) < len(augmented)  # about half the views are flipped; their side is swapped
     for a in mirrored:
         assert a["explanation"] == a["attributes"]["explanation"]
@@ -373,8 +427,26 @@ def cli_adapter(tiny_run, cache32, pristine_tokenizer, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     tiny_llama(len(pristine_tokenizer)).save_pretrained(tmp / "tiny-llama")
     pristine_tokenizer.save_pretrained(tmp / "tiny-llama")
-    r = run_cli("finetune", "--vst", tiny_run[0], "--data", cache32, "--base", str(tmp / "tiny-llama"), "--out",
-                str(tmp / "ad"), "--steps", "30", "--batch", "8", "--lr", "1e-2", "--seed", "3", timeout=300)
+    r = run_cli(
+        "finetune",
+        "--vst",
+        tiny_run[0],
+        "--data",
+        cache32,
+        "--base",
+        str(tmp / "tiny-llama"),
+        "--out",
+        str(tmp / "ad"),
+        "--steps",
+        "30",
+        "--batch",
+        "8",
+        "--lr",
+        "1e-2",
+        "--seed",
+        "3",
+        timeout=300,
+    )
     return tmp / "ad", r
 
 
@@ -402,8 +474,13 @@ def test_finetune_command_writes_adapter_and_merged_model(cli_adapter, tiny_run,
     assert meta["config"]["seed"] == 3 and meta["config"]["schedule"] == "one-cycle"
     # the tiny VST has a repetitions head: format 2, its counts as tokens after the action tokens
     assert meta["counts"] == 6 and meta["prompt_format_version"] == 2 and meta["config"]["count_token"]
-    assert pristine_tokenizer.__class__.from_pretrained(ad / "merged").convert_tokens_to_ids("<count_6>") == meta["token_id_base"] + 39
-    r = run_cli("finetune", "--vst", tiny_run[0], "--data", cache32, "--base", "no-such-model", "--out", str(tmp_path / "x"))
+    assert (
+        pristine_tokenizer.__class__.from_pretrained(ad / "merged").convert_tokens_to_ids("<count_6>")
+        == meta["token_id_base"] + 39
+    )
+    r = run_cli(
+        "finetune", "--vst", tiny_run[0], "--data", cache32, "--base", "no-such-model", "--out", str(tmp_path / "x")
+    )
     assert r.returncode == 2 and "unknown base model" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -422,13 +499,26 @@ def test_temperature_fit_in_batched_trees_matches_llama_cpp(cli_adapter, tmp_pat
     ad, _ = cli_adapter
     meta = json.load(open(ad / "lvlm.json"))
     rng = np.random.default_rng(3)
-    windows = [{"tokens": [int(t) for t in rng.integers(0, meta["codes"], 8)], "count": i % meta["counts"] + 1,
-                "label": meta["labels"][i % 3], "head_probs": list(rng.dirichlet(np.ones(3)))} for i in range(9)]
+    windows = [
+        {
+            "tokens": [int(t) for t in rng.integers(0, meta["codes"], 8)],
+            "count": i % meta["counts"] + 1,
+            "label": meta["labels"][i % 3],
+            "head_probs": list(rng.dirichlet(np.ones(3))),
+        }
+        for i in range(9)
+    ]
     model, tok = AutoModelForCausalLM.from_pretrained(ad / "merged"), AutoTokenizer.from_pretrained(ad / "merged")
-    fast = _fit_temperature(model, tok, meta["labels"], meta["token_id_base"], meta["codes"], windows, meta["counts"], 9)
+    fast = _fit_temperature(
+        model, tok, meta["labels"], meta["token_id_base"], meta["codes"], windows, meta["counts"], 9
+    )
     backend = LlamaCppBackend.open(write_gguf(str(ad / "merged"), str(tmp_path / "m.gguf")))
-    slow = fit_temperature(Reader(backend, meta["labels"], meta["token_id_base"], meta["codes"], counts=meta["counts"]),
-                           windows, progress=False, pool_windows=9)
+    slow = fit_temperature(
+        Reader(backend, meta["labels"], meta["token_id_base"], meta["codes"], counts=meta["counts"]),
+        windows,
+        progress=False,
+        pool_windows=9,
+    )
     backend.llm.close()
     assert fast["backend"] == "transformers (label trie batched)" and fast["windows"] == 9
     # F16 weights against float32: the NLL to 1 %, the temperature to one step of the grid (7 %)
@@ -450,9 +540,28 @@ def test_finetune_calibrates_on_the_performers_the_vst_did_not_train_on(tiny_run
     record = json.load(open(run / "train_config.json"))
     json.dump({**record, "held_out": ["P002"]}, open(run / "train_config.json", "w"))
     base = cli_adapter[0].parent / "tiny-llama"
-    r = run_cli("finetune", "--vst", str(run), "--data", cache32, "--base", str(base), "--out", str(tmp_path / "ad"),
-                "--steps", "2", "--batch", "4", "--calibration-windows", "6", "--prefix-grad", "--lora-dropout", "0.1",
-                "--no-count-token", timeout=300)
+    r = run_cli(
+        "finetune",
+        "--vst",
+        str(run),
+        "--data",
+        cache32,
+        "--base",
+        str(base),
+        "--out",
+        str(tmp_path / "ad"),
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "--calibration-windows",
+        "6",
+        "--prefix-grad",
+        "--lora-dropout",
+        "0.1",
+        "--no-count-token",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     meta = json.load(open(tmp_path / "ad" / "lvlm.json"))
     assert meta["config"]["prefix_grad"] is True and meta["config"]["lora_dropout"] == 0.1
@@ -473,8 +582,9 @@ def test_calibrate_command_fits_an_adapter_again(cli_adapter, tiny_run, cache32,
     ad = tmp_path / "ad"
     shutil.copytree(cli_adapter[0], ad)
     before = json.load(open(ad / "lvlm.json"))
-    r = run_cli("calibrate", "--adapter", str(ad), "--vst", tiny_run[0], "--data", cache32, "--pool-windows", "0",
-                timeout=300)
+    r = run_cli(
+        "calibrate", "--adapter", str(ad), "--vst", tiny_run[0], "--data", cache32, "--pool-windows", "0", timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     after = json.load(open(ad / "lvlm.json"))
     assert after == json.load(open(ad / "merged" / "lvlm.json"))
@@ -494,8 +604,21 @@ def test_eval_command_reports_labels_calibration_and_explanations(cli_adapter, t
 
     ad, _ = cli_adapter
     run, _ = tiny_run
-    r = run_cli("eval", "lvlm", "--adapter", str(ad), "--vst", run, "--data", cache32, "--max-windows", "8",
-                "--explain", "8", timeout=300)
+    r = run_cli(
+        "eval",
+        "lvlm",
+        "--adapter",
+        str(ad),
+        "--vst",
+        run,
+        "--data",
+        cache32,
+        "--max-windows",
+        "8",
+        "--explain",
+        "8",
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     m = json.load(open(ad / "eval" / "merged" / "metrics.json"))
     assert m["windows"] == 8 and m["explained"] == 8 and m["protocol"] == "xsub"
@@ -520,7 +643,9 @@ def test_eval_command_reports_labels_calibration_and_explanations(cli_adapter, t
     for key in ("right", "stated"):
         assert m["count_token"][key] == pytest.approx(np.mean([row["count_token"][key] for row in waving]))
     for row in waving:  # stated: the explanation's one count word is the token's
-        assert row["count_token"]["stated"] == (_mentions(row["explanation"].lower(), COUNTS) == {times_word(row["count"])})
+        assert row["count_token"]["stated"] == (
+            _mentions(row["explanation"].lower(), COUNTS) == {times_word(row["count"])}
+        )
     assert "count token (the VST's count) on" in r.stdout
     assert "LLM label top-1" in r.stdout and "VST head" in r.stdout
     # the adapter has a pool with the VST head: the labels are the pool's, and the LLM alone is reported beside
@@ -528,11 +653,27 @@ def test_eval_command_reports_labels_calibration_and_explanations(cli_adapter, t
     assert m["llm_alone"]["top1"] == np.mean([row["llm_alone"] == row["label"] for row in rows])
     assert 0 <= m["llm_alone"]["ece"] <= 1 and "language model alone" in r.stdout
     # labels only: the explanation metrics are null, and the file is strict JSON (no NaN)
-    r = run_cli("eval", "lvlm", "--adapter", str(ad), "--vst", run, "--data", cache32, "--max-windows", "4",
-                "--explain", "0", "--out", str(tmp_path / "labels"), timeout=300)
+    r = run_cli(
+        "eval",
+        "lvlm",
+        "--adapter",
+        str(ad),
+        "--vst",
+        run,
+        "--data",
+        cache32,
+        "--max-windows",
+        "4",
+        "--explain",
+        "0",
+        "--out",
+        str(tmp_path / "labels"),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
-    m = json.loads((tmp_path / "labels" / "metrics.json").read_text(),
-                   parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    m = json.loads(
+        (tmp_path / "labels" / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in metrics.json")
+    )
     assert m["explained"] == 0 and m["faithfulness"] is None and m["faithfulness_when_label_correct"] is None
     assert m["faithfulness_edge_tolerant"] is None
     r = run_cli("eval", "lvlm", "--adapter", str(tmp_path / "nothing"), "--vst", run, "--data", cache32)
@@ -555,8 +696,17 @@ def test_tiny_llava_language_model_loads_and_fine_tunes(tokenizer, tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, llava(input_ids=ids).logits, atol=1e-5)
     base = add_action_tokens(model, tok, 16)
-    result = finetune(model, tok, base, 16, LABELS, examples(48, 16), str(tmp_path / "ad"),
-                      FinetuneConfig(steps=60, batch=8, lr=1e-2), progress=False)
+    result = finetune(
+        model,
+        tok,
+        base,
+        16,
+        LABELS,
+        examples(48, 16),
+        str(tmp_path / "ad"),
+        FinetuneConfig(steps=60, batch=8, lr=1e-2),
+        progress=False,
+    )
     assert result["last_loss"] < 0.6 * result["first_loss"]
     out = merge(result["model"], tok, str(tmp_path / "merged"))
     assert json.load(open(os.path.join(out, "config.json")))["architectures"] == ["LlamaForCausalLM"]
@@ -572,10 +722,22 @@ def test_resumed_finetune_equals_an_uninterrupted_one(pristine_tokenizer, tmp_pa
         tok = copy.deepcopy(pristine_tokenizer)
         model = tiny_llama(len(tok))
         base = add_action_tokens(model, tok, 16)
-        cfg = FinetuneConfig(steps=steps, batch=4, lr=1e-2, lora_dropout=0.0, checkpoint_every=3, schedule=schedule,
-                             **other)
-        r = finetune(model, tok, base, 16, LABELS, examples(16, 16), str(out), cfg, progress=False, resume=resume,
-                     codebook=CODEBOOK)
+        cfg = FinetuneConfig(
+            steps=steps, batch=4, lr=1e-2, lora_dropout=0.0, checkpoint_every=3, schedule=schedule, **other
+        )
+        r = finetune(
+            model,
+            tok,
+            base,
+            16,
+            LABELS,
+            examples(16, 16),
+            str(out),
+            cfg,
+            progress=False,
+            resume=resume,
+            codebook=CODEBOOK,
+        )
         return {n: q.detach().clone() for n, q in r["model"].named_parameters() if q.requires_grad}, r
 
     whole, _ = run(tmp_path / "a", 6, False)
@@ -605,17 +767,48 @@ def test_resumed_finetune_equals_an_uninterrupted_one(pristine_tokenizer, tmp_pa
     with pytest.raises(FinetuneError, match="other examples or settings"):  # count tokens the checkpoint lacks
         tok = copy.deepcopy(pristine_tokenizer)
         model = tiny_llama(len(tok))
-        finetune(model, tok, add_action_tokens(model, tok, 16, counts=6), 16, LABELS, examples(16, 16, counts=6),
-                 str(tmp_path / "b"), FinetuneConfig(steps=6, batch=4, lr=1e-2, lora_dropout=0.0, checkpoint_every=3,
-                                                     schedule=schedule), progress=False, resume=True, codebook=CODEBOOK, counts=6)
+        finetune(
+            model,
+            tok,
+            add_action_tokens(model, tok, 16, counts=6),
+            16,
+            LABELS,
+            examples(16, 16, counts=6),
+            str(tmp_path / "b"),
+            FinetuneConfig(steps=6, batch=4, lr=1e-2, lora_dropout=0.0, checkpoint_every=3, schedule=schedule),
+            progress=False,
+            resume=True,
+            codebook=CODEBOOK,
+            counts=6,
+        )
     with pytest.raises(FinetuneError, match="other examples or settings"):  # the checkpoint has a code map
         tok = copy.deepcopy(pristine_tokenizer)
         model = tiny_llama(len(tok))
-        finetune(model, tok, add_action_tokens(model, tok, 16), 16, LABELS, examples(16, 16), str(tmp_path / "b"),
-                 FinetuneConfig(steps=6, batch=4, checkpoint_every=3), progress=False, resume=True)
+        finetune(
+            model,
+            tok,
+            add_action_tokens(model, tok, 16),
+            16,
+            LABELS,
+            examples(16, 16),
+            str(tmp_path / "b"),
+            FinetuneConfig(steps=6, batch=4, checkpoint_every=3),
+            progress=False,
+            resume=True,
+        )
     with pytest.raises(FinetuneError, match="other examples or settings"):
         tok = copy.deepcopy(pristine_tokenizer)
         model = tiny_llama(len(tok))
         base = add_action_tokens(model, tok, 16)
-        finetune(model, tok, base, 16, LABELS, examples(8, 16), str(tmp_path / "b"),
-                 FinetuneConfig(steps=6, batch=4, checkpoint_every=3), progress=False, resume=True)
+        finetune(
+            model,
+            tok,
+            base,
+            16,
+            LABELS,
+            examples(8, 16),
+            str(tmp_path / "b"),
+            FinetuneConfig(steps=6, batch=4, checkpoint_every=3),
+            progress=False,
+            resume=True,
+        )

@@ -22,8 +22,15 @@ def test_token_id_layout():
 
 
 def test_count_tokens_follow_the_action_tokens_and_end_the_video_block():
-    assert prompt.added_tokens(2, counts=3) == ["<video>", "</video>", "<act_000>", "<act_001>",
-                                                "<count_1>", "<count_2>", "<count_3>"]
+    assert prompt.added_tokens(2, counts=3) == [
+        "<video>",
+        "</video>",
+        "<act_000>",
+        "<act_001>",
+        "<count_1>",
+        "<count_2>",
+        "<count_3>",
+    ]
     # <count_n> is base + 2 + K + n - 1, placed before </video>
     assert prompt.video_ids([1, 0], base=100, codes=2, count=3, counts=3) == [100, 103, 102, 106, 101]
     assert prompt.video_ids([1, 0], base=100, codes=2, count=1, counts=3)[-2] == 104
@@ -48,7 +55,9 @@ def test_prompt_renders_identically_and_keeps_the_prefix_fixed():
     assert a.text([1, 2]) == a.prefix + "<video><act_001><act_002></video>" + a.suffix
     assert "drink water; pickup; sitting down" in a.prefix and "<video>" not in a.prefix
     assert a.suffix.endswith("Label:") and a.prefix.startswith("<|im_start|>system\n")
-    assert prompt.answer("pickup", "The person  bends\n down.") == " pickup\nExplanation: The person bends down.<|im_end|>"
+    assert (
+        prompt.answer("pickup", "The person  bends\n down.") == " pickup\nExplanation: The person bends down.<|im_end|>"
+    )
     assert prompt.parse_explanation("Explanation: It waves.<|im_end|>junk") == "It waves."
     with pytest.raises(ValueError):
         prompt.build(["a\nb"])
@@ -106,6 +115,7 @@ TWELVE = {f"label {i}": [i % 3, 3 + i % 5, 10 + i, 99] for i in range(12)}
 def random_model(rng: random.Random, table: dict):
     """make(calls) -> a logprobs function of a random 100-token model (one distribution per
     prefix, kept in `table`) that records its calls in `calls`."""
+
     def make(calls):
         def logprobs(prefix, allowed):
             calls.append(tuple(prefix))
@@ -115,7 +125,9 @@ def random_model(rng: random.Random, table: dict):
                 z = math.log(sum(w))
                 table[key] = [math.log(x) - z for x in w]
             return {t: table[key][t] for t in allowed}
+
         return logprobs
+
     return make
 
 
@@ -161,7 +173,9 @@ def test_pooling_with_a_prior_is_exact_and_a_confident_prior_prunes_the_search()
     only_prior = decode_label(trie, make([]), prior={lab: -i for i, lab in enumerate(seqs)}, weight=0.0)
     assert only_prior.label == "label 0" and math.isclose(sum(only_prior.distribution.values()), 1.0)
     no_calls = []
-    fast_prior = decode_label(trie, make(no_calls), exhaustive=False, prior={lab: -i for i, lab in enumerate(seqs)}, weight=0.0)
+    fast_prior = decode_label(
+        trie, make(no_calls), exhaustive=False, prior={lab: -i for i, lab in enumerate(seqs)}, weight=0.0
+    )
     assert not no_calls and fast_prior.distribution == pytest.approx(only_prior.distribution) and fast_prior.model == {}
     flat = decode_label(trie, make([]), prior=dict.fromkeys(seqs, 0.0))
     assert flat.label == plain.label and math.isclose(flat.probability, plain.renormalised, rel_tol=1e-9)

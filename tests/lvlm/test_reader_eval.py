@@ -1,4 +1,5 @@
 """The Reader (label + explanation with a reused prefix cache), the faithfulness check, ROUGE-L and ECE."""
+
 import math
 
 import numpy as np
@@ -56,7 +57,9 @@ def test_reader_with_a_reused_prefix_cache_equals_full_forwards(tokenizer):
     with pytest.raises(ValueError, match="outside the codebook"):
         reader.read([16])
     # at a label temperature T, every label's probability is that of logits / T
-    hot = Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, temperature=2.5).read([1, 2, 3, 4], explain=False)
+    hot = Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, temperature=2.5).read(
+        [1, 2, 3, 4], explain=False
+    )
     for label, ids in reader.label_ids.items():
         lp = sum(torch.tensor(full(ctx + ids[:i]) / 2.5).log_softmax(-1)[t].item() for i, t in enumerate(ids))
         assert math.isclose(hot.distribution[label], math.exp(lp), rel_tol=1e-3), label
@@ -70,7 +73,7 @@ def test_reader_with_a_reused_prefix_cache_equals_full_forwards(tokenizer):
     head, pool = [0.1, 0.6, 0.2, 0.1], {"llm": 0.5, "head": 1.2}
     pooled_reader = Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, temperature=2.5, pool=pool)
     pooled = pooled_reader.read([1, 2, 3, 4], explain=False, head=head)
-    expect = {lab: first.distribution[lab] ** 0.5 * h ** 1.2 for lab, h in zip(LABELS, head)}
+    expect = {lab: first.distribution[lab] ** 0.5 * h**1.2 for lab, h in zip(LABELS, head)}
     for lab in LABELS:
         assert math.isclose(pooled.distribution[lab], expect[lab] / sum(expect.values()), rel_tol=1e-4), lab
         assert math.isclose(pooled.model[lab], first.distribution[lab], rel_tol=1e-4), lab  # batched: float rounding
@@ -88,8 +91,9 @@ def test_reader_with_a_reused_prefix_cache_equals_full_forwards(tokenizer):
     feed = counted.backend.feed
     counted.backend.feed = lambda ids, rows=1: feeds.append(len(ids)) or feed(ids, rows)
     confident = counted.read([1, 2, 3, 4], explain=False, exhaustive=False, head=[0.0, 0.0, 0.0, 1.0])
-    assert confident.label == LABELS[3] and feeds[1:] == [len(reader.ids([1, 2, 3, 4])) - len(reader.prefix)
-                                                        + len(reader.label_ids[LABELS[3]]) - 1]
+    assert confident.label == LABELS[3] and feeds[1:] == [
+        len(reader.ids([1, 2, 3, 4])) - len(reader.prefix) + len(reader.label_ids[LABELS[3]]) - 1
+    ]
     for guess in LABELS:  # every node read after a guessed path is the node read on its own
         nodes = reader.label_nodes([1, 2, 3, 4], guess=guess)[0]
         for ids in reader.label_ids.values():
@@ -100,7 +104,9 @@ def test_reader_with_a_reused_prefix_cache_equals_full_forwards(tokenizer):
     for whole in (False, True):
         feeds.clear()
         nodes = counted.label_nodes([1, 2, 3, 4], whole=whole)[0]
-        assert decode_label(counted.trie, tempered(nodes, 1.0)).distribution == pytest.approx(first.distribution, rel=1e-3)
+        assert decode_label(counted.trie, tempered(nodes, 1.0)).distribution == pytest.approx(
+            first.distribution, rel=1e-3
+        )
         calls_by_way[whole] = len(feeds) - 1  # after the context's
     assert calls_by_way[True] <= len(LABELS) < calls_by_way[False] == counted.trie.nodes - 1, calls_by_way
     # speculation in the explanation: the last explanation of the same label is the draft
@@ -151,8 +157,9 @@ def test_every_node_in_batched_trees_equals_the_nodes_read_one_by_one(tokenizer)
     model = tiny_llama(len(tokenizer)).eval()
     base = add_action_tokens(model, tokenizer, 16, counts=6)
     reader = Reader(TransformersBackend(model, tokenizer), LABELS, base, 16, counts=6)
-    windows = [{"tokens": [int(t) for t in np.random.default_rng(i).integers(0, 16, 4)], "count": i % 6 + 1}
-               for i in range(5)]
+    windows = [
+        {"tokens": [int(t) for t in np.random.default_rng(i).integers(0, 16, 4)], "count": i % 6 + 1} for i in range(5)
+    ]
     calls = []
     trees = reader.backend.feed_trees
     reader.backend.feed_trees = lambda *a: calls.append(len(a[0])) or trees(*a)
@@ -193,7 +200,9 @@ def test_the_pool_weights_follow_the_reader_that_knows():
         assert fit["weights"][knows] > fit["weights"][other], fit
         assert fit["top1"] >= fit[f"{knows}_alone"]["top1"] - 0.01 and fit["windows"] == 400
     both = fit_pool(informed(2.0), informed(2.0), truth)  # two independent readers: the pool beats either
-    assert both["top1"] > max(both["llm_alone"]["top1"], both["head_alone"]["top1"]) and min(both["weights"].values()) > 0
+    assert (
+        both["top1"] > max(both["llm_alone"]["top1"], both["head_alone"]["top1"]) and min(both["weights"].values()) > 0
+    )
     # a head that is right but too soft (as a mean of two readings is) is sharpened past the model's grid
     soft = informed(6.0) ** 0.4
     soft /= soft.sum(1, keepdims=True)
@@ -206,23 +215,38 @@ def test_every_reference_explanation_is_faithful_and_wrong_details_are_not():
         for side in ("left", "right"):
             for reps in range(a.reps[0], a.reps[1] + 1):
                 attrs = {"limb": limb_phrase(a, side), "motion": a.motion, "repetitions": reps}
-                assert check(explain(a, side, reps), attrs) == {"limb": True, "motion": True, "repetitions": True,
-                                                                "faithful": True}, (a.name, side, reps)
+                assert check(explain(a, side, reps), attrs) == {
+                    "limb": True,
+                    "motion": True,
+                    "repetitions": True,
+                    "faithful": True,
+                }, (a.name, side, reps)
                 other = TIMES[reps % 6 + 1]
                 assert not check(explain(a, side, reps).replace(TIMES[reps], other), attrs)["repetitions"]
                 if a.limb in ("hand", "leg"):
                     mirrored = explain(a, "left" if side == "right" else "right", reps)
-                    assert check(mirrored, attrs) == {"limb": False, "motion": True, "repetitions": True,
-                                                      "faithful": False}
+                    assert check(mirrored, attrs) == {
+                        "limb": False,
+                        "motion": True,
+                        "repetitions": True,
+                        "faithful": False,
+                    }
     wave = {"limb": "right hand", "motion": "side to side above the shoulder", "repetitions": 3}
     assert not check("The person waves.", wave)["faithful"]
-    assert not check("The right hand and the left hand move side to side above the shoulder three times.",
-                     wave)["limb"]  # a second limb is a wrong statement
+    assert not check("The right hand and the left hand move side to side above the shoulder three times.", wave)[
+        "limb"
+    ]  # a second limb is a wrong statement
     # near the window's edge a count one off is accepted by faithful_near, never by faithful
     edge = {**wave, "repetitions_near": [2, 3]}
     said = {n: check(f"The right hand moves side to side above the shoulder {TIMES[n]}.", edge) for n in (1, 2, 3)}
-    assert said[3] == {"limb": True, "motion": True, "repetitions": True, "faithful": True,
-                       "repetitions_near": True, "faithful_near": True}
+    assert said[3] == {
+        "limb": True,
+        "motion": True,
+        "repetitions": True,
+        "faithful": True,
+        "repetitions_near": True,
+        "faithful_near": True,
+    }
     assert not said[2]["faithful"] and said[2]["faithful_near"] and not said[1]["faithful_near"]
     assert not check("The right hand moves side to side above the shoulder twice, three times.", edge)["faithful_near"]
 

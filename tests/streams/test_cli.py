@@ -19,8 +19,11 @@ def test_probe_a_file_and_a_test_pattern(tiny_video):
 
 
 def test_probe_bad_inputs_give_one_line(tmp_path):
-    for uri, why in ((str(tmp_path / "missing.mp4"), "no such video file"), ("http://example/x", "unsupported source"),
-                     ("rtsp://127.0.0.1:9/none", "gave up after 0 reconnects")):
+    for uri, why in (
+        (str(tmp_path / "missing.mp4"), "no such video file"),
+        ("http://example/x", "unsupported source"),
+        ("rtsp://127.0.0.1:9/none", "gave up after 0 reconnects"),
+    ):
         r = run_cli("streams", "probe", uri, "--seconds", "3")
         assert r.returncode == 2, (uri, r.stdout, r.stderr)
         lines = [ln for ln in r.stderr.splitlines() if "error:" in ln]

@@ -1,4 +1,5 @@
 """Real GStreamer sources against files and a local RTSP server."""
+
 import json
 import logging
 import os
@@ -90,8 +91,14 @@ def test_rtsp_frames_have_the_right_shape_and_rate(rtsp_server):
 def test_rtsp_reconnects_after_the_server_comes_back(rtsp_server):
     url = rtsp_server.add_test_pattern("/live", 64, 48, fps=15)
     rtsp_server.start()
-    src = Source(url, Conversion(32, 32, 15), stall_timeout_s=1.0, connect_timeout_s=2.0, backoff_initial_s=0.2,
-                 backoff_max_s=1.0)
+    src = Source(
+        url,
+        Conversion(32, 32, 15),
+        stall_timeout_s=1.0,
+        connect_timeout_s=2.0,
+        backoff_initial_s=0.2,
+        backoff_max_s=1.0,
+    )
     with src:
         assert len(collect(src, 10)) == 10
         rtsp_server.stop()
@@ -108,8 +115,10 @@ def test_rtsp_reconnects_after_the_server_comes_back(rtsp_server):
 
 
 def test_four_rtsp_streams_at_once(rtsp_server):
-    urls = [rtsp_server.add_test_pattern(f"/cam{i}", 64, 48, fps=15, pattern=p)
-            for i, p in enumerate(["ball", "smpte", "snow", "pinwheel"])]
+    urls = [
+        rtsp_server.add_test_pattern(f"/cam{i}", 64, 48, fps=15, pattern=p)
+        for i, p in enumerate(["ball", "smpte", "snow", "pinwheel"])
+    ]
     rtsp_server.start()
     sources = [Source(u, Conversion(32, 32, 15), stream_id=f"cam{i}").start() for i, u in enumerate(urls)]
     results = {}
@@ -135,8 +144,12 @@ def test_rtsp_credentials_work_and_never_leak(caplog):
         good = Source(server.url("/secure", with_credentials=True), Conversion(32, 32, 15))
         with good:
             assert len(collect(good, 5)) == 5
-        bad = Source(server.url("/secure").replace("rtsp://", "rtsp://viewer:wrongPassw0rd@"), Conversion(32, 32, 15),
-                     max_reconnects=0, connect_timeout_s=3)
+        bad = Source(
+            server.url("/secure").replace("rtsp://", "rtsp://viewer:wrongPassw0rd@"),
+            Conversion(32, 32, 15),
+            max_reconnects=0,
+            connect_timeout_s=3,
+        )
         with bad, pytest.raises(SourceError) as err:
             list(bad.frames())
         assert "wrongPassw0rd" not in str(err.value) and "Unauthorized" in str(err.value)
@@ -194,9 +207,12 @@ def test_rtsp_stream_that_ends_with_no_reconnects_asked_for_ends_cleanly(caplog)
     delivered, no SourceError, no error logged (it used to end FAILED, 'gave up after 0 reconnects')."""
     caplog.set_level(logging.INFO)
     server = RtspServer()
-    server.add_launch("/short", "( videotestsrc is-live=true num-buffers=30 ! video/x-raw,width=64,height=48,framerate=15/1 "
-                                "! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 threads=1 "
-                                "! rtph264pay name=pay0 pt=96 config-interval=1 )")
+    server.add_launch(
+        "/short",
+        "( videotestsrc is-live=true num-buffers=30 ! video/x-raw,width=64,height=48,framerate=15/1 "
+        "! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=15 threads=1 "
+        "! rtph264pay name=pay0 pt=96 config-interval=1 )",
+    )
     server.start()
     try:
         src = Source(server.url("/short"), Conversion(32, 32, 15), max_reconnects=0, connect_timeout_s=5)

@@ -21,8 +21,16 @@ def test_parse_every_kind(tmp_path):
     assert "s3cr" not in repr(spec) and "admin" not in spec.display()
 
 
-@pytest.mark.parametrize("bad,why", [("", "empty"), ("http://x/y.mp4", "unsupported"), ("rtsp:///nohost", "no host"),
-                                     ("csi://abc", "sensor"), ("pipeline://", "needs a GStreamer")])
+@pytest.mark.parametrize(
+    "bad,why",
+    [
+        ("", "empty"),
+        ("http://x/y.mp4", "unsupported"),
+        ("rtsp:///nohost", "no host"),
+        ("csi://abc", "sensor"),
+        ("pipeline://", "needs a GStreamer"),
+    ],
+)
 def test_bad_uris_say_why(bad, why):
     with pytest.raises(SourceError, match=why):
         parse(bad)

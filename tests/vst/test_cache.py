@@ -41,7 +41,7 @@ def test_prepared_frames_are_bit_identical_to_runtime_frames(tiny_cache, tiny_da
 def test_prepare_reports_a_corrupt_clip_and_keeps_the_rest(tiny_dataset, tmp_path):
     data = tmp_path / "data"
     (data / "rgb").mkdir(parents=True)
-    good = sorted((p for p in (__import__("pathlib").Path(tiny_dataset) / "rgb").iterdir()))[0]
+    good = sorted(p for p in (__import__("pathlib").Path(tiny_dataset) / "rgb").iterdir())[0]
     (data / "rgb" / good.name).write_bytes(good.read_bytes())
     (data / "rgb" / "S001C001P001R001A099_rgb.avi").write_bytes(b"RIFF not really a video" * 50)
     summary = prepare(str(data), "xview", str(tmp_path / "c"), size=32, workers=1, progress=False)
@@ -64,14 +64,34 @@ def test_data_cli_stats_and_prepare(tiny_dataset, tmp_path):
     assert stats["protocols"]["xsub"]["train"]["per_class"]["8"] == 12
     r = run_cli("data", "stats", tiny_dataset, "--protocol", "xset120")
     assert r.returncode == 0 and "A023 hand waving" in r.stdout and "train 27, test 27" in r.stdout
-    r = run_cli("data", "prepare", "--data", str(tmp_path / "missing"), "--protocol", "xsub", "--out", str(tmp_path / "c"))
+    r = run_cli(
+        "data", "prepare", "--data", str(tmp_path / "missing"), "--protocol", "xsub", "--out", str(tmp_path / "c")
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "dataset folder not found" in r.stderr
 
 
 def test_data_cli_synth(tmp_path):
-    r = run_cli("data", "synth", "--out", str(tmp_path / "d"), "--classes", "10", "--performers", "1", "--cameras", "1",
-                "--reps", "1", "--size", "32", "--seconds", "1", "--workers", "1")
+    r = run_cli(
+        "data",
+        "synth",
+        "--out",
+        str(tmp_path / "d"),
+        "--classes",
+        "10",
+        "--performers",
+        "1",
+        "--cameras",
+        "1",
+        "--reps",
+        "1",
+        "--size",
+        "32",
+        "--seconds",
+        "1",
+        "--workers",
+        "1",
+    )
     assert r.returncode == 0, r.stderr
     assert "wrote 1 clips" in r.stdout and "clips/s" in r.stdout
     assert (tmp_path / "d" / "rgb" / "S001C001P001R001A010_rgb.avi").exists()

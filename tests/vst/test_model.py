@@ -20,7 +20,7 @@ def test_the_two_engines_compose_to_the_full_clip_forward(pose_joints, appearanc
         feats = model.encode_frames(clip.reshape(-1, 32, 32, 3)).reshape(3, 16, -1)
         split = model.tokenize(feats)
         # frame by frame, as the runtime does (batch of 1)
-        one = torch.stack([model.encode_frames(clip[0, i:i + 1])[0] for i in range(16)])
+        one = torch.stack([model.encode_frames(clip[0, i : i + 1])[0] for i in range(16)])
     assert torch.equal(full[0], split[0])
     assert torch.allclose(full[1], split[1], atol=1e-6) and torch.allclose(full[2], split[2], atol=1e-5)
     assert torch.allclose(one, feats[0], atol=1e-5)

@@ -13,8 +13,16 @@ def test_parse_good_names():
     assert ClipName.parse("S001C001P001R001A001.skeleton") == ClipName(1, 1, 1, 1, 1)
 
 
-@pytest.mark.parametrize("bad", ["S01C001P001R001A001_rgb.avi", "clip.avi", "S001C001P001R001A001_depth.avi",
-                                 "s001c001p001r001a001_rgb.avi", "S001C001P001R001A0011_rgb.avi"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "S01C001P001R001A001_rgb.avi",
+        "clip.avi",
+        "S001C001P001R001A001_depth.avi",
+        "s001c001p001r001a001_rgb.avi",
+        "S001C001P001R001A0011_rgb.avi",
+    ],
+)
 def test_parse_malformed_names_name_the_file(bad):
     with pytest.raises(DatasetError) as err:
         ClipName.parse(bad)

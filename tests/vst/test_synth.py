@@ -9,14 +9,19 @@ from tests.conftest import TINY
 from vst.actions import ACTIONS, BY_SLUG, explain, limb_phrase, mirror_attributes, select, window_attributes
 from vst.ntu import ClipName
 from vst.render import joints_seen_from
-from vst.skeleton import J, SIDES, Body, MotionContext, MOTIONS, joints, repetition_phases
+from vst.skeleton import MOTIONS, SIDES, Body, J, MotionContext, joints, repetition_phases
 from vst.synth import SynthConfig, generate, render_clip
 
 
 def test_class_table_covers_the_fine_grained_pairs():
     slugs = {a.slug for a in ACTIONS}
-    for pair in (("sit_down", "stand_up"), ("drink", "phone"), ("wave", "point"), ("squat", "pickup"),
-                 ("walk_towards", "walk_away")):
+    for pair in (
+        ("sit_down", "stand_up"),
+        ("drink", "phone"),
+        ("wave", "point"),
+        ("squat", "pickup"),
+        ("walk_towards", "walk_away"),
+    ):
         assert set(pair) <= slugs
     assert len(ACTIONS) >= 12
     assert len({a.ntu_id for a in ACTIONS}) == len(ACTIONS)
@@ -29,8 +34,14 @@ def test_class_table_covers_the_fine_grained_pairs():
 
 def test_mirrored_attributes_swap_the_side_of_one_sided_actions_only():
     for a in (BY_SLUG["wave"], BY_SLUG["kick"], BY_SLUG["clap"], BY_SLUG["jump"]):
-        attrs = {"action_id": a.ntu_id, "side": "right", "limb": limb_phrase(a, "right"), "motion": a.motion,
-                 "repetitions": a.reps[0], "explanation": explain(a, "right", a.reps[0])}
+        attrs = {
+            "action_id": a.ntu_id,
+            "side": "right",
+            "limb": limb_phrase(a, "right"),
+            "motion": a.motion,
+            "repetitions": a.reps[0],
+            "explanation": explain(a, "right", a.reps[0]),
+        }
         m = mirror_attributes(attrs)
         assert m["side"] == "left" and mirror_attributes(m) == attrs
         assert m["explanation"] == explain(a, "left", a.reps[0])
@@ -110,16 +121,24 @@ def test_dataset_layout_and_videos_decode_with_gstreamer(tiny_dataset):
     assert sk["joints3d"].shape == (attrs["frames"], 25, 3)
     for v in videos[:3]:
         uri = "file://" + os.path.join(tiny_dataset, "rgb", v)
-        r = subprocess.run(["gst-launch-1.0", "-q", "uridecodebin", f"uri={uri}", "!", "fakesink"],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["gst-launch-1.0", "-q", "uridecodebin", f"uri={uri}", "!", "fakesink"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 0, r.stderr
 
 
 def test_generation_resumes_and_refuses_other_settings(tiny_dataset, tmp_path):
-    before = os.path.getmtime(os.path.join(tiny_dataset, "rgb", sorted(os.listdir(os.path.join(tiny_dataset, "rgb")))[0]))
+    before = os.path.getmtime(
+        os.path.join(tiny_dataset, "rgb", sorted(os.listdir(os.path.join(tiny_dataset, "rgb")))[0])
+    )
     summary = generate(TINY, tiny_dataset, workers=1, progress=False)
     assert summary["clips"] == 54
-    after = os.path.getmtime(os.path.join(tiny_dataset, "rgb", sorted(os.listdir(os.path.join(tiny_dataset, "rgb")))[0]))
+    after = os.path.getmtime(
+        os.path.join(tiny_dataset, "rgb", sorted(os.listdir(os.path.join(tiny_dataset, "rgb")))[0])
+    )
     assert before == after  # complete clips are not rendered again
     with pytest.raises(ValueError, match="other settings"):
         generate(SynthConfig(**{**TINY.__dict__, "seed": 99}), tiny_dataset, workers=1, progress=False)
@@ -130,9 +149,14 @@ def _signal(slug, ctx, u):
     pose = MOTIONS[slug](u, ctx)
     p = joints(ctx.body, pose, 0.0)
     side = ctx.side
-    signals = {"clap": lambda: -np.linalg.norm(pose.hands["left"] - pose.hands["right"]),
-               "punch": lambda: p[J[f"hand_{side}"], 2], "kick": lambda: p[J[f"ankle_{side}"], 2],
-               "bow": lambda: pose.bend, "squat": lambda: -p[J["spine_base"], 1], "jump": lambda: p[J["spine_base"], 1]}
+    signals = {
+        "clap": lambda: -np.linalg.norm(pose.hands["left"] - pose.hands["right"]),
+        "punch": lambda: p[J[f"hand_{side}"], 2],
+        "kick": lambda: p[J[f"ankle_{side}"], 2],
+        "bow": lambda: pose.bend,
+        "squat": lambda: -p[J["spine_base"], 1],
+        "jump": lambda: p[J["spine_base"], 1],
+    }
     return signals[slug]()
 
 
@@ -197,6 +221,8 @@ def test_joints_seen_from_a_moved_camera_are_what_that_camera_renders():
     assert np.allclose(one.joints_world, two.joints_world)
     a, size = one.attributes, TINY.size
     assert np.abs(joints_seen_from(a, one.joints_world, one.joints2d, 0.0) - one.joints2d / size).max() < 1e-4
-    moved = joints_seen_from(a, one.joints_world, one.joints2d, two.attributes["camera_azimuth_deg"] - a["camera_azimuth_deg"])
+    moved = joints_seen_from(
+        a, one.joints_world, one.joints2d, two.attributes["camera_azimuth_deg"] - a["camera_azimuth_deg"]
+    )
     assert np.abs(moved - two.joints2d / size).max() < 1e-4
     assert np.abs(moved - one.joints2d / size).max() > 0.05  # 45 degrees apart: a different picture

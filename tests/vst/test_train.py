@@ -1,11 +1,11 @@
 """A tiny VST trains on a tiny synthetic set; evaluation and the glossary write all their outputs."""
+
 import copy
 import json
 import os
 
 import numpy as np
 import pytest
-
 import torch
 
 from tests.conftest import FAST, TINY_VST
@@ -14,6 +14,7 @@ from vst.cache import Cache, prepare
 from vst.model import VST, load_checkpoint
 from vst.train import TrainConfig, _features, seed_everything, token_losses, train
 from vst.windows import Augment, FeatureWindowSampler
+
 
 @pytest.mark.slow
 def test_tiny_training_lowers_the_loss(tiny_run, cache32):
@@ -44,7 +45,9 @@ def test_tiny_training_lowers_the_loss(tiny_run, cache32):
         counts.append(stats["count"])
     assert scores[1] < 0.8 * scores[0], scores
     assert counts[1] < 0.8 * counts[0], counts  # the count head (the default) learns too
-    assert {"config.json", "model.safetensors", "last.safetensors", "last_state.pt", "train_config.json"} <= set(os.listdir(run))
+    assert {"config.json", "model.safetensors", "last.safetensors", "last_state.pt", "train_config.json"} <= set(
+        os.listdir(run)
+    )
     model = load_checkpoint(run)
     assert model.cfg.classes == [8, 9, 23] and model.cfg.R == 32
 
@@ -116,8 +119,13 @@ def test_without_2d_skeletons_the_encoder_keeps_appearance_features(cache32, tmp
     assert cfg.pose_joints == 0 and cfg.appearance and cfg.feature_size == TINY_VST["D"]
     assert json.load(open(os.path.join(out, "train_config.json")))["count_views"] == 0  # joints: not this feature
     with pytest.raises(ValueError, match="--skeleton-views needs .* has no 2D skeletons"):  # nothing to see them from
-        train(str(cache), str(tmp_path / "views"), TrainConfig(**{**FAST, "skeleton_views": 1}), progress=False,
-              overrides=TINY_VST)
+        train(
+            str(cache),
+            str(tmp_path / "views"),
+            TrainConfig(**{**FAST, "skeleton_views": 1}),
+            progress=False,
+            overrides=TINY_VST,
+        )
     assert not os.path.exists(tmp_path / "views")
 
 

@@ -8,8 +8,17 @@ from vst.model import VSTConfig, joint_features
 from vst.ntu import ClipName
 from vst.skeleton import J
 from vst.synth import render_clip
-from vst.windows import (MIRROR, Augment, FeatureWindowSampler, augment_frames, clip_targets, pad_to, skeleton_view,
-                         sliding_starts, speed_indices)
+from vst.windows import (
+    MIRROR,
+    Augment,
+    FeatureWindowSampler,
+    augment_frames,
+    clip_targets,
+    pad_to,
+    skeleton_view,
+    sliding_starts,
+    speed_indices,
+)
 
 
 def test_sliding_windows_match_the_runtime_rule():
@@ -61,7 +70,7 @@ def test_augmentation_moves_pose_targets_with_the_pixels():
     pts = np.zeros((25, 2), np.float32)
     pts[:] = 0.5
     x, y = 20, 30
-    frame[0, y - 1:y + 2, x - 1:x + 2] = 255  # a 3x3 spot centred on (x, y)
+    frame[0, y - 1 : y + 2, x - 1 : x + 2] = 255  # a 3x3 spot centred on (x, y)
     pts[J["hand_left"]] = ((x + 0.5) / r, (y + 0.5) / r)
     for scale in ((0.7, 0.9), (1.1, 1.4)):  # zoom in, zoom out (the frame padded with its edge)
         for seed in range(5):
@@ -73,8 +82,12 @@ def test_augmentation_moves_pose_targets_with_the_pixels():
             px, py = moved[J["hand_right"]] * r
             assert abs(px - (xx + 0.5)) <= 1.5 and abs(py - (yy + 0.5)) <= 1.5, (scale, seed, px, py, xx, yy)
             mass = out[0].numpy()[..., 0].astype(float).sum() / 255  # the spot's area: 9 pixels, scaled by the zoom
-            assert (mass > 9 / 0.9 ** 2 * 0.9) if scale[0] < 1 else (mass < 9 / 1.1 ** 2 * 1.1), (scale, seed, mass)
-    assert sorted(MIRROR) == list(range(25)) and MIRROR[J["knee_left"]] == J["knee_right"] and MIRROR[J["head"]] == J["head"]
+            assert (mass > 9 / 0.9**2 * 0.9) if scale[0] < 1 else (mass < 9 / 1.1**2 * 1.1), (scale, seed, mass)
+    assert (
+        sorted(MIRROR) == list(range(25))
+        and MIRROR[J["knee_left"]] == J["knee_right"]
+        and MIRROR[J["head"]] == J["head"]
+    )
 
 
 def test_gpu_batches_are_padded_to_a_fixed_multiple():
@@ -117,10 +130,13 @@ def test_skeleton_views_are_the_clips_own_joints_in_the_encoders_feature_format(
     feats, flipped = skeleton_view(cache, clip, cfg, np.random.default_rng(0), still, 0.0, 0.0)
     assert feats.shape == (clip["frames"], 50) and not flipped
     assert np.abs(feats.numpy() - plain).max() < 1e-4
-    mirrored, flipped = skeleton_view(cache, clip, cfg, np.random.default_rng(0), Augment(crop_scale=(1.0, 1.0), flip=1.0),
-                                      0.0, 0.0)
+    mirrored, flipped = skeleton_view(
+        cache, clip, cfg, np.random.default_rng(0), Augment(crop_scale=(1.0, 1.0), flip=1.0), 0.0, 0.0
+    )
     x = mirrored.numpy().reshape(-1, 25, 2)
-    assert flipped and np.abs(x[:, MIRROR, 0] + plain.reshape(-1, 25, 2)[:, :, 0]).max() < 1e-4  # x -> -x, sides swapped
+    assert (
+        flipped and np.abs(x[:, MIRROR, 0] + plain.reshape(-1, 25, 2)[:, :, 0]).max() < 1e-4
+    )  # x -> -x, sides swapped
     turned, _ = skeleton_view(cache, clip, cfg, np.random.default_rng(0), still, 60.0, 0.0)
     assert np.abs(turned.numpy() - plain).max() > 0.05  # the camera moved
 
@@ -133,7 +149,9 @@ def test_the_mirror_reading_averages_the_head_over_the_window_and_its_mirror_ima
     model = load_checkpoint(tiny_run[0])
     cache = Cache.open(cache32)
     frames = cache.clip_frames(cache.split("test", "xsub")[0])
-    plain, both, flipped = (clip_windows(model, f, mirror=m) for f, m in ((frames, False), (frames, True), (mirrored(frames), False)))
+    plain, both, flipped = (
+        clip_windows(model, f, mirror=m) for f, m in ((frames, False), (frames, True), (mirrored(frames), False))
+    )
     assert torch.equal(plain["ids"], both["ids"]) and torch.equal(plain["reps"], both["reps"])
     assert torch.allclose(plain["probs"], plain["logits"].softmax(-1))
     assert torch.allclose(both["probs"], (plain["probs"] + flipped["probs"]) / 2, atol=1e-6)
