@@ -257,7 +257,7 @@ def bench_pose(bundle: str, manifest: dict, seconds: float) -> dict:
 def _windows(manifest: dict, n: int) -> list[dict]:
     """Test windows ({"tokens", "count", "head"}: the VST head's label probabilities) of the
     bundle's VST on its cache, or random windows (no head) when they are not here."""
-    from vst.train import training_cache
+    from vst.run_record import training_cache
 
     run = manifest["vst"].get("run")
     cache = training_cache(run) if run else None
@@ -272,7 +272,7 @@ def _windows(manifest: dict, n: int) -> list[dict]:
             }
             for _ in range(n)
         ]
-    from lvlm.finetune import build_examples
+    from lvlm.examples import build_examples
     from vst.cache import spread
 
     _, ex = build_examples(

@@ -194,7 +194,9 @@ def render_cache(cfg, root: str, protocol: str = "xsub", workers: int | None = N
     os.makedirs(cache, exist_ok=True)
     clips, offset = [], 0
     jobs = [(cfg, name, data) for name in cfg.names()]
-    with open(os.path.join(cache, "frames.u8"), "wb") as f, mp.Pool(workers or os.cpu_count()) as pool:
+    # spawned, not forked: a fork of a process with live threads (torch, tqdm) can hang in a lock
+    spawn = mp.get_context("spawn")
+    with open(os.path.join(cache, "frames.u8"), "wb") as f, spawn.Pool(workers or os.cpu_count()) as pool:
         for name, frames, attributes in pool.imap(_render_job, jobs, chunksize=4):
             f.write(np.ascontiguousarray(frames).tobytes())
             clips.append(
@@ -370,7 +372,7 @@ def finetune_check(
     seed and examples, each in a child process): seconds per step, their ratio, the first losses."""
     import torch
 
-    from lvlm.finetune import build_examples
+    from lvlm.examples import build_examples
 
     os.makedirs(out, exist_ok=True)
     t0 = time.monotonic()

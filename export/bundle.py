@@ -92,11 +92,11 @@ def build_bundle(
     from export.gguf_export import label_agreement, logit_parity, quantize, write_gguf
     from export.onnx_engines import export_engines, onnx_parity, token_engine_outputs
     from lvlm.evaluate import open_reader
-    from lvlm.finetune import build_examples
+    from lvlm.examples import build_examples
     from vst.cache import Cache, spread
     from vst.evaluate import check_cache
     from vst.model import load_checkpoint
-    from vst.train import training_cache
+    from vst.run_record import training_cache
     from vst.windows import clip_input
 
     if quant not in QUANTS:

@@ -371,7 +371,7 @@ def plan_parity(bundle: str, manifest: dict, plans: dict, data: str | None) -> d
     from export.onnx_engines import engine_parity
     from vst.cache import Cache, spread
     from vst.model import load_checkpoint
-    from vst.train import training_cache
+    from vst.run_record import training_cache
 
     run = manifest["vst"].get("run")
     if not run or not os.path.isdir(run):

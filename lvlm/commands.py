@@ -23,21 +23,7 @@ def register(cli) -> None:
     )
     f.add_argument("--out", required=True, help="adapter folder; the merged model goes to OUT/merged")
     d = FinetuneConfig()
-    f.add_argument("--lora-r", type=int, default=d.lora_r)
-    f.add_argument("--lora-alpha", type=int, default=d.lora_alpha)
-    f.add_argument(
-        "--lora-dropout",
-        type=float,
-        default=d.lora_dropout,
-        help="dropout on the LoRA branches' inputs (default none: it made a step ~28 %% dearer on a CPU)",
-    )
-    f.add_argument("--lr", type=float, default=d.lr)
-    f.add_argument(
-        "--schedule",
-        choices=("constant", "one-cycle"),
-        default=d.schedule,
-        help="learning rate: constant, or one-cycle (10 %% warm-up to --lr, cosine down to ~0 at the last step)",
-    )
+    f.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
     f.add_argument("--batch", type=int, default=d.batch)
     f.add_argument("--seed", type=int, default=d.seed, help="batch order, LoRA initialisation and dropout")
     f.add_argument(
@@ -64,24 +50,11 @@ def register(cli) -> None:
     )
     _pool_args(f)
     f.add_argument(
-        "--no-code-tie",
-        dest="code_tie",
-        action="store_false",
-        help="train each action token's embedding row alone, not tied to its VST code vector",
-    )
-    f.add_argument(
-        "--prefix-grad",
-        action=argparse.BooleanOptionalAction,
-        default=d.prefix_grad,
-        help="train through the shared instruction prefix's positions too (default --no-prefix-grad: "
-        "only the rows' positions train; the prefix's cache still comes from the current weights)",
-    )
-    f.add_argument(
-        "--count-token",
-        action=argparse.BooleanOptionalAction,
-        default=d.count_token,
-        help="end each window's video block with the count its VST's repetitions head reads (prompt "
-        "format 2; a VST without the head gets none either way)",
+        "--recipe",
+        default=None,
+        metavar="FILE",
+        help="TOML or JSON with the research switches the defaults settle (lvlm/recipe.py: LoRA rank, alpha and "
+        "dropout, schedule, code_tie, prefix_grad, count_token)",
     )
     f.add_argument(
         "--resume", action="store_true", help="continue from OUT/finetune_state.pt (checkpointed every 25 steps)"
@@ -137,7 +110,8 @@ def _examples(args: argparse.Namespace, views: int, calibrate: bool):
     """(labels, training windows, calibration windows, whether the VST never saw the calibration
     performers) of `args.vst` over `args.data`'s training split; the calibration windows' head
     probabilities read as `args.mirror` says."""
-    from lvlm.finetune import build_examples, calibration_performers, calibration_split
+    from lvlm.examples import build_examples
+    from lvlm.finetune import calibration_performers, calibration_split
 
     held, vst_unseen = calibration_performers(args.vst, args.data, args.protocol, 0.15 if calibrate else 0.0)
     # calibration on performers the VST saw needs one more view: their augmented windows
@@ -202,10 +176,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     from lvlm.base import load
     from lvlm.finetune import FinetuneConfig, finetune, merge
+    from lvlm.recipe import load_recipe
     from lvlm.vocab import add_action_tokens
     from vst.glossary import load_glossary
     from vst.model import load_checkpoint
 
+    recipe = load_recipe(args.recipe)  # a bad recipe fails before anything loads
     torch.set_num_threads(os.cpu_count() or 1)
     vst_model = load_checkpoint(args.vst)
     codes = vst_model.cfg.K
@@ -213,21 +189,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     labels, examples, held, vst_unseen = _examples(args, args.views, calibrate)
     glossary = load_glossary(args.vst)
     model, tokenizer = load(args.base)
-    counts = vst_model.cfg.counts if args.count_token else 0
+    counts = vst_model.cfg.counts if recipe.count_token else 0
     base = add_action_tokens(model, tokenizer, codes, glossary, counts)
-    cfg = FinetuneConfig(
-        lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha,
-        lora_dropout=args.lora_dropout,
-        lr=args.lr,
-        schedule=args.schedule,
-        batch=args.batch,
-        steps=args.steps,
-        seed=args.seed,
-        code_tie=args.code_tie,
-        prefix_grad=args.prefix_grad,
-        count_token=args.count_token,
-    )
+    cfg = FinetuneConfig(**recipe.model_dump(), lr=args.lr, batch=args.batch, steps=args.steps, seed=args.seed)
     result = finetune(
         model,
         tokenizer,

@@ -340,7 +340,7 @@ def run_eval(
     gguf: str | None = None,
     progress: bool = True,
 ) -> dict:
-    from lvlm.finetune import build_examples
+    from lvlm.examples import build_examples
     from vst.cache import Cache
 
     protocol = protocol or Cache.open(cache_dir).index["protocol"]

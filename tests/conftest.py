@@ -94,7 +94,8 @@ def make_adapter(run: str, cache: str, pristine_tokenizer, out: str) -> str:
     """A tiny LLaMA fine-tuned on a tiny VST's tokens (adapter folder with merged/)."""
     import copy
 
-    from lvlm.finetune import FinetuneConfig, build_examples, finetune, merge
+    from lvlm.examples import build_examples
+    from lvlm.finetune import FinetuneConfig, finetune, merge
     from lvlm.vocab import add_action_tokens
     from tests.tiny_models import tiny_llama
     from vst.glossary import build_glossary

@@ -514,25 +514,3 @@ def train(
     run.history.close()
     steps = json.loads(open(os.path.join(out, "history.jsonl")).readlines()[-1])["step"]
     return {"steps": steps, "seconds": round(time.monotonic() - run.t0, 1), "best": best, "stopped_early": not done}
-
-
-def _training_record(run: str) -> dict:
-    """RUN/train_config.json ({} when it is missing or unreadable)."""
-    try:
-        with open(os.path.join(run, "train_config.json")) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def training_cache(run: str) -> str | None:
-    """The prepared cache a VST run was trained on (recorded in RUN/train_config.json), if it is
-    still there; None otherwise."""
-    cache = _training_record(run).get("cache")
-    return cache if isinstance(cache, str) and os.path.exists(os.path.join(cache, "index.json")) else None
-
-
-def held_out(run: str) -> set[str]:
-    """The training performers ('P004') a VST run was not trained on (`train vst --hold-out`)."""
-    return set(_training_record(run).get("held_out") or [])

@@ -13,8 +13,8 @@ import time
 import pytest
 
 from edge_runtime.config import ConfigError, MqttConfig
-from edge_runtime.messages import ActionEvent
 from streams.rtsp_server import free_port
+from tests.helpers import action_event
 
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
 
@@ -84,21 +84,7 @@ class Subscriber:
 
 
 def event(eid, state, label="falling", track=0):
-    return ActionEvent(
-        stream="door",
-        event_id=eid,
-        state=state,
-        label=label,
-        probability=0.9,
-        explanation="The person falls.",
-        start_s=1.0,
-        end_s=2.0,
-        windows=2,
-        t_start_ns=0,
-        t_end_ns=0,
-        bundle="b",
-        track=track,
-    )
+    return action_event(eid, state, label, stream="door", track=track)
 
 
 def events_of(got):

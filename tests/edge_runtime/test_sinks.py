@@ -10,9 +10,10 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from edge_runtime.config import AlertRule
-from edge_runtime.messages import ActionEvent, ActionResult, TokenWindow
+from edge_runtime.messages import ActionResult, TokenWindow
 from edge_runtime.sinks import Alerts, Console, Fanout, Jsonl, Metrics, Sink
 from streams.rtsp_server import free_port
+from tests.helpers import action_event
 
 
 def result(label="falling", p=0.9, t=0.0, stream="cam1", seq=0, track=None):
@@ -36,21 +37,7 @@ def result(label="falling", p=0.9, t=0.0, stream="cam1", seq=0, track=None):
 
 
 def event(eid=0, start=0.0, end=1.0, label="falling", p=0.9, state="update", stream="cam1", track=None):
-    return ActionEvent(
-        stream=stream,
-        event_id=eid,
-        state=state,
-        label=label,
-        probability=p,
-        explanation="The person falls.",
-        start_s=start,
-        end_s=end,
-        windows=2,
-        t_start_ns=0,
-        t_end_ns=0,
-        bundle="b",
-        track=track,
-    )
+    return action_event(eid, state, label, start, end, p, stream, track)
 
 
 def test_jsonl_rotates_and_keeps_every_line(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from export.bundle import BundleError, check_bundle
 from lvlm.base import sha256_file
-from lvlm.finetune import build_examples
+from lvlm.examples import build_examples
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow

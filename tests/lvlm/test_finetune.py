@@ -323,7 +323,8 @@ def test_calibration_uses_augmented_windows_of_held_out_performers():
 def test_calibration_performers_and_their_mirror_read_head(tiny_run, cache32):
     """The calibration performers come from the training split (or the VST's own hold-out), and
     with `mirror` only their windows' head probabilities are the mirror reading's."""
-    from lvlm.finetune import build_examples, calibration_performers
+    from lvlm.examples import build_examples
+    from lvlm.finetune import calibration_performers
     from vst.cache import Cache
     from vst.ntu import held_out_performers, performer_of
 
@@ -364,7 +365,7 @@ def test_merge_round_trip_keeps_the_logits(tuned, tmp_path):
 
 @pytest.mark.slow
 def test_examples_come_from_the_vst_windows(tiny_run, cache32):
-    from lvlm.finetune import build_examples
+    from lvlm.examples import build_examples
     from vst.actions import window_attributes
     from vst.cache import Cache
     from vst.model import load_checkpoint
@@ -540,6 +541,13 @@ def test_finetune_calibrates_on_the_performers_the_vst_did_not_train_on(tiny_run
     record = json.load(open(run / "train_config.json"))
     json.dump({**record, "held_out": ["P002"]}, open(run / "train_config.json", "w"))
     base = cli_adapter[0].parent / "tiny-llama"
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("prefix_grad = true\nlora_dropout = 0.1\ncount_token = false\n")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lora_dropout = 2.0\n")
+    r = run_cli("finetune", "--vst", str(run), "--data", cache32, "--out", str(tmp_path / "x"), "--recipe", str(bad))
+    assert r.returncode == 2 and "bad.toml: lora_dropout: Input should be less than 1" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
     r = run_cli(
         "finetune",
         "--vst",
@@ -556,10 +564,8 @@ def test_finetune_calibrates_on_the_performers_the_vst_did_not_train_on(tiny_run
         "4",
         "--calibration-windows",
         "6",
-        "--prefix-grad",
-        "--lora-dropout",
-        "0.1",
-        "--no-count-token",
+        "--recipe",
+        str(recipe),
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-2000:]

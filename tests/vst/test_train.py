@@ -132,7 +132,7 @@ def test_without_2d_skeletons_the_encoder_keeps_appearance_features(cache32, tmp
 def test_held_out_performers_are_not_trained_on(cache32, tmp_path):
     """--hold-out keeps whole training performers out of the VST (the language model calibrates on
     them) and records them in the run: 18 of the 36 training clips remain, 3 steps of 8 an epoch."""
-    from vst.train import held_out
+    from vst.run_record import held_out
 
     out = str(tmp_path / "run")
     tc = TrainConfig(**{**FAST, "hold_out": 0.5, "frame_steps": 4, "epochs": 2, "eval_every_epochs": 2})
